@@ -1,0 +1,118 @@
+"""The one validated, frozen configuration object that flows from ``tap`` to the factories."""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Optional
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message is one line, fit for the operator."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Listen:
+    """A host and port to listen on."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(flag: str, value: str) -> Listen:
+    """Parse ``host:port`` (IPv6 as ``[::1]:6667``); raise :class:`ConfigError` on nonsense."""
+    value = value.strip()
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{flag}: expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(f"{flag}: {host!r} is not an IP address (use e.g. 127.0.0.1 or 0.0.0.0)") from None
+        host = "127.0.0.1"
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ConfigError(f"{flag}: port {port_s!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{flag}: port {port} is out of range 0-65535")
+    return Listen(host, port)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of a freeq server. Built once by :func:`freeq.tap.config_from_options`."""
+
+    server_name: str = "freeq"
+    network_name: str = "freeq"
+    listen: Optional[Listen] = Listen("127.0.0.1", 6667)
+    tls_listen: Optional[Listen] = Listen("127.0.0.1", 6697)
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    data_dir: str = "freeq-data"
+    motd: tuple[str, ...] = ()
+    server_password: Optional[str] = None
+    oper_password: Optional[str] = None
+    admin_info: tuple[str, str, str] = ("freeq IRC server", "AT Protocol authenticated IRC", "admin@localhost")
+    # limits
+    max_connections_per_ip: int = 20
+    max_clients: int = 10000
+    max_channels_per_user: int = 100
+    max_targets: int = 4
+    max_list_entries: int = 100
+    max_monitor: int = 100
+    max_invites_per_user: int = 50
+    nick_len: int = 64
+    channel_len: int = 64
+    topic_len: int = 390
+    kick_len: int = 390
+    away_len: int = 390
+    realname_len: int = 200
+    user_len: int = 16
+    max_modes: int = 4
+    whowas_size: int = 1000
+    max_who_results: int = 500
+    # framing and timers (seconds)
+    max_line_bytes: int = 512
+    max_tag_bytes: int = 8191
+    registration_timeout: float = 60.0
+    ping_interval: float = 90.0
+    ping_timeout: float = 180.0
+    sweep_interval: float = 15.0
+    # flood control: token bucket; rate 0 disables it
+    flood_burst: int = 20
+    flood_rate: float = 4.0
+    flood_queue: int = 40
+    sendq_bytes: int = 1048576
+    plugins: tuple[str, ...] = ()
+
+    def validate(self) -> "Config":
+        """Check cross-field rules; raise :class:`ConfigError` with a one-line message."""
+        if not self.server_name or " " in self.server_name or "." not in self.server_name and not self.server_name.isalnum():
+            raise ConfigError(f"--server-name: {self.server_name!r} must be one word (letters, digits, dots, dashes)")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key must be given together")
+        for name in ("max_connections_per_ip", "max_clients", "max_channels_per_user", "max_targets",
+                     "flood_burst", "flood_queue", "sendq_bytes", "nick_len", "channel_len", "topic_len",
+                     "max_list_entries", "max_monitor", "whowas_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
+        if self.flood_rate < 0:
+            raise ConfigError(f"--flood-rate: must be 0 (off) or positive, got {self.flood_rate}")
+        if not 9 <= self.nick_len <= 64:
+            raise ConfigError(f"--nick-len: must be between 9 and 64, got {self.nick_len}")
+        if not 2 <= self.channel_len <= 64:
+            raise ConfigError(f"--channel-len: must be between 2 and 64, got {self.channel_len}")
+        for name in ("registration_timeout", "ping_interval", "ping_timeout", "sweep_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
+        if self.ping_timeout <= self.ping_interval:
+            raise ConfigError("--ping-timeout must be greater than --ping-interval")
+        if self.listen is None and (self.tls_listen is None or not self.tls_cert):
+            raise ConfigError("no listener: give --listen-addr, or --tls-cert/--tls-key for --tls-listen-addr")
+        return self

@@ -1,0 +1,30 @@
+"""The IRCv3 capabilities this server offers."""
+from __future__ import annotations
+
+#: Capability name -> value advertised to ``CAP LS 302`` clients ("" for none).
+CAPABILITIES: dict[str, str] = {
+    "account-notify": "",
+    "account-tag": "",
+    "away-notify": "",
+    "batch": "",
+    "cap-notify": "",
+    "chghost": "",
+    "echo-message": "",
+    "extended-join": "",
+    "invite-notify": "",
+    "labeled-response": "",
+    "message-tags": "",
+    "multi-prefix": "",
+    "server-time": "",
+    "setname": "",
+    "standard-replies": "",
+    "userhost-in-names": "",
+}
+
+
+def cap_ls_tokens(with_values: bool) -> list[str]:
+    """The tokens of a ``CAP LS`` reply (values only for version 302 and later)."""
+    out = []
+    for name, value in CAPABILITIES.items():
+        out.append(f"{name}={value}" if with_values and value else name)
+    return out

@@ -1,0 +1,1568 @@
+"""The IRC server logic: commands, numerics and fan-out over the pure state model.
+
+This layer owns no socket. Each :class:`~freeq.state.user.User` carries a
+``write`` byte sink installed by its connection (TCP, TLS or, later,
+WebSocket) and a ``conn`` providing :class:`freeq.irc.interfaces.IClientConnection`
+for closing. Time comes from the injected clock, so the whole layer runs
+under ``twisted.internet.task.Clock`` in unit tests.
+"""
+from __future__ import annotations
+
+import hmac
+import time
+from collections import deque
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from twisted.logger import Logger
+
+from freeq import __version__
+from freeq.config import Config
+from freeq.core.caps import CAPABILITIES, cap_ls_tokens
+from freeq.irc.names import fold, is_channel, valid_channel, valid_nick
+from freeq.irc.parser import Message, build, build_text, format_tags
+from freeq.irc.ulid import ULIDGenerator
+from freeq.plugins import IServerHook
+from freeq.state.channel import (
+    FLAG_MODES, LIST_MODES, OP, PREFIX_MODES, VOICE, Channel,
+)
+from freeq.state.masks import glob_match, normalize_mask
+from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
+
+log = Logger()
+
+VERSION = f"freeq-{__version__}"
+USER_MODES = "Biow"
+CHANNEL_MODES = "beIiklmnopstv"
+
+#: Commands a client may send before registration completes.
+PRE_REGISTRATION = frozenset({"CAP", "NICK", "USER", "PASS", "PING", "PONG", "QUIT", "AUTHENTICATE"})
+
+
+def truncate(text: str, max_bytes: int) -> str:
+    """Cut ``text`` to at most ``max_bytes`` UTF-8 bytes without splitting a character."""
+    raw = text.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return text
+    return raw[:max_bytes].decode("utf-8", "ignore")
+
+
+def server_time(now: float) -> str:
+    """IRCv3 ``time`` tag value with millisecond precision."""
+    secs = int(now)
+    ms = int((now - secs) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
+
+
+def _prefix_chars(status: int, multi: bool) -> str:
+    if multi:
+        return ("@" if status & OP else "") + ("+" if status & VOICE else "")
+    if status & OP:
+        return "@"
+    if status & VOICE:
+        return "+"
+    return ""
+
+
+class _LabelCapture:
+    """Collects what is written to one client while it runs a labelled command."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def append(self, data: bytes) -> None:
+        self.lines.append(data)
+
+
+def _add_tag(line: bytes, tag: bytes) -> bytes:
+    if line.startswith(b"@"):
+        return b"@" + tag + b";" + line[1:]
+    return b"@" + tag + b" " + line
+
+
+class IRCServer:
+    """All users and channels of one server, and the handlers for every command."""
+
+    def __init__(self, config: Config, clock: Any, hooks: Sequence[IServerHook] = ()) -> None:
+        self.config = config
+        self.clock = clock
+        self.name = config.server_name
+        self.hooks = list(hooks)
+        self.users: dict[str, User] = {}  # folded nick -> user (registered or holding a nick)
+        self.channels: dict[str, Channel] = {}
+        self.connections: set[User] = set()
+        self.whowas: deque[tuple[str, str, str, str, float]] = deque(maxlen=config.whowas_size)
+        self.monitors: dict[str, set[User]] = {}
+        self.ulid = ULIDGenerator(clock.seconds)
+        self.started = clock.seconds()
+        self.motd = list(config.motd)
+        self._isupport = self._make_isupport()
+        self.handlers: dict[str, Callable[[User, Message], None]] = {
+            attr[4:]: getattr(self, attr) for attr in dir(self) if attr.startswith("irc_")
+        }
+
+    # ------------------------------------------------------------------
+    # Output helpers
+    # ------------------------------------------------------------------
+    def num(self, user: User, code: str, *params: str) -> None:
+        """Send numeric ``code`` to ``user``; the last parameter is free text."""
+        user.write(build_text(self.name, code, user.nick, *params))
+
+    def num_raw(self, user: User, code: str, *params: str) -> None:
+        """Send numeric ``code`` whose last parameter is a word (colon only when needed)."""
+        user.write(build(self.name, code, user.nick, *params))
+
+    def fail(self, user: User, command: str, code: str, *context_and_text: str) -> None:
+        """Send an IRCv3 standard reply ``FAIL``."""
+        user.write(build_text(self.name, "FAIL", command, code, *context_and_text))
+
+    def notice(self, user: User, text: str) -> None:
+        """A server NOTICE to ``user``."""
+        user.write(build_text(self.name, "NOTICE", user.nick, text))
+
+    def co_members(self, user: User) -> set[User]:
+        """Everyone sharing a channel with ``user``, excluding ``user``."""
+        out: set[User] = set()
+        for chan in user.channels.values():
+            out.update(chan.members)
+        out.discard(user)
+        return out
+
+    def _server_tags(self, target: User, now: float) -> Optional[dict[str, str]]:
+        if target.tagclass & TC_TIME:
+            return {"time": server_time(now)}
+        return None
+
+    def broadcast(self, users: Iterable[User], data: bytes, cap: Optional[str] = None,
+                  fallback: Optional[bytes] = None) -> None:
+        """Write ``data`` to each user (to those with ``cap`` if given; others get ``fallback``)."""
+        for u in users:
+            if cap is None or cap in u.caps:
+                u.write(data)
+            elif fallback is not None:
+                u.write(fallback)
+
+    # ------------------------------------------------------------------
+    # Connection lifecycle (called by the protocol layer)
+    # ------------------------------------------------------------------
+    def check_connect(self, ip: str) -> Optional[str]:
+        """Ask plugins whether a connection from ``ip`` may proceed; a reason refuses it."""
+        for hook in self.hooks:
+            try:
+                reason = hook.on_connect(ip)
+            except Exception:
+                log.failure("plugin on_connect failed")
+                continue
+            if reason:
+                return reason
+        return None
+
+    def connect(self, conn: Any, write: Callable[[bytes], None], ip: str) -> User:
+        """A new connection: create its (unregistered) user."""
+        user = User(conn, write, ip, self.clock.seconds(), self.name)
+        self.connections.add(user)
+        return user
+
+    def handle(self, user: User, msg: Message) -> None:
+        """Dispatch one parsed line from ``user``; errors become numerics, never tracebacks."""
+        now = self.clock.seconds()
+        user.last_active = now
+        if user.conn is not None:
+            user.conn.ping_sent = False
+        cmd = msg.command
+        handler = self.handlers.get(cmd)
+        if not user.registered and cmd not in PRE_REGISTRATION:
+            if handler is not None:
+                user.write(build_text(self.name, "451", user.nick, "You have not registered"))
+            return
+        if handler is None:
+            if cmd.isdigit():
+                return
+            self.num(user, "421", cmd, "Unknown command")
+            return
+        label = msg.tags.get("label") if msg.tags and "labeled-response" in user.caps else None
+        if label is None:
+            handler(user, msg)
+            return
+        capture = _LabelCapture()
+        real_write = user.write
+        user.write = capture.append
+        try:
+            handler(user, msg)
+        finally:
+            if user.write == capture.append:
+                user.write = real_write
+            self._flush_label(user, label, capture.lines)
+
+    def _flush_label(self, user: User, label: str, lines: list[bytes]) -> None:
+        tag = ("label=" + format_tags({"x": label})[2:]).encode()
+        if not lines:
+            user.write(b"@" + tag + b" :" + self.name.encode() + b" ACK\r\n")
+        elif len(lines) == 1:
+            user.write(_add_tag(lines[0], tag))
+        elif "batch" in user.caps:
+            ref = self.ulid.new()[-10:]
+            user.write(b"@" + tag + b" :" + self.name.encode() + b" BATCH +" + ref.encode() + b" labeled-response\r\n")
+            btag = b"batch=" + ref.encode()
+            for line in lines:
+                user.write(_add_tag(line, btag))
+            user.write(build(self.name, "BATCH", "-" + ref))
+        else:
+            for line in lines:
+                user.write(line)
+
+    def disconnect(self, user: User, reason: str) -> None:
+        """The connection is gone (or going): remove the user and tell everyone who should know."""
+        if user not in self.connections:
+            return
+        self.connections.discard(user)
+        if user.registered:
+            data = build_text(user.hostmask, "QUIT", reason)
+            self.broadcast(self.co_members(user), data)
+            self.whowas.append((user.nick, user.username, user.host, user.realname, self.clock.seconds()))
+            self._monitor_notify(user.folded, None)
+        for chan in list(user.channels.values()):
+            self._part_channel(chan, user)
+        if self.users.get(user.folded) is user:
+            del self.users[user.folded]
+        for target in user.monitoring:
+            watchers = self.monitors.get(target)
+            if watchers is not None:
+                watchers.discard(user)
+                if not watchers:
+                    del self.monitors[target]
+        user.monitoring.clear()
+        user.registered = False
+
+    def close(self, user: User, reason: str, quit_reason: Optional[str] = None) -> None:
+        """Send ``ERROR`` and close the connection; co-members see ``quit_reason`` (or ``reason``)."""
+        if user not in self.connections:
+            return
+        user.write(build_text(None, "ERROR", f"Closing Link: {user.host} ({reason})"))
+        self.disconnect(user, quit_reason or reason)
+        if user.conn is not None:
+            user.conn.close()
+
+    def sweep(self) -> None:
+        """Periodic housekeeping: registration timeouts, keepalive PINGs and ping timeouts."""
+        now = self.clock.seconds()
+        cfg = self.config
+        for user in list(self.connections):
+            try:
+                if not user.registered:
+                    if now - user.signon >= cfg.registration_timeout:
+                        self.close(user, "Registration timed out")
+                    continue
+                idle = now - user.last_active
+                if idle >= cfg.ping_timeout:
+                    secs = int(idle)
+                    self.close(user, f"Ping timeout: {secs} seconds")
+                elif idle >= cfg.ping_interval and user.conn is not None and not user.conn.ping_sent:
+                    user.conn.ping_sent = True
+                    user.write(build(None, "PING", self.name))
+            except Exception:
+                log.failure("sweep failed for {nick}", nick=user.nick)
+
+    def shutdown(self, reason: str = "Server shutting down") -> None:
+        """Tell every client the server is stopping and close them."""
+        for user in list(self.connections):
+            self.close(user, reason)
+
+    # ------------------------------------------------------------------
+    # Registration
+    # ------------------------------------------------------------------
+    def _make_isupport(self) -> list[list[str]]:
+        c = self.config
+        tokens = [
+            f"AWAYLEN={c.away_len}", "BOT=B", "CASEMAPPING=ascii", f"CHANLIMIT=#&:{c.max_channels_per_user}",
+            "CHANMODES=beI,k,l,imnpst", f"CHANNELLEN={c.channel_len}", "CHANTYPES=#&", "ELIST=CMNTU",
+            "EXCEPTS=e", "INVEX=I", f"KICKLEN={c.kick_len}", f"MAXLIST=beI:{c.max_list_entries}",
+            f"MAXTARGETS={c.max_targets}", f"MODES={c.max_modes}", f"MONITOR={c.max_monitor}",
+            f"NETWORK={c.network_name}", f"NICKLEN={c.nick_len}", "PREFIX=(ov)@+", "SAFELIST",
+            "STATUSMSG=@+",
+            f"TARGMAX=PRIVMSG:{c.max_targets},NOTICE:{c.max_targets},TAGMSG:{c.max_targets},JOIN:,PART:,"
+            f"KICK:{c.max_targets},WHOIS:{c.max_targets},NAMES:1,LIST:1,MONITOR:{c.max_monitor},USERHOST:5,ISON:",
+            f"TOPICLEN={c.topic_len}", f"USERLEN={c.user_len}", "WHOX",
+        ]
+        return [tokens[i:i + 12] for i in range(0, len(tokens), 12)]
+
+    def _try_register(self, user: User) -> None:
+        if user.registered or user.cap_negotiating or not (user.nick_given and user.user_given):
+            return
+        if self.config.server_password is not None and not user.pass_ok:
+            self.num(user, "464", "Password incorrect")
+            self.close(user, "Bad password")
+            return
+        user.registered = True
+        nick = user.nick
+        self.num(user, "001", f"Welcome to the {self.config.network_name} IRC Network {user.hostmask}")
+        self.num(user, "002", f"Your host is {self.name}, running version {VERSION}")
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
+        self.num(user, "003", f"This server was created {started}")
+        user.write(build(self.name, "004", nick, self.name, VERSION, USER_MODES, CHANNEL_MODES, "beIklov"))
+        self._send_isupport(user)
+        self._send_lusers(user)
+        self._send_motd(user)
+        if user.modes:
+            user.write(build(user.nick, "MODE", user.nick, "+" + "".join(sorted(user.modes))))
+        self._monitor_notify(user.folded, user)
+        log.info("{nick} registered from {ip}", nick=nick, ip=user.ip)
+        for hook in self.hooks:
+            try:
+                hook.on_register(user)
+            except Exception:
+                log.failure("plugin on_register failed")
+
+    def _send_isupport(self, user: User) -> None:
+        for chunk in self._isupport:
+            user.write(build_text(self.name, "005", user.nick, *chunk, "are supported by this server"))
+
+    def _send_lusers(self, user: User) -> None:
+        total = sum(1 for u in self.connections if u.registered)
+        invisible = sum(1 for u in self.connections if u.registered and "i" in u.modes)
+        opers = sum(1 for u in self.connections if u.registered and u.is_oper)
+        unknown = len(self.connections) - total
+        self.num(user, "251", f"There are {total - invisible} users and {invisible} invisible on 1 servers")
+        self.num(user, "252", str(opers), "operator(s) online")
+        self.num(user, "253", str(unknown), "unknown connection(s)")
+        self.num(user, "254", str(len(self.channels)), "channels formed")
+        self.num(user, "255", f"I have {total} clients and 0 servers")
+        self.num(user, "265", str(total), str(self.config.max_clients),
+                 f"Current local users {total}, max {self.config.max_clients}")
+        self.num(user, "266", str(total), str(self.config.max_clients),
+                 f"Current global users {total}, max {self.config.max_clients}")
+
+    def _send_motd(self, user: User) -> None:
+        if not self.motd:
+            self.num(user, "422", "MOTD File is missing")
+            return
+        self.num(user, "375", f"- {self.name} Message of the day - ")
+        for line in self.motd:
+            self.num(user, "372", f"- {line}")
+        self.num(user, "376", "End of /MOTD command.")
+
+    def irc_PASS(self, user: User, msg: Message) -> None:
+        if user.registered:
+            self.num(user, "462", "You may not reregister")
+            return
+        if not msg.params:
+            self.num(user, "461", "PASS", "Not enough parameters")
+            return
+        expected = self.config.server_password
+        if expected is not None:
+            user.pass_ok = hmac.compare_digest(msg.params[0].encode(), expected.encode())
+
+    def irc_NICK(self, user: User, msg: Message) -> None:
+        if not msg.params or not msg.params[0]:
+            self.num(user, "431", "No nickname given")
+            return
+        nick = msg.params[0]
+        if not valid_nick(nick, self.config.nick_len):
+            self.num(user, "432", nick, "Erroneous nickname")
+            return
+        folded = fold(nick)
+        holder = self.users.get(folded)
+        if holder is not None and holder is not user:
+            self.num(user, "433", nick, "Nickname is already in use")
+            return
+        if nick == user.nick:
+            return
+        old_folded, old_mask = user.folded, user.hostmask
+        if not user.registered:
+            if self.users.get(old_folded) is user:
+                del self.users[old_folded]
+            user.set_nick(nick)
+            self.users[folded] = user
+            user.nick_given = True
+            self._try_register(user)
+            return
+        data = build_text(old_mask, "NICK", nick)
+        user.write(data)
+        self.broadcast(self.co_members(user), data)
+        self.whowas.append((user.nick, user.username, user.host, user.realname, self.clock.seconds()))
+        if old_folded != folded:
+            del self.users[old_folded]
+            self._monitor_notify(old_folded, None)
+        user.set_nick(nick)
+        self.users[folded] = user
+        if old_folded != folded:
+            self._monitor_notify(folded, user)
+
+    def irc_USER(self, user: User, msg: Message) -> None:
+        if user.registered or user.user_given:
+            self.num(user, "462", "You may not reregister")
+            return
+        if len(msg.params) < 4 or not msg.params[0]:
+            self.num(user, "461", "USER", "Not enough parameters")
+            return
+        ident = "".join(ch for ch in msg.params[0] if ch.isascii() and (ch.isalnum() or ch in "-_."))
+        ident = ident[: self.config.user_len - 1] or "u"
+        user.set_userhost("~" + ident, user.host)
+        user.realname = truncate(msg.params[3], self.config.realname_len)
+        user.user_given = True
+        self._try_register(user)
+
+    def irc_CAP(self, user: User, msg: Message) -> None:
+        if not msg.params:
+            self.num(user, "461", "CAP", "Not enough parameters")
+            return
+        sub = msg.params[0].upper()
+        me = user.nick
+        if sub == "LS":
+            version = 0
+            if len(msg.params) > 1 and msg.params[1].isdigit():
+                version = int(msg.params[1])
+            if version > user.cap_version:
+                user.cap_version = version
+            if not user.registered:
+                user.cap_negotiating = True
+            if user.cap_version >= 302 and "cap-notify" not in user.caps:
+                user.set_caps(user.caps | {"cap-notify"})
+            tokens = cap_ls_tokens(user.cap_version >= 302)
+            line = " ".join(tokens)
+            if len(line) <= 400 or user.cap_version < 302:
+                user.write(build_text(self.name, "CAP", me, "LS", line))
+            else:
+                chunk: list[str] = []
+                for tok in tokens:
+                    if chunk and len(" ".join(chunk + [tok])) > 400:
+                        user.write(build_text(self.name, "CAP", me, "LS", "*", " ".join(chunk)))
+                        chunk = []
+                    chunk.append(tok)
+                user.write(build_text(self.name, "CAP", me, "LS", " ".join(chunk)))
+        elif sub == "LIST":
+            user.write(build_text(self.name, "CAP", me, "LIST", " ".join(sorted(user.caps))))
+        elif sub == "REQ":
+            if not user.registered:
+                user.cap_negotiating = True
+            raw = msg.params[1] if len(msg.params) > 1 else ""
+            enable: set[str] = set()
+            disable: set[str] = set()
+            ok = bool(raw.strip())
+            for item in raw.split():
+                name = item[1:] if item.startswith("-") else item
+                if name not in CAPABILITIES:
+                    ok = False
+                    break
+                if item.startswith("-"):
+                    if name == "cap-notify" and user.cap_version >= 302:
+                        ok = False
+                        break
+                    disable.add(name)
+                else:
+                    enable.add(name)
+            if not ok:
+                user.write(build_text(self.name, "CAP", me, "NAK", raw))
+                return
+            user.set_caps(frozenset((user.caps | enable) - disable))
+            user.write(build_text(self.name, "CAP", me, "ACK", raw.strip()))
+        elif sub == "END":
+            if not user.registered:
+                user.cap_negotiating = False
+                self._try_register(user)
+        else:
+            self.num(user, "410", sub, "Invalid CAP command")
+
+    def irc_AUTHENTICATE(self, user: User, msg: Message) -> None:
+        # SASL arrives with the identity work; until then no mechanism is offered.
+        self.num(user, "904", "SASL authentication failed")
+
+    def irc_PING(self, user: User, msg: Message) -> None:
+        if not msg.params:
+            self.num(user, "409", "No origin specified")
+            return
+        user.write(build(self.name, "PONG", self.name, msg.params[0]))
+
+    def irc_PONG(self, user: User, msg: Message) -> None:
+        return None
+
+    def irc_QUIT(self, user: User, msg: Message) -> None:
+        reason = truncate(msg.params[0], self.config.kick_len) if msg.params else ""
+        quit_reason = f"Quit: {reason}" if reason else "Quit"
+        self.close(user, quit_reason)
+
+    # ------------------------------------------------------------------
+    # Channels
+    # ------------------------------------------------------------------
+    def _part_channel(self, chan: Channel, user: User) -> None:
+        chan.remove(user)
+        if not chan.members:
+            self.channels.pop(chan.folded, None)
+
+    def irc_JOIN(self, user: User, msg: Message) -> None:
+        if not msg.params or not msg.params[0]:
+            self.num(user, "461", "JOIN", "Not enough parameters")
+            return
+        if msg.params[0] == "0":
+            for chan in list(user.channels.values()):
+                data = build_text(user.hostmask, "PART", chan.name, "Left all channels")
+                self.broadcast(chan.members, data)
+                self._part_channel(chan, user)
+            return
+        names = msg.params[0].split(",")
+        keys = msg.params[1].split(",") if len(msg.params) > 1 else []
+        for i, name in enumerate(names[:50]):
+            self._join(user, name, keys[i] if i < len(keys) else None)
+
+    def _join(self, user: User, name: str, key: Optional[str]) -> None:
+        cfg = self.config
+        if not name:
+            return
+        if not is_channel(name):
+            self.num(user, "403", name, "No such channel")
+            return
+        if not valid_channel(name, cfg.channel_len):
+            self.num(user, "479", name, "Illegal channel name")
+            return
+        folded = fold(name)
+        chan = self.channels.get(folded)
+        if chan is not None and user in chan.members:
+            return
+        if len(user.channels) >= cfg.max_channels_per_user and not user.is_oper:
+            self.num(user, "405", name, "You have joined too many channels")
+            return
+        now = self.clock.seconds()
+        status = 0
+        if chan is None:
+            chan = Channel(name, now)
+            chan.modes.update("nt")
+            self.channels[folded] = chan
+            status = OP
+        else:
+            invited = folded in user.invites
+            if chan.key is not None and key != chan.key:
+                self.num(user, "475", chan.name, "Cannot join channel (+k)")
+                return
+            if chan.limit is not None and len(chan.members) >= chan.limit:
+                self.num(user, "471", chan.name, "Cannot join channel (+l)")
+                return
+            if chan.is_banned(user):
+                self.num(user, "474", chan.name, "Cannot join channel (+b)")
+                return
+            if "i" in chan.modes and not invited and not chan.list_matches("I", user):
+                self.num(user, "473", chan.name, "Cannot join channel (+i)")
+                return
+            user.invites.discard(folded)
+        chan.add(user, status)
+        plain = build(user.hostmask, "JOIN", chan.name)
+        extended = build_text(user.hostmask, "JOIN", chan.name, user.account or "*", user.realname)
+        self.broadcast(chan.members, extended, cap="extended-join", fallback=plain)
+        if user.away is not None:
+            self.broadcast((m for m in chan.members if m is not user), build_text(user.hostmask, "AWAY", user.away),
+                           cap="away-notify")
+        if chan.topic:
+            self.num(user, "332", chan.name, chan.topic)
+            user.write(build(self.name, "333", user.nick, chan.name, chan.topic_setter, str(chan.topic_time)))
+        self._send_names(user, chan)
+        for hook in self.hooks:
+            try:
+                hook.on_join(user, chan)
+            except Exception:
+                log.failure("plugin on_join failed")
+
+    def irc_PART(self, user: User, msg: Message) -> None:
+        if not msg.params or not msg.params[0]:
+            self.num(user, "461", "PART", "Not enough parameters")
+            return
+        reason = truncate(msg.params[1], self.config.kick_len) if len(msg.params) > 1 else ""
+        for name in msg.params[0].split(","):
+            if not name:
+                continue
+            chan = self.channels.get(fold(name))
+            if chan is None:
+                self.num(user, "403", name, "No such channel")
+                continue
+            if user not in chan.members:
+                self.num(user, "442", chan.name, "You're not on that channel")
+                continue
+            if reason:
+                data = build_text(user.hostmask, "PART", chan.name, reason)
+            else:
+                data = build(user.hostmask, "PART", chan.name)
+            self.broadcast(chan.members, data)
+            self._part_channel(chan, user)
+
+    def _visible_channel(self, chan: Channel, user: User) -> bool:
+        return user in chan.members or not (chan.modes & {"s", "p"})
+
+    def _names_symbol(self, chan: Channel) -> str:
+        if "s" in chan.modes:
+            return "@"
+        if "p" in chan.modes:
+            return "*"
+        return "="
+
+    def _send_names(self, user: User, chan: Channel) -> None:
+        if self._visible_channel(chan, user):
+            multi = "multi-prefix" in user.caps
+            uhnames = "userhost-in-names" in user.caps
+            show_invisible = user in chan.members
+            names = []
+            for member, status in chan.members.items():
+                if not show_invisible and "i" in member.modes:
+                    continue
+                names.append(_prefix_chars(status, multi) + (member.hostmask if uhnames else member.nick))
+            head = f":{self.name} 353 {user.nick} {self._names_symbol(chan)} {chan.name} :"
+            budget = 510 - len(head.encode())
+            line: list[str] = []
+            size = 0
+            for name in names:
+                n = len(name.encode()) + 1
+                if line and size + n > budget:
+                    user.write((head + " ".join(line) + "\r\n").encode())
+                    line, size = [], 0
+                line.append(name)
+                size += n
+            if line:
+                user.write((head + " ".join(line) + "\r\n").encode())
+        self.num(user, "366", chan.name, "End of /NAMES list.")
+
+    def irc_NAMES(self, user: User, msg: Message) -> None:
+        if not msg.params or not msg.params[0]:
+            self.num(user, "366", "*", "End of /NAMES list.")
+            return
+        for name in msg.params[0].split(",")[:1]:
+            chan = self.channels.get(fold(name))
+            if chan is None:
+                self.num(user, "366", name, "End of /NAMES list.")
+            else:
+                self._send_names(user, chan)
+
+    def irc_TOPIC(self, user: User, msg: Message) -> None:
+        if not msg.params:
+            self.num(user, "461", "TOPIC", "Not enough parameters")
+            return
+        chan = self.channels.get(fold(msg.params[0]))
+        if chan is None or not self._visible_channel(chan, user):
+            self.num(user, "403", msg.params[0], "No such channel")
+            return
+        if len(msg.params) == 1:
+            if user not in chan.members and "s" in chan.modes:
+                self.num(user, "442", chan.name, "You're not on that channel")
+            elif chan.topic:
+                self.num(user, "332", chan.name, chan.topic)
+                user.write(build(self.name, "333", user.nick, chan.name, chan.topic_setter, str(chan.topic_time)))
+            else:
+                self.num(user, "331", chan.name, "No topic is set")
+            return
+        if user not in chan.members and not user.is_oper:
+            self.num(user, "442", chan.name, "You're not on that channel")
+            return
+        if "t" in chan.modes and not chan.is_op(user) and not user.is_oper:
+            self.num(user, "482", chan.name, "You're not channel operator")
+            return
+        chan.topic = truncate(msg.params[1], self.config.topic_len)
+        chan.topic_setter = user.hostmask
+        chan.topic_time = int(self.clock.seconds())
+        data = build_text(user.hostmask, "TOPIC", chan.name, chan.topic)
+        self.broadcast(chan.members, data)
+        if user not in chan.members:
+            user.write(data)
+
+    def irc_LIST(self, user: User, msg: Message) -> None:
+        now = self.clock.seconds()
+        filters: list[Callable[[Channel], bool]] = []
+        wanted: Optional[list[str]] = None
+        if msg.params and msg.params[0]:
+            for item in msg.params[0].split(","):
+                f = self._elist_filter(item, now)
+                if f is not None:
+                    filters.append(f)
+                elif is_channel(item):
+                    wanted = (wanted or []) + [item]
+                else:
+                    filters.append(lambda c, m=item: glob_match(m, c.name))
+        self.num(user, "321", "Channel", "Users  Name")
+        if wanted is not None:
+            chans: Iterable[Channel] = [c for c in (self.channels.get(fold(n)) for n in wanted) if c is not None]
+        else:
+            chans = list(self.channels.values())
+        for chan in chans:
+            if not self._visible_channel(chan, user):
+                continue
+            if user not in chan.members and "s" in chan.modes:
+                continue
+            if not all(f(chan) for f in filters):
+                continue
+            modes, _ = chan.mode_string(False)
+            self.num(user, "322", chan.name, str(len(chan.members)), f"[{modes}] {chan.topic}")
+        self.num(user, "323", "End of /LIST")
+
+    @staticmethod
+    def _elist_filter(item: str, now: float) -> Optional[Callable[[Channel], bool]]:
+        try:
+            if item.startswith(">"):
+                n = int(item[1:])
+                return lambda c: len(c.members) > n
+            if item.startswith("<"):
+                n = int(item[1:])
+                return lambda c: len(c.members) < n
+            if item[:2] in ("C>", "C<", "T>", "T<"):
+                minutes = int(item[2:])
+                cutoff = now - minutes * 60
+                if item[0] == "C":
+                    return (lambda c: c.created < cutoff) if item[1] == ">" else (lambda c: c.created > cutoff)
+                return (lambda c: bool(c.topic) and c.topic_time < cutoff) if item[1] == ">" else (
+                    lambda c: bool(c.topic) and c.topic_time > cutoff)
+        except ValueError:
+            return lambda c: False
+        if item.startswith("!"):
+            mask = item[1:]
+            return lambda c: not glob_match(mask, c.name)
+        return None
+
+    def irc_INVITE(self, user: User, msg: Message) -> None:
+        if not msg.params:
+            if not user.invites:
+                self.num(user, "337", "End of /INVITE list")
+                return
+            for folded in sorted(user.invites):
+                chan = self.channels.get(folded)
+                if chan is not None:
+                    self.num_raw(user, "336", chan.name)
+            self.num(user, "337", "End of /INVITE list")
+            return
+        if len(msg.params) < 2:
+            self.num(user, "461", "INVITE", "Not enough parameters")
+            return
+        nick, name = msg.params[0], msg.params[1]
+        target = self.users.get(fold(nick))
+        if target is None or not target.registered:
+            self.num(user, "401", nick, "No such nick/channel")
+            return
+        chan = self.channels.get(fold(name))
+        if chan is None:
+            self.num(user, "403", name, "No such channel")
+            return
+        if user not in chan.members and not user.is_oper:
+            self.num(user, "442", chan.name, "You're not on that channel")
+            return
+        if "i" in chan.modes and not chan.is_op(user) and not user.is_oper:
+            self.num(user, "482", chan.name, "You're not channel operator")
+            return
+        if target in chan.members:
+            self.num(user, "443", target.nick, chan.name, "is already on channel")
+            return
+        if len(target.invites) >= self.config.max_invites_per_user:
+            target.invites.pop()
+        target.invites.add(chan.folded)
+        self.num_raw(user, "341", target.nick, chan.name)
+        target.write(build(user.hostmask, "INVITE", target.nick, chan.name))
+        if target.away is not None:
+            self.num(user, "301", target.nick, target.away)
+        notify = build(user.hostmask, "INVITE", target.nick, chan.name)
+        for member, status in chan.members.items():
+            if member is not user and status & OP and "invite-notify" in member.caps:
+                member.write(notify)
+
+    def irc_KICK(self, user: User, msg: Message) -> None:
+        if len(msg.params) < 2:
+            self.num(user, "461", "KICK", "Not enough parameters")
+            return
+        chans = msg.params[0].split(",")
+        nicks = msg.params[1].split(",")[: self.config.max_targets]
+        reason = truncate(msg.params[2], self.config.kick_len) if len(msg.params) > 2 and msg.params[2] else user.nick
+        if len(chans) == 1:
+            pairs = [(chans[0], n) for n in nicks]
+        elif len(chans) == len(nicks):
+            pairs = list(zip(chans, nicks))
+        else:
+            self.num(user, "461", "KICK", "Not enough parameters")
+            return
+        for name, nick in pairs:
+            chan = self.channels.get(fold(name))
+            if chan is None:
+                self.num(user, "403", name, "No such channel")
+                continue
+            if user not in chan.members and not user.is_oper:
+                self.num(user, "442", chan.name, "You're not on that channel")
+                continue
+            if not chan.is_op(user) and not user.is_oper:
+                self.num(user, "482", chan.name, "You're not channel operator")
+                continue
+            victim = self.users.get(fold(nick))
+            if victim is None or victim not in chan.members:
+                self.num(user, "441", nick, chan.name, "They aren't on that channel")
+                continue
+            data = build_text(user.hostmask, "KICK", chan.name, victim.nick, reason)
+            self.broadcast(chan.members, data)
+            if user not in chan.members:
+                user.write(data)
+            self._part_channel(chan, victim)
+
+    # ------------------------------------------------------------------
+    # Modes
+    # ------------------------------------------------------------------
+    def irc_MODE(self, user: User, msg: Message) -> None:
+        if not msg.params:
+            self.num(user, "461", "MODE", "Not enough parameters")
+            return
+        target = msg.params[0]
+        if is_channel(target):
+            self._channel_mode(user, target, msg.params[1:])
+        else:
+            self._user_mode(user, target, msg.params[1:])
+
+    def _user_mode(self, user: User, target: str, args: list[str]) -> None:
+        other = self.users.get(fold(target))
+        if other is None:
+            self.num(user, "401", target, "No such nick/channel")
+            return
+        if other is not user:
+            self.num(user, "502", "Can't change mode for other users")
+            return
+        if not args:
+            user.write(build(self.name, "221", user.nick, "+" + "".join(sorted(user.modes))))
+            return
+        adding = True
+        added, removed = [], []
+        unknown = False
+        for ch in args[0]:
+            if ch in "+-":
+                adding = ch == "+"
+            elif ch in "iwB":
+                if adding and ch not in user.modes:
+                    user.modes.add(ch)
+                    added.append(ch)
+                elif not adding and ch in user.modes:
+                    user.modes.discard(ch)
+                    removed.append(ch)
+            elif ch == "o":
+                if not adding and "o" in user.modes:  # opers may drop +o; only OPER grants it
+                    user.modes.discard("o")
+                    removed.append("o")
+            else:
+                unknown = True
+        if unknown:
+            self.num(user, "501", "Unknown MODE flag")
+        if added or removed:
+            change = ("+" + "".join(added) if added else "") + ("-" + "".join(removed) if removed else "")
+            user.write(build(user.hostmask, "MODE", user.nick, change))
+
+    def _channel_mode(self, user: User, name: str, args: list[str]) -> None:
+        chan = self.channels.get(fold(name))
+        if chan is None or (not self._visible_channel(chan, user) and not user.is_oper):
+            self.num(user, "403", name, "No such channel")
+            return
+        if not args:
+            modes, margs = chan.mode_string(user in chan.members or user.is_oper)
+            user.write(build(self.name, "324", user.nick, chan.name, modes, *margs))
+            user.write(build(self.name, "329", user.nick, chan.name, str(chan.created)))
+            return
+        is_op = chan.is_op(user) or user.is_oper
+        cfg = self.config
+        now = self.clock.seconds()
+        adding = True
+        params = iter(args[1:])
+        applied: list[tuple[str, str, Optional[str]]] = []
+        arg_changes = 0
+        denied = False
+        for ch in args[0]:
+            if ch in "+-":
+                adding = ch == "+"
+                continue
+            if ch in LIST_MODES:
+                mask = next(params, None)
+                if mask is None or not mask.strip():
+                    if adding or mask is None:
+                        self._send_list(user, chan, ch)
+                    continue
+                if not is_op:
+                    denied = True
+                    continue
+                if arg_changes >= cfg.max_modes:
+                    continue
+                arg_changes += 1
+                mask = normalize_mask(mask.strip())[:200]
+                if adding:
+                    res = chan.list_add(ch, mask, user.hostmask, now, cfg.max_list_entries)
+                    if res is None:
+                        self.num(user, "478", chan.name, mask, "Channel list is full")
+                    elif res:
+                        applied.append(("+", ch, mask))
+                else:
+                    stored = chan.list_remove(ch, mask)
+                    if stored is not None:
+                        applied.append(("-", ch, stored))
+                continue
+            if ch in PREFIX_MODES:
+                nick = next(params, None)
+                if nick is None:
+                    self.num(user, "461", "MODE", "Not enough parameters")
+                    continue
+                if not is_op:
+                    denied = True
+                    continue
+                if arg_changes >= cfg.max_modes:
+                    continue
+                arg_changes += 1
+                target = self.users.get(fold(nick))
+                if target is None:
+                    self.num(user, "401", nick, "No such nick/channel")
+                    continue
+                if target not in chan.members:
+                    self.num(user, "441", target.nick, chan.name, "They aren't on that channel")
+                    continue
+                bit = PREFIX_MODES[ch]
+                old = chan.members[target]
+                new = old | bit if adding else old & ~bit
+                if new != old:
+                    chan.members[target] = new
+                    applied.append(("+" if adding else "-", ch, target.nick))
+                continue
+            if ch == "k":
+                key = next(params, None)
+                if adding and key is None:
+                    self.num(user, "461", "MODE", "Not enough parameters")
+                    continue
+                if not is_op:
+                    denied = True
+                    continue
+                if adding:
+                    key = key.strip() if key else ""
+                    if not key or "," in key or len(key) > 23:
+                        self.num(user, "696", chan.name, "k", key or "*", "Invalid key (1-23 characters, no commas)")
+                        continue
+                    chan.key = key
+                    applied.append(("+", "k", key))
+                elif chan.key is not None:
+                    chan.key = None
+                    applied.append(("-", "k", "*"))
+                continue
+            if ch == "l":
+                if adding:
+                    raw = next(params, None)
+                    if raw is None:
+                        self.num(user, "461", "MODE", "Not enough parameters")
+                        continue
+                    if not is_op:
+                        denied = True
+                        continue
+                    try:
+                        limit = int(raw)
+                    except ValueError:
+                        limit = 0
+                    if limit <= 0 or limit > 1_000_000:
+                        self.num(user, "696", chan.name, "l", raw, "Invalid limit")
+                        continue
+                    chan.limit = limit
+                    applied.append(("+", "l", str(limit)))
+                else:
+                    if not is_op:
+                        denied = True
+                        continue
+                    if chan.limit is not None:
+                        chan.limit = None
+                        applied.append(("-", "l", None))
+                continue
+            if ch in FLAG_MODES:
+                if not is_op:
+                    denied = True
+                    continue
+                if adding and ch not in chan.modes:
+                    chan.modes.add(ch)
+                    applied.append(("+", ch, None))
+                elif not adding and ch in chan.modes:
+                    chan.modes.discard(ch)
+                    applied.append(("-", ch, None))
+                continue
+            self.num(user, "472", ch, "is unknown mode char to me")
+        if denied:
+            if user not in chan.members:
+                self.num(user, "442", chan.name, "You're not on that channel")
+            else:
+                self.num(user, "482", chan.name, "You're not channel operator")
+        if applied:
+            self._broadcast_modes(user.hostmask, chan, applied, extra=None if user in chan.members else user)
+
+    def _broadcast_modes(self, source: str, chan: Channel, applied: list[tuple[str, str, Optional[str]]],
+                         extra: Optional[User] = None) -> None:
+        # Group into lines of at most MODES argument-taking changes.
+        letters = ""
+        sign = ""
+        args: list[str] = []
+        for s, ch, arg in applied:
+            if s != sign:
+                letters += s
+                sign = s
+            letters += ch
+            if arg is not None:
+                args.append(arg)
+        members_line = build(source, "MODE", chan.name, letters, *args)
+        self.broadcast(chan.members, members_line)
+        if extra is not None:
+            extra.write(members_line)
+
+    def _send_list(self, user: User, chan: Channel, mode: str) -> None:
+        codes = {"b": ("367", "368", "End of channel ban list"),
+                 "e": ("348", "349", "End of channel exception list"),
+                 "I": ("346", "347", "End of channel invite list")}[mode]
+        if user not in chan.members and not user.is_oper and mode != "b" and not chan.is_op(user):
+            self.num(user, "482", chan.name, "You're not channel operator")
+            return
+        if mode in "eI" and not chan.is_op(user) and not user.is_oper:
+            self.num(user, "482", chan.name, "You're not channel operator")
+            return
+        for entry in chan.lists[mode]:
+            user.write(build(self.name, codes[0], user.nick, chan.name, entry.mask, entry.setter, str(entry.set_at)))
+        self.num(user, codes[1], chan.name, codes[2])
+
+    # ------------------------------------------------------------------
+    # Messages
+    # ------------------------------------------------------------------
+    def irc_PRIVMSG(self, user: User, msg: Message) -> None:
+        self._message(user, msg, "PRIVMSG")
+
+    def irc_NOTICE(self, user: User, msg: Message) -> None:
+        self._message(user, msg, "NOTICE")
+
+    def irc_TAGMSG(self, user: User, msg: Message) -> None:
+        self._message(user, msg, "TAGMSG")
+
+    def _message(self, user: User, msg: Message, command: str) -> None:
+        notice = command == "NOTICE"
+        tagmsg = command == "TAGMSG"
+        params = msg.params
+        if not params or not params[0]:
+            if not notice:
+                self.num(user, "411", f"No recipient given ({command})")
+            return
+        if tagmsg:
+            text = ""
+        elif len(params) < 2 or params[1] == "":
+            if not notice:
+                self.num(user, "412", "No text to send")
+            return
+        else:
+            text = params[1]
+        client_tags: dict[str, str] = {}
+        if msg.tags:
+            for k, v in msg.tags.items():
+                if k[:1] == "+":
+                    client_tags[k] = v
+        if tagmsg and not client_tags:
+            return
+        targets = params[0].split(",")
+        if len(targets) > self.config.max_targets:
+            self.num(user, "407", params[0], f"Too many recipients. Only {self.config.max_targets} processed")
+            targets = targets[: self.config.max_targets]
+        for target in targets:
+            if not target:
+                continue
+            if self.hooks and not tagmsg:
+                reason = self._hook_message(user, command, target, text)
+                if reason:
+                    if not notice:
+                        self.num(user, "404", target, reason)
+                    continue
+            status_min = 0
+            name = target
+            if target[0] in "@+" and len(target) > 1 and is_channel(target[1:]):
+                status_min = OP if target[0] == "@" else VOICE
+                name = target[1:]
+            if is_channel(name):
+                self._channel_message(user, command, target, name, status_min, text, client_tags, notice)
+            else:
+                self._private_message(user, command, target, text, client_tags, notice)
+
+    def _hook_message(self, user: User, command: str, target: str, text: str) -> Optional[str]:
+        for hook in self.hooks:
+            try:
+                reason = hook.on_message(user, command, target, text)
+            except Exception:
+                log.failure("plugin on_message failed")
+                continue
+            if reason:
+                return str(reason)
+        return None
+
+    def _channel_message(self, user: User, command: str, target: str, name: str, status_min: int,
+                         text: str, client_tags: dict[str, str], notice: bool) -> None:
+        chan = self.channels.get(fold(name))
+        if chan is None:
+            if not notice:
+                self.num(user, "403", name, "No such channel")
+            return
+        status = chan.members.get(user)
+        if status is None:
+            if "n" in chan.modes or "m" in chan.modes:
+                if not notice:
+                    self.num(user, "404", chan.name, "Cannot send to channel (no external messages)")
+                return
+            status = 0
+        if not status:
+            if "m" in chan.modes:
+                if not notice:
+                    self.num(user, "404", chan.name, "Cannot send to channel (+m)")
+                return
+            if chan.lists["b"] and chan.is_banned(user):
+                if not notice:
+                    self.num(user, "404", chan.name, "Cannot send to channel (you're banned)")
+                return
+        target_display = (target[0] + chan.name) if status_min else chan.name
+        if status_min:
+            if status_min == OP:
+                recipients: Iterable[User] = [m for m, s in chan.members.items() if s & OP]
+            else:
+                recipients = [m for m, s in chan.members.items() if s]
+        else:
+            recipients = chan.members
+        self.deliver(user, command, target_display, text, client_tags, recipients)
+
+    def _private_message(self, user: User, command: str, target: str, text: str,
+                         client_tags: dict[str, str], notice: bool) -> None:
+        nick = target.split("@", 1)[0] if "@" in target else target
+        other = self.users.get(fold(nick))
+        if other is None or not other.registered:
+            if not notice:
+                self.num(user, "401", target, "No such nick/channel")
+            return
+        if command == "PRIVMSG" and other.away is not None:
+            self.num(user, "301", other.nick, other.away)
+        self.deliver(user, command, other.nick, text, client_tags, (other,) if other is not user else ())
+
+    def deliver(self, sender: User, command: str, target: str, text: str, client_tags: dict[str, str],
+                recipients: Iterable[User]) -> None:
+        """Fan one message out. Serialised once per distinct tag class, then one write per recipient.
+
+        The sender is skipped unless it negotiated ``echo-message`` (then it gets
+        its own copy, with the same ``msgid``).
+        """
+        now = self.clock.seconds()
+        msgid = self.ulid.new()
+        variants: list[Optional[bytes]] = [None] * 8
+        tagmsg = command == "TAGMSG"
+        source = sender.hostmask
+        echo = "echo-message" in sender.caps
+
+        def render(tc: int) -> bytes:
+            tags: dict[str, str] = {}
+            if tc & TC_TAGS:
+                tags.update(client_tags)
+                tags["msgid"] = msgid
+                if sender.is_bot:
+                    tags["bot"] = ""
+            if tc & TC_TIME:
+                tags["time"] = server_time(now)
+            if tc & TC_ACCOUNT and sender.account:
+                tags["account"] = sender.account
+            if tagmsg:
+                return build(source, "TAGMSG", target, tags=tags or None)
+            return build_text(source, command, target, text, tags=tags or None)
+
+        if tagmsg:
+            for u in recipients:
+                if u is sender or not u.tagclass & TC_TAGS:
+                    continue
+                data = variants[u.tagclass]
+                if data is None:
+                    data = variants[u.tagclass] = render(u.tagclass)
+                u.write(data)
+        else:
+            for u in recipients:
+                if u is sender:
+                    continue
+                data = variants[u.tagclass]
+                if data is None:
+                    data = variants[u.tagclass] = render(u.tagclass)
+                u.write(data)
+        if echo and (not tagmsg or sender.tagclass & TC_TAGS):
+            data = variants[sender.tagclass]
+            if data is None:
+                data = render(sender.tagclass)
+            sender.write(data)
+
+    # ------------------------------------------------------------------
+    # Queries
+    # ------------------------------------------------------------------
+    def irc_WHOIS(self, user: User, msg: Message) -> None:
+        if not msg.params:
+            self.num(user, "431", "No nickname given")
+            return
+        nicks = msg.params[-1]
+        for nick in nicks.split(",")[: self.config.max_targets]:
+            if not nick:
+                continue
+            other = self.users.get(fold(nick))
+            if other is None or not other.registered:
+                self.num(user, "401", nick, "No such nick/channel")
+                self.num(user, "318", nick, "End of /WHOIS list.")
+                continue
+            self.num(user, "311", other.nick, other.username, other.host, "*", other.realname)
+            chans = []
+            for chan in other.channels.values():
+                if user in chan.members or not (chan.modes & {"s", "p"}) and ("i" not in other.modes or other is user):
+                    chans.append(_prefix_chars(chan.members[other], "multi-prefix" in user.caps) + chan.name)
+            if chans:
+                self.num(user, "319", other.nick, " ".join(chans))
+            self.num(user, "312", other.nick, self.name, f"{self.config.network_name} IRC server")
+            if other.is_oper:
+                self.num(user, "313", other.nick, "is an IRC operator")
+            if other.account:
+                self.num(user, "330", other.nick, other.account, "is logged in as")
+            if other.is_bot:
+                self.num(user, "335", other.nick, "is a bot")
+            if other.conn is not None and getattr(other.conn, "secure", False):
+                self.num(user, "671", other.nick, "is using a secure connection")
+            if other.away is not None:
+                self.num(user, "301", other.nick, other.away)
+            now = self.clock.seconds()
+            self.num(user, "317", other.nick, str(int(now - other.last_active)), str(int(other.signon)),
+                     "seconds idle, signon time")
+            self.num(user, "318", other.nick, "End of /WHOIS list.")
+
+    def irc_WHOWAS(self, user: User, msg: Message) -> None:
+        if not msg.params or not msg.params[0]:
+            self.num(user, "431", "No nickname given")
+            return
+        nick = msg.params[0].split(",")[0]
+        count = 0
+        if len(msg.params) > 1:
+            try:
+                count = int(msg.params[1])
+            except ValueError:
+                count = 0
+        folded = fold(nick)
+        found = 0
+        for wnick, wuser, whost, wreal, when in reversed(self.whowas):
+            if fold(wnick) != folded:
+                continue
+            self.num(user, "314", wnick, wuser, whost, "*", wreal)
+            self.num(user, "312", wnick, self.name, time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(when)))
+            found += 1
+            if count > 0 and found >= count or found >= 20:
+                break
+        if not found:
+            self.num(user, "406", nick, "There was no such nickname")
+        self.num(user, "369", nick, "End of WHOWAS")
+
+    def irc_WHO(self, user: User, msg: Message) -> None:
+        mask = msg.params[0] if msg.params and msg.params[0] else "*"
+        fields: Optional[str] = None
+        token = ""
+        if len(msg.params) > 1 and msg.params[1].startswith("%"):
+            spec = msg.params[1][1:]
+            fields, _, token = spec.partition(",")
+            token = token[:3] if token.isdigit() else ""
+        only_opers = len(msg.params) > 1 and "o" in msg.params[1] and not msg.params[1].startswith("%")
+        results: list[tuple[User, Optional[Channel]]] = []
+        limit = self.config.max_who_results
+        if is_channel(mask):
+            chan = self.channels.get(fold(mask))
+            if chan is not None and self._visible_channel(chan, user):
+                inside = user in chan.members
+                for member in chan.members:
+                    if not inside and "i" in member.modes:
+                        continue
+                    results.append((member, chan))
+        else:
+            exact = self.users.get(fold(mask))
+            if exact is not None and exact.registered:
+                results.append((exact, None))
+            else:
+                shared = self.co_members(user) | {user}
+                for other in self.connections:
+                    if not other.registered:
+                        continue
+                    if "i" in other.modes and other not in shared:
+                        continue
+                    if mask in ("*", "0") or any(glob_match(mask, v) for v in (
+                            other.nick, other.username, other.host, other.realname, other.server)):
+                        results.append((other, None))
+                        if len(results) >= limit:
+                            break
+        for other, chan in results[:limit]:
+            if only_opers and not other.is_oper:
+                continue
+            if chan is None:
+                shown = next((c for c in other.channels.values() if self._visible_channel(c, user)), None)
+            else:
+                shown = chan
+            status = shown.members.get(other, 0) if shown is not None else 0
+            flags = ("G" if other.away is not None else "H") + ("*" if other.is_oper else "") + \
+                _prefix_chars(status, "multi-prefix" in user.caps) + ("B" if other.is_bot else "")
+            channame = shown.name if shown is not None else "*"
+            if fields is None:
+                self.num(user, "352", channame, other.username, other.host, self.name, other.nick, flags,
+                         f"0 {other.realname}")
+            else:
+                out: list[str] = []
+                for f in "tcuihsnfdlaor":
+                    if f not in fields:
+                        continue
+                    out.append({
+                        "t": token or "0", "c": channame, "u": other.username, "i": "255.255.255.255",
+                        "h": other.host, "s": self.name, "n": other.nick, "f": flags, "d": "0",
+                        "l": str(int(self.clock.seconds() - other.last_active)),
+                        "a": other.account or "0", "o": "n/a", "r": other.realname,
+                    }[f])
+                if out:
+                    if "r" in fields:
+                        self.num(user, "354", *out)
+                    else:
+                        self.num_raw(user, "354", *out)
+        self.num(user, "315", mask, "End of /WHO list.")
+
+    def irc_AWAY(self, user: User, msg: Message) -> None:
+        text = msg.params[0] if msg.params else ""
+        if text:
+            user.away = truncate(text, self.config.away_len)
+            self.num(user, "306", "You have been marked as being away")
+            data = build_text(user.hostmask, "AWAY", user.away)
+        else:
+            user.away = None
+            self.num(user, "305", "You are no longer marked as being away")
+            data = build(user.hostmask, "AWAY")
+        self.broadcast(self.co_members(user), data, cap="away-notify")
+
+    def irc_SETNAME(self, user: User, msg: Message) -> None:
+        if not msg.params or not msg.params[0]:
+            self.fail(user, "SETNAME", "INVALID_REALNAME", "Realname is not valid")
+            return
+        if len(msg.params[0].encode()) > self.config.realname_len:
+            self.fail(user, "SETNAME", "INVALID_REALNAME", "Realname is too long")
+            return
+        user.realname = msg.params[0]
+        data = build_text(user.hostmask, "SETNAME", user.realname)
+        if "setname" in user.caps:
+            user.write(data)
+        self.broadcast(self.co_members(user), data, cap="setname")
+
+    def change_host(self, user: User, username: str, host: str) -> None:
+        """Change a user's visible user@host (e.g. a new cloak after authentication).
+
+        ``chghost`` clients see ``CHGHOST``; others see the user quit and rejoin,
+        with its channel status restored, as the IRCv3 spec recommends.
+        """
+        old_mask = user.hostmask
+        user.set_userhost(username, host)
+        if not user.registered:
+            return
+        chg = build(old_mask, "CHGHOST", username, host)
+        if "chghost" in user.caps:
+            user.write(chg)
+        quit_line = build_text(old_mask, "QUIT", "Changing host")
+        for other in self.co_members(user):
+            if "chghost" in other.caps:
+                other.write(chg)
+            else:
+                other.write(quit_line)
+        for chan in user.channels.values():
+            status = chan.members[user]
+            join = build(user.hostmask, "JOIN", chan.name)
+            ext = build_text(user.hostmask, "JOIN", chan.name, user.account or "*", user.realname)
+            prefix = "".join(ch for ch, bit in PREFIX_MODES.items() if status & bit)
+            for other in chan.members:
+                if other is user or "chghost" in other.caps:
+                    continue
+                other.write(ext if "extended-join" in other.caps else join)
+                if prefix:
+                    other.write(build(self.name, "MODE", chan.name, "+" + prefix, *([user.nick] * len(prefix))))
+
+    def irc_ISON(self, user: User, msg: Message) -> None:
+        online = []
+        for word in " ".join(msg.params).split()[:100]:
+            other = self.users.get(fold(word))
+            if other is not None and other.registered:
+                online.append(other.nick)
+        self.num(user, "303", " ".join(online))
+
+    def irc_USERHOST(self, user: User, msg: Message) -> None:
+        if not msg.params:
+            self.num(user, "461", "USERHOST", "Not enough parameters")
+            return
+        replies = []
+        for nick in msg.params[:5]:
+            other = self.users.get(fold(nick))
+            if other is None or not other.registered:
+                continue
+            replies.append(f"{other.nick}{'*' if other.is_oper else ''}={'-' if other.away is not None else '+'}"
+                           f"{other.username}@{other.host}")
+        self.num(user, "302", " ".join(replies))
+
+    def irc_MONITOR(self, user: User, msg: Message) -> None:
+        if not msg.params:
+            self.num(user, "461", "MONITOR", "Not enough parameters")
+            return
+        sub = msg.params[0]
+        limit = self.config.max_monitor
+        if sub == "+":
+            if len(msg.params) < 2:
+                self.num(user, "461", "MONITOR", "Not enough parameters")
+                return
+            online, offline = [], []
+            targets = [t for t in msg.params[1].split(",") if t]
+            for i, nick in enumerate(targets):
+                folded = fold(nick)
+                if folded in user.monitoring:
+                    continue
+                if len(user.monitoring) >= limit:
+                    self.num(user, "734", str(limit), ",".join(targets[i:]), "Monitor list is full.")
+                    break
+                if not valid_nick(nick, self.config.nick_len):
+                    continue
+                user.monitoring.add(folded)
+                self.monitors.setdefault(folded, set()).add(user)
+                other = self.users.get(folded)
+                if other is not None and other.registered:
+                    online.append(other.hostmask)
+                else:
+                    offline.append(nick)
+            if online:
+                self.num(user, "730", ",".join(online))
+            if offline:
+                self.num(user, "731", ",".join(offline))
+        elif sub == "-":
+            if len(msg.params) < 2:
+                self.num(user, "461", "MONITOR", "Not enough parameters")
+                return
+            for nick in msg.params[1].split(","):
+                folded = fold(nick)
+                if folded in user.monitoring:
+                    user.monitoring.discard(folded)
+                    watchers = self.monitors.get(folded)
+                    if watchers:
+                        watchers.discard(user)
+                        if not watchers:
+                            del self.monitors[folded]
+        elif sub in ("C", "c"):
+            for folded in user.monitoring:
+                watchers = self.monitors.get(folded)
+                if watchers:
+                    watchers.discard(user)
+                    if not watchers:
+                        del self.monitors[folded]
+            user.monitoring.clear()
+        elif sub in ("L", "l"):
+            names = sorted(user.monitoring)
+            for i in range(0, len(names), 20):
+                self.num(user, "732", ",".join(names[i:i + 20]))
+            self.num(user, "733", "End of MONITOR list")
+        elif sub in ("S", "s"):
+            online, offline = [], []
+            for folded in sorted(user.monitoring):
+                other = self.users.get(folded)
+                if other is not None and other.registered:
+                    online.append(other.hostmask)
+                else:
+                    offline.append(folded)
+            if online:
+                self.num(user, "730", ",".join(online))
+            if offline:
+                self.num(user, "731", ",".join(offline))
+
+    def _monitor_notify(self, folded: str, online: Optional[User]) -> None:
+        watchers = self.monitors.get(folded)
+        if not watchers:
+            return
+        for w in watchers:
+            if online is not None:
+                self.num(w, "730", online.hostmask)
+            else:
+                self.num(w, "731", folded)
+
+    # ------------------------------------------------------------------
+    # Server information
+    # ------------------------------------------------------------------
+    def irc_MOTD(self, user: User, msg: Message) -> None:
+        self._send_motd(user)
+
+    def irc_LUSERS(self, user: User, msg: Message) -> None:
+        self._send_lusers(user)
+
+    def irc_VERSION(self, user: User, msg: Message) -> None:
+        self.num(user, "351", VERSION, self.name, "IRCv3, AT Protocol identity, iroh federation")
+        self._send_isupport(user)
+
+    def irc_TIME(self, user: User, msg: Message) -> None:
+        now = self.clock.seconds()
+        self.num(user, "391", self.name, time.strftime("%A %B %d %Y -- %H:%M:%S UTC", time.gmtime(now)))
+
+    def irc_ADMIN(self, user: User, msg: Message) -> None:
+        a = self.config.admin_info
+        self.num(user, "256", self.name, "Administrative info")
+        self.num(user, "257", a[0])
+        self.num(user, "258", a[1])
+        self.num(user, "259", a[2])
+
+    def irc_INFO(self, user: User, msg: Message) -> None:
+        for line in (f"{VERSION}: an identity-aware, federated IRC server", "Built on Twisted.",
+                     f"Up since {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(self.started))}"):
+            self.num(user, "371", line)
+        self.num(user, "374", "End of /INFO list")
+
+    def irc_LINKS(self, user: User, msg: Message) -> None:
+        mask = msg.params[-1] if msg.params else "*"
+        if glob_match(mask, self.name):
+            self.num(user, "364", self.name, self.name, f"0 {self.config.network_name} IRC server")
+        self.num(user, "365", mask, "End of /LINKS list.")
+
+    def irc_HELP(self, user: User, msg: Message) -> None:
+        from freeq.core.help import HELP
+
+        subject = msg.params[0].upper() if msg.params else "*"
+        text = HELP.get(subject)
+        if text is None:
+            self.num(user, "524", subject, "No help available on this topic")
+            return
+        lines = text.strip("\n").split("\n")
+        self.num(user, "704", subject, lines[0])
+        for line in lines[1:]:
+            self.num(user, "705", subject, line or " ")
+        self.num(user, "706", subject, "End of /HELP.")
+
+    # ------------------------------------------------------------------
+    # Operators
+    # ------------------------------------------------------------------
+    def irc_OPER(self, user: User, msg: Message) -> None:
+        if len(msg.params) < 2:
+            self.num(user, "461", "OPER", "Not enough parameters")
+            return
+        expected = self.config.oper_password
+        if expected is None:
+            self.num(user, "491", "No O-lines for your host")
+            log.warn("OPER attempt by {nick} but no oper password is configured", nick=user.nick)
+            return
+        if hmac.compare_digest(msg.params[1].encode(), expected.encode()):
+            user.modes.add("o")
+            self.num(user, "381", "You are now an IRC operator")
+            user.write(build(user.hostmask, "MODE", user.nick, "+o"))
+            log.info("{nick} is now an IRC operator (OPER {name})", nick=user.nick, name=msg.params[0])
+            return
+        self.num(user, "464", "Password incorrect")
+        failures = getattr(user.conn, "oper_failures", 0) + 1
+        if user.conn is not None:
+            user.conn.oper_failures = failures
+        log.warn("failed OPER attempt by {nick} (name {name}, attempt {n})", nick=user.nick, name=msg.params[0],
+                 n=failures)
+        if failures >= 3:
+            self.close(user, "Too many failed OPER attempts")
+
+    def irc_KILL(self, user: User, msg: Message) -> None:
+        if len(msg.params) < 1:
+            self.num(user, "461", "KILL", "Not enough parameters")
+            return
+        if not user.is_oper:
+            self.num(user, "481", "Permission Denied- You're not an IRC operator")
+            return
+        victim = self.users.get(fold(msg.params[0]))
+        if victim is None or not victim.registered:
+            self.num(user, "401", msg.params[0], "No such nick/channel")
+            return
+        reason = truncate(msg.params[1], self.config.kick_len) if len(msg.params) > 1 else user.nick
+        victim.write(build_text(user.hostmask, "KILL", victim.nick, reason))
+        log.info("{oper} killed {nick}: {reason}", oper=user.nick, nick=victim.nick, reason=reason)
+        self.close(victim, f"Killed ({user.nick} ({reason}))")
+
+    def irc_WALLOPS(self, user: User, msg: Message) -> None:
+        if not msg.params or not msg.params[0]:
+            self.num(user, "461", "WALLOPS", "Not enough parameters")
+            return
+        if not user.is_oper:
+            self.num(user, "481", "Permission Denied- You're not an IRC operator")
+            return
+        data = build_text(user.hostmask, "WALLOPS", msg.params[0])
+        for other in self.connections:
+            if other.registered and "w" in other.modes:
+                other.write(data)

@@ -1,0 +1,130 @@
+"""A channel, its members and modes, as plain data with pure mutation methods."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from freeq.irc.names import fold
+from freeq.state.masks import compile_masks
+from freeq.state.user import User
+
+#: Membership status bits.
+VOICE = 1
+OP = 2
+
+#: Channel modes by ISUPPORT CHANMODES type.
+LIST_MODES = "beI"
+KEY_MODES = "k"
+PARAM_SET_MODES = "l"
+FLAG_MODES = "imnpst"
+PREFIX_MODES = {"o": OP, "v": VOICE}
+
+
+@dataclass
+class ListEntry:
+    """A ban, exception or invite-exception entry."""
+
+    mask: str
+    setter: str
+    set_at: int
+
+
+class Channel:
+    """A channel. ``members`` maps each :class:`User` to its status bits."""
+
+    __slots__ = (
+        "name", "folded", "members", "modes", "key", "limit", "topic", "topic_setter",
+        "topic_time", "created", "lists", "_compiled",
+    )
+
+    def __init__(self, name: str, now: float) -> None:
+        self.name = name
+        self.folded = fold(name)
+        self.members: dict[User, int] = {}
+        self.modes: set[str] = set()
+        self.key: Optional[str] = None
+        self.limit: Optional[int] = None
+        self.topic = ""
+        self.topic_setter = ""
+        self.topic_time = 0
+        self.created = int(now)
+        self.lists: dict[str, list[ListEntry]] = {"b": [], "e": [], "I": []}
+        self._compiled: dict[str, Optional[re.Pattern[str]]] = {}
+
+    # -- membership -------------------------------------------------------
+    def add(self, user: User, status: int = 0) -> None:
+        """Add a member."""
+        self.members[user] = status
+        user.channels[self.folded] = self
+
+    def remove(self, user: User) -> None:
+        """Remove a member (no-op if absent)."""
+        self.members.pop(user, None)
+        user.channels.pop(self.folded, None)
+
+    def status(self, user: User) -> int:
+        """The member's status bits (0 if not a member)."""
+        return self.members.get(user, 0)
+
+    def is_op(self, user: User) -> bool:
+        """Whether the user is a channel operator here."""
+        return bool(self.members.get(user, 0) & OP)
+
+    # -- lists ------------------------------------------------------------
+    def list_add(self, mode: str, mask: str, setter: str, now: float, limit: int) -> Optional[bool]:
+        """Add a mask to list ``mode``; ``True`` if added, ``False`` if already there, ``None`` if full."""
+        entries = self.lists[mode]
+        folded = fold(mask)
+        if any(fold(e.mask) == folded for e in entries):
+            return False
+        if len(entries) >= limit:
+            return None
+        entries.append(ListEntry(mask, setter, int(now)))
+        self._compiled.pop(mode, None)
+        return True
+
+    def list_remove(self, mode: str, mask: str) -> Optional[str]:
+        """Remove a mask (case-insensitively); return the stored spelling, or ``None`` if absent."""
+        entries = self.lists[mode]
+        folded = fold(mask)
+        for i, e in enumerate(entries):
+            if fold(e.mask) == folded:
+                del entries[i]
+                self._compiled.pop(mode, None)
+                return e.mask
+        return None
+
+    def list_matches(self, mode: str, user: User) -> bool:
+        """Whether ``user`` matches any entry of list ``mode`` (by hostmask, or exactly by DID)."""
+        entries = self.lists[mode]
+        if not entries:
+            return False
+        if mode not in self._compiled:
+            self._compiled[mode] = compile_masks(e.mask for e in entries)
+        pattern = self._compiled[mode]
+        if pattern is not None and pattern.match(fold(user.hostmask)):
+            return True
+        if user.account:
+            return any(e.mask == user.account for e in entries)
+        return False
+
+    def is_banned(self, user: User) -> bool:
+        """Banned and not excepted (``+b`` without a matching ``+e``)."""
+        return self.list_matches("b", user) and not self.list_matches("e", user)
+
+    # -- mode strings -------------------------------------------------------
+    def mode_string(self, show_key: bool) -> tuple[str, list[str]]:
+        """The ``+modes`` string and its arguments (key shown only to members)."""
+        letters = "".join(sorted(self.modes))
+        args: list[str] = []
+        if self.key is not None:
+            letters += "k"
+            args.append(self.key if show_key else "*")
+        if self.limit is not None:
+            letters += "l"
+            args.append(str(self.limit))
+        return "+" + letters, args
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.name} {len(self.members)}>"

@@ -1,0 +1,98 @@
+"""A connected (or registering) user, as plain data."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from freeq.irc.names import fold
+
+if TYPE_CHECKING:
+    from freeq.state.channel import Channel
+
+#: Bits of :attr:`User.tagclass`: which server tags a recipient gets on a message.
+TC_TAGS = 1  # message-tags: client tags, msgid, bot, account when account-tag
+TC_TIME = 2  # server-time
+TC_ACCOUNT = 4  # account-tag
+
+GUEST_HOST = "freeq/guest"
+
+
+class User:
+    """One client session. Holds no transport: ``write`` is a callable that the
+    connection layer installs (a byte sink), and ``conn`` is opaque to the model.
+    """
+
+    __slots__ = (
+        "write", "conn", "nick", "folded", "username", "realname", "host", "ip",
+        "account", "modes", "away", "caps", "tagclass", "channels", "registered",
+        "signon", "last_active", "cap_version", "cap_negotiating", "nick_given",
+        "user_given", "pass_ok", "monitoring", "invites", "server", "hostmask",
+        "__weakref__",
+    )
+
+    def __init__(self, conn: Any, write: Callable[[bytes], None], ip: str, now: float, server: str) -> None:
+        self.conn = conn
+        self.write = write
+        self.ip = ip  # never shown to other clients
+        self.nick = "*"
+        self.folded = "*"
+        self.username = "~u"
+        self.realname = ""
+        self.host = GUEST_HOST
+        self.account: Optional[str] = None
+        self.modes: set[str] = set()
+        self.away: Optional[str] = None
+        self.caps: frozenset[str] = frozenset()
+        self.tagclass = 0
+        self.channels: dict[str, "Channel"] = {}
+        self.registered = False
+        self.signon = now
+        self.last_active = now
+        self.cap_version = 0
+        self.cap_negotiating = False
+        self.nick_given = False
+        self.user_given = False
+        self.pass_ok = False
+        self.monitoring: set[str] = set()
+        self.invites: set[str] = set()
+        self.server = server
+        self.hostmask = "*!~u@" + GUEST_HOST
+
+    def set_nick(self, nick: str) -> None:
+        """Change the nick (the registry's map is updated by :class:`ServerState`)."""
+        self.nick = nick
+        self.folded = fold(nick)
+        self._remask()
+
+    def set_userhost(self, username: str, host: str) -> None:
+        """Change the visible user and host (the cloak)."""
+        self.username = username
+        self.host = host
+        self._remask()
+
+    def _remask(self) -> None:
+        self.hostmask = f"{self.nick}!{self.username}@{self.host}"
+
+    def set_caps(self, caps: frozenset[str]) -> None:
+        """Replace the enabled capabilities and recompute the tag class used on fan-out."""
+        self.caps = caps
+        tc = 0
+        if "message-tags" in caps:
+            tc |= TC_TAGS
+        if "server-time" in caps:
+            tc |= TC_TIME
+        if "account-tag" in caps:
+            tc |= TC_ACCOUNT
+        self.tagclass = tc
+
+    @property
+    def is_oper(self) -> bool:
+        """Whether this user is a server operator (user mode ``+o``)."""
+        return "o" in self.modes
+
+    @property
+    def is_bot(self) -> bool:
+        """Whether this user marked itself a bot (user mode ``+B``)."""
+        return "B" in self.modes
+
+    def __repr__(self) -> str:
+        return f"<User {self.nick}>"

@@ -1,0 +1,228 @@
+"""``twistd freeq``: command-line options, validation into one frozen :class:`Config`, and wiring.
+
+This is the composition root: the only module that builds and connects the
+server's parts.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+
+from freeq.config import Config, ConfigError, Listen, parse_listen
+from freeq.core.server import IRCServer
+from freeq.irc.protocol import ConnectionLimiter, IRCFactory
+
+log = Logger()
+_D = Config()
+
+#: (flag, default, help, Config field, converter) for every valued option.
+_INT = "int"
+_FLOAT = "float"
+_STR = "str"
+OPTIONS: list[tuple[str, Any, str, str, str]] = [
+    ("listen-addr", "127.0.0.1:6667", "Plain IRC listener, HOST:PORT ('none' to disable).", "listen", "listen"),
+    ("tls-listen-addr", "127.0.0.1:6697", "TLS IRC listener, HOST:PORT; active when --tls-cert and --tls-key are given.",
+     "tls_listen", "listen"),
+    ("tls-cert", None, "TLS certificate chain (PEM).", "tls_cert", _STR),
+    ("tls-key", None, "TLS private key (PEM).", "tls_key", _STR),
+    ("server-name", _D.server_name, "Server name: the prefix of server messages.", "server_name", _STR),
+    ("network-name", _D.network_name, "Network name (ISUPPORT NETWORK).", "network_name", _STR),
+    ("motd", None, "Message of the day text ('|' separates lines).", "motd", _STR),
+    ("motd-file", None, "Read the message of the day from this file (overrides --motd).", "motd", _STR),
+    ("data-dir", _D.data_dir, "Directory for the database and key files (created 0700).", "data_dir", _STR),
+    ("server-password", None, "Require this PASS from every client (env SERVER_PASSWORD).", "server_password", _STR),
+    ("oper-password", None, "Password for the OPER command (env OPER_PASSWORD).", "oper_password", _STR),
+    ("max-connections-per-ip", _D.max_connections_per_ip, "Concurrent connections per IP, TCP and TLS together.",
+     "max_connections_per_ip", _INT),
+    ("max-clients", _D.max_clients, "Concurrent connections in total.", "max_clients", _INT),
+    ("max-channels-per-user", _D.max_channels_per_user, "Channels one user may join (CHANLIMIT).",
+     "max_channels_per_user", _INT),
+    ("max-targets", _D.max_targets, "Targets per PRIVMSG/NOTICE/KICK/WHOIS (TARGMAX).", "max_targets", _INT),
+    ("max-list-entries", _D.max_list_entries, "Entries per ban/exception/invex list (MAXLIST).", "max_list_entries",
+     _INT),
+    ("max-monitor", _D.max_monitor, "Nicks one client may MONITOR.", "max_monitor", _INT),
+    ("nick-len", _D.nick_len, "Longest nick in bytes (NICKLEN, 9-64).", "nick_len", _INT),
+    ("channel-len", _D.channel_len, "Longest channel name in bytes (CHANNELLEN).", "channel_len", _INT),
+    ("topic-len", _D.topic_len, "Longest topic in bytes (TOPICLEN).", "topic_len", _INT),
+    ("registration-timeout", _D.registration_timeout, "Seconds a client has to complete registration.",
+     "registration_timeout", _FLOAT),
+    ("ping-interval", _D.ping_interval, "Seconds of silence before the server sends PING.", "ping_interval", _FLOAT),
+    ("ping-timeout", _D.ping_timeout, "Seconds of silence before the client is dropped (Ping timeout).",
+     "ping_timeout", _FLOAT),
+    ("flood-burst", _D.flood_burst, "Flood control: commands a client may send in a burst.", "flood_burst", _INT),
+    ("flood-rate", _D.flood_rate, "Flood control: commands per second sustained (0 disables flood control).",
+     "flood_rate", _FLOAT),
+    ("flood-queue", _D.flood_queue, "Flood control: commands held back (fake lag) before 'Excess Flood'.",
+     "flood_queue", _INT),
+    ("sendq-bytes", _D.sendq_bytes, "Bytes queued for a slow reader beyond the socket buffer before it is dropped.",
+     "sendq_bytes", _INT),
+]
+
+
+class Options(usage.Options):
+    """Options of ``twistd freeq``; every flag documents its default."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Runs the freeq IRC server. Listeners default to loopback. Invalid values stop start-up "
+        "with a one-line message."
+    )
+    optParameters = [[name, None, default, doc] for name, default, doc, _f, _c in OPTIONS]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["plugin"] = []
+
+    def opt_plugin(self, name: str) -> None:
+        """Enable the operator plugin NAME (repeatable; see docs/plugins.md)."""
+        self["plugin"].append(name)
+
+
+def _convert(flag: str, value: Any, kind: str) -> Any:
+    if value is None:
+        return None
+    if kind == _INT:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--{flag}: expected a whole number, got {value!r}") from None
+    if kind == _FLOAT:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--{flag}: expected a number, got {value!r}") from None
+    if kind == "listen":
+        if str(value).lower() in ("", "none", "off"):
+            return None
+        return parse_listen("--" + flag, str(value))
+    return str(value)
+
+
+def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
+    """Validate parsed options (and the environment) into a frozen :class:`Config`.
+
+    Raises :class:`ConfigError` with a one-line message for any bad value.
+    """
+    values: dict[str, Any] = {}
+    for flag, _default, _doc, field, kind in OPTIONS:
+        if flag in ("motd", "motd-file"):
+            continue
+        values[field] = _convert(flag, options.get(flag), kind)
+    for field in ("tls_cert", "tls_key", "server_password", "oper_password"):
+        if values.get(field) is None:
+            values.pop(field, None)
+    if options.get("server-password") is None and environ.get("SERVER_PASSWORD"):
+        values["server_password"] = environ["SERVER_PASSWORD"]
+    if options.get("oper-password") is None and environ.get("OPER_PASSWORD"):
+        values["oper_password"] = environ["OPER_PASSWORD"]
+    motd = _read_motd(options.get("motd"), options.get("motd-file"))
+    values["motd"] = motd
+    values["plugins"] = tuple(options.get("plugin") or ())
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,62}", values["server_name"] or ""):
+        raise ConfigError(f"--server-name: {values['server_name']!r} must be letters, digits, dots and dashes")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-_]{0,62}", values["network_name"] or ""):
+        raise ConfigError(f"--network-name: {values['network_name']!r} must be letters, digits, dots and dashes")
+    return Config(**values).validate()
+
+
+def _read_motd(text: Optional[str], path: Optional[str]) -> tuple[str, ...]:
+    if path:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                data = f.read(64 * 1024)
+        except OSError as e:
+            raise ConfigError(f"--motd-file: cannot read {path}: {e.strerror}") from None
+        return tuple(line.rstrip("\r")[:400] for line in data.splitlines()[:200])
+    if text:
+        return tuple(line[:400] for line in text.split("|"))
+    return ()
+
+
+def prepare_data_dir(path: str) -> None:
+    """Create the data directory (0700) if missing; fail clearly if it is not usable."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--data-dir: cannot create {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--data-dir: {path} is not writable")
+
+
+def _endpoint(reactor: Any, listen: Listen, tls: Any = None) -> Any:
+    if tls is not None:
+        return endpoints.SSL4ServerEndpoint(reactor, listen.port, tls, interface=listen.host)
+    if ":" in listen.host:
+        return endpoints.TCP6ServerEndpoint(reactor, listen.port, interface=listen.host)
+    return endpoints.TCP4ServerEndpoint(reactor, listen.port, interface=listen.host)
+
+
+class _ShutdownService(service.Service):
+    """Tells every client the server is stopping before the listeners close."""
+
+    def __init__(self, server: IRCServer) -> None:
+        self.server = server
+
+    def stopService(self) -> Any:
+        self.server.shutdown()
+        return super().stopService()
+
+
+def make_irc_server(config: Config, reactor: Any) -> tuple[IRCServer, ConnectionLimiter]:
+    """Build the IRC server (with its plugins) and the shared connection limiter."""
+    from freeq.plugins import PluginError, load_plugins
+
+    try:
+        plugins = load_plugins(config.plugins)
+    except PluginError as e:
+        raise ConfigError(str(e)) from None
+    server = IRCServer(config, reactor)
+    server.hooks.extend(p.make_hook(server) for p in plugins)
+    return server, ConnectionLimiter(config.max_connections_per_ip, config.max_clients)
+
+
+def build_service(config: Config, reactor: Any) -> service.MultiService:
+    """Wire the whole server from a validated config into one service tree."""
+    prepare_data_dir(config.data_dir)
+    top = service.MultiService()
+    server, limiter = make_irc_server(config, reactor)
+    top.irc_server = server  # type: ignore[attr-defined]
+    if config.listen is not None:
+        factory = IRCFactory(server, limiter, reactor, secure=False)
+        svc = StreamServerEndpointService(_endpoint(reactor, config.listen), factory)
+        svc._raiseSynchronously = True
+        svc.setServiceParent(top)
+    if config.tls_listen is not None and config.tls_cert and config.tls_key:
+        from freeq.irc.tls import load_tls_options
+
+        tls = load_tls_options(config.tls_cert, config.tls_key)
+        factory = IRCFactory(server, limiter, reactor, secure=True)
+        svc = StreamServerEndpointService(_endpoint(reactor, config.tls_listen, tls), factory)
+        svc._raiseSynchronously = True
+        svc.setServiceParent(top)
+    sweeper = TimerService(config.sweep_interval, server.sweep)
+    sweeper.clock = reactor
+    sweeper.setServiceParent(top)
+    _ShutdownService(server).setServiceParent(top)
+    log.info("freeq {name} configured: plain {plain}, TLS {tls}", name=config.server_name,
+             plain=str(config.listen) if config.listen else "off",
+             tls=str(config.tls_listen) if config.tls_listen and config.tls_cert else "off")
+    return top
+
+
+def makeService(options: Options) -> service.MultiService:
+    """The twistd entry point: validate, then wire. Bad config exits with one line."""
+    from twisted.internet import reactor
+
+    try:
+        config = config_from_options(options, os.environ)
+        return build_service(config, reactor)
+    except ConfigError as e:
+        raise SystemExit(f"freeq: {e}")
