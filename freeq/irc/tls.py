@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import crypto
 from twisted.internet import ssl
 
 from freeq.config import ConfigError
@@ -34,11 +36,11 @@ def load_tls_options(cert_path: str, key_path: str) -> ssl.CertificateOptions:
     except Exception:
         raise ConfigError(f"--tls-cert: {cert_path} is not a valid PEM certificate") from None
     try:
-        key = ssl.KeyPair.load(key_data, ssl.crypto.FILETYPE_PEM)
+        key = crypto.PKey.from_cryptography_key(serialization.load_pem_private_key(key_data, password=None))
     except Exception:
         raise ConfigError(f"--tls-key: {key_path} is not a valid PEM private key") from None
     options = ssl.CertificateOptions(
-        privateKey=key.original,
+        privateKey=key,
         certificate=certs[0].original,
         extraCertChain=[c.original for c in certs[1:]],
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
