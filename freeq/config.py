@@ -55,6 +55,9 @@ class Config:
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     data_dir: str = "freeq-data"
+    db_path: Optional[str] = None  # None: <data_dir>/freeq.db; ":memory:" keeps nothing on disk
+    max_messages_per_channel: int = 10000  # 0 = unlimited
+    message_retention_days: float = 0  # 0 = keep forever
     motd: tuple[str, ...] = ()
     server_password: Optional[str] = None
     oper_password: Optional[str] = None
@@ -102,6 +105,10 @@ class Config:
                      "max_list_entries", "max_monitor", "whowas_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
+        if self.max_messages_per_channel < 0:
+            raise ConfigError(f"--max-messages-per-channel: must be 0 (unlimited) or positive, got {self.max_messages_per_channel}")
+        if self.message_retention_days < 0:
+            raise ConfigError(f"--message-retention-days: must be 0 (forever) or positive, got {self.message_retention_days}")
         if self.flood_rate < 0:
             raise ConfigError(f"--flood-rate: must be 0 (off) or positive, got {self.flood_rate}")
         if not 9 <= self.nick_len <= 64:

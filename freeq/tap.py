@@ -36,6 +36,12 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
     ("motd", None, "Message of the day text ('|' separates lines).", "motd", _STR),
     ("motd-file", None, "Read the message of the day from this file (overrides --motd).", "motd", _STR),
     ("data-dir", _D.data_dir, "Directory for the database and key files (created 0700).", "data_dir", _STR),
+    ("db-path", None, "SQLite database (default: DATA_DIR/freeq.db; ':memory:' keeps nothing on disk).", "db_path",
+     _STR),
+    ("max-messages-per-channel", _D.max_messages_per_channel,
+     "History kept per channel or conversation, newest first (0 = unlimited).", "max_messages_per_channel", _INT),
+    ("message-retention-days", _D.message_retention_days, "Delete history older than this many days (0 = never).",
+     "message_retention_days", _FLOAT),
     ("server-password", None, "Require this PASS from every client (env SERVER_PASSWORD).", "server_password", _STR),
     ("oper-password", None, "Password for the OPER command (env OPER_PASSWORD).", "oper_password", _STR),
     ("max-connections-per-ip", _D.max_connections_per_ip, "Concurrent connections per IP, TCP and TLS together.",
@@ -114,7 +120,7 @@ def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) 
         if flag in ("motd", "motd-file"):
             continue
         values[field] = _convert(flag, options.get(flag), kind)
-    for field in ("tls_cert", "tls_key", "server_password", "oper_password"):
+    for field in ("tls_cert", "tls_key", "server_password", "oper_password", "db_path"):
         if values.get(field) is None:
             values.pop(field, None)
     if options.get("server-password") is None and environ.get("SERVER_PASSWORD"):
@@ -175,24 +181,32 @@ class _ShutdownService(service.Service):
         return super().stopService()
 
 
-def make_irc_server(config: Config, reactor: Any) -> tuple[IRCServer, ConnectionLimiter]:
-    """Build the IRC server (with its plugins) and the shared connection limiter."""
+def make_irc_server(config: Config, reactor: Any, store: Any = None) -> tuple[IRCServer, ConnectionLimiter]:
+    """Build the IRC server (with its plugins and store) and the shared connection limiter."""
     from freeq.plugins import PluginError, load_plugins
 
     try:
         plugins = load_plugins(config.plugins)
     except PluginError as e:
         raise ConfigError(str(e)) from None
-    server = IRCServer(config, reactor)
+    server = IRCServer(config, reactor, store=store)
+    if store is not None:
+        server.load_channels(store.load_channels())
+        server.nick_owners = store.load_nick_owners()
     server.hooks.extend(p.make_hook(server) for p in plugins)
     return server, ConnectionLimiter(config.max_connections_per_ip, config.max_clients)
 
 
 def build_service(config: Config, reactor: Any) -> service.MultiService:
     """Wire the whole server from a validated config into one service tree."""
+    from freeq.store.service import StoreService, open_persistence
+
     prepare_data_dir(config.data_dir)
     top = service.MultiService()
-    server, limiter = make_irc_server(config, reactor)
+    persistence = open_persistence(config, reactor, reactor.seconds())
+    top.persistence = persistence  # type: ignore[attr-defined]
+    StoreService(persistence.store).setServiceParent(top)  # added first, so it stops last (after a final flush)
+    server, limiter = make_irc_server(config, reactor, store=persistence.store)
     top.irc_server = server  # type: ignore[attr-defined]
     if config.listen is not None:
         factory = IRCFactory(server, limiter, reactor, secure=False)

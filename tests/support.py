@@ -259,9 +259,15 @@ async def start_server(case: unittest.TestCase, tls: bool = False, clock: Any = 
         cert, key = make_certificate(case.mktemp())
         overrides.setdefault("tls_cert", cert)
         overrides.setdefault("tls_key", key)
+    overrides.setdefault("db_path", ":memory:")
     config = make_config(**overrides)
     the_clock = clock if clock is not None else reactor
-    server, limiter = make_irc_server(config, the_clock)
+    from freeq.store.service import StoreService, open_persistence
+
+    persistence = open_persistence(config, reactor, reactor.seconds())
+    store_service = StoreService(persistence.store)
+    store_service.startService()
+    server, limiter = make_irc_server(config, the_clock, store=persistence.store)
     listeners = []
     port = reactor.listenTCP(0, IRCFactory(server, limiter, the_clock), interface="127.0.0.1")
     listeners.append(port)
@@ -275,7 +281,13 @@ async def start_server(case: unittest.TestCase, tls: bool = False, clock: Any = 
         listeners.append(tport)
         tls_port = tport.getHost().port
     fixture = ServerFixture(server, port.getHost().port, tls_port, listeners, [], the_clock)
-    case.addCleanup(lambda: defer.ensureDeferred(fixture.stop()))
+
+    async def cleanup() -> None:
+        await fixture.stop()
+        await store_service.stopService()
+        os.close(persistence.lock_fd)
+
+    case.addCleanup(lambda: defer.ensureDeferred(cleanup()))
     return fixture
 
 

@@ -9,6 +9,7 @@ CAPABILITIES: dict[str, str] = {
     "batch": "",
     "cap-notify": "",
     "chghost": "",
+    "draft/chathistory": "",
     "echo-message": "",
     "extended-join": "",
     "invite-notify": "",

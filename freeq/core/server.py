@@ -11,13 +11,15 @@ from __future__ import annotations
 import hmac
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from freeq import __version__
 from freeq.config import Config
 from freeq.core.caps import CAPABILITIES, cap_ls_tokens
+from freeq.core.history import MAX_LIMIT as HISTORY_LIMIT, HistoryCommands, dm_key
 from freeq.irc.names import fold, is_channel, valid_channel, valid_nick
 from freeq.irc.parser import Message, build, build_text, format_tags
 from freeq.irc.ulid import ULIDGenerator
@@ -27,6 +29,9 @@ from freeq.state.channel import (
 )
 from freeq.state.masks import glob_match, normalize_mask
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
+
+if TYPE_CHECKING:
+    from freeq.store.db import ChannelRecord, Store
 
 log = Logger()
 
@@ -48,8 +53,8 @@ def truncate(text: str, max_bytes: int) -> str:
 
 def server_time(now: float) -> str:
     """IRCv3 ``time`` tag value with millisecond precision."""
-    secs = int(now)
-    ms = int((now - secs) * 1000)
+    # Same rounding as the msgid ULID; ``now - int(now)`` loses a millisecond to float error.
+    secs, ms = divmod(int(now * 1000), 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
 
 
@@ -81,11 +86,15 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
     return b"@" + tag + b" " + line
 
 
-class IRCServer:
+class IRCServer(HistoryCommands):
     """All users and channels of one server, and the handlers for every command."""
 
-    def __init__(self, config: Config, clock: Any, hooks: Sequence[IServerHook] = ()) -> None:
+    def __init__(self, config: Config, clock: Any, hooks: Sequence[IServerHook] = (),
+                 store: Optional["Store"] = None) -> None:
         self.config = config
+        self.store = store
+        self.nick_owners: dict[str, tuple[str, str]] = {}  # folded nick -> (nick, DID); identity fills it
+        self.current_label: Optional[str] = None
         self.clock = clock
         self.name = config.server_name
         self.hooks = list(hooks)
@@ -188,12 +197,17 @@ class IRCServer:
         capture = _LabelCapture()
         real_write = user.write
         user.write = capture.append
+        self.current_label = label
+        result: Any = None
         try:
-            handler(user, msg)
+            result = handler(user, msg)
         finally:
+            self.current_label = None
             if user.write == capture.append:
                 user.write = real_write
-            self._flush_label(user, label, capture.lines)
+            # A handler that answers later (a Deferred, e.g. CHATHISTORY) labels its own reply.
+            if capture.lines or not isinstance(result, Deferred):
+                self._flush_label(user, label, capture.lines)
 
     def _flush_label(self, user: User, label: str, lines: list[bytes]) -> None:
         tag = ("label=" + format_tags({"x": label})[2:]).encode()
@@ -280,7 +294,7 @@ class IRCServer:
             "EXCEPTS=e", "INVEX=I", f"KICKLEN={c.kick_len}", f"MAXLIST=beI:{c.max_list_entries}",
             f"MAXTARGETS={c.max_targets}", f"MODES={c.max_modes}", f"MONITOR={c.max_monitor}",
             f"NETWORK={c.network_name}", f"NICKLEN={c.nick_len}", "PREFIX=(ov)@+", "SAFELIST",
-            "STATUSMSG=@+",
+            "STATUSMSG=@+", f"CHATHISTORY={HISTORY_LIMIT}", "MSGREFTYPES=msgid,timestamp",
             f"TARGMAX=PRIVMSG:{c.max_targets},NOTICE:{c.max_targets},TAGMSG:{c.max_targets},JOIN:,PART:,"
             f"KICK:{c.max_targets},WHOIS:{c.max_targets},NAMES:1,LIST:1,MONITOR:{c.max_monitor},USERHOST:5,ISON:",
             f"TOPICLEN={c.topic_len}", f"USERLEN={c.user_len}", "WHOX",
@@ -326,7 +340,7 @@ class IRCServer:
         self.num(user, "251", f"There are {total - invisible} users and {invisible} invisible on 1 servers")
         self.num(user, "252", str(opers), "operator(s) online")
         self.num(user, "253", str(unknown), "unknown connection(s)")
-        self.num(user, "254", str(len(self.channels)), "channels formed")
+        self.num(user, "254", str(sum(1 for c in self.channels.values() if c.members)), "channels formed")
         self.num(user, "255", f"I have {total} clients and 0 servers")
         self.num(user, "265", str(total), str(self.config.max_clients),
                  f"Current local users {total}, max {self.config.max_clients}")
@@ -487,8 +501,28 @@ class IRCServer:
     # ------------------------------------------------------------------
     def _part_channel(self, chan: Channel, user: User) -> None:
         chan.remove(user)
-        if not chan.members:
+        if not chan.members and not chan.has_state():
             self.channels.pop(chan.folded, None)
+            if chan.persisted and self.store is not None:
+                chan.persisted = False
+                self.store.delete_channel(chan.folded)
+
+    def channel_changed(self, chan: Channel) -> None:
+        """Persist a channel whose modes, topic or lists changed (or forget it when nothing is left)."""
+        if self.store is None:
+            return
+        if chan.has_state():
+            chan.persisted = True
+            self.store.save_channel(chan.record())
+        elif chan.persisted:
+            chan.persisted = False
+            self.store.delete_channel(chan.folded)
+
+    def load_channels(self, records: Iterable["ChannelRecord"]) -> None:
+        """Restore persisted channels at start-up (empty until someone joins)."""
+        for rec in records:
+            chan = Channel.from_record(rec)
+            self.channels[chan.folded] = chan
 
     def irc_JOIN(self, user: User, msg: Message) -> None:
         if not msg.params or not msg.params[0]:
@@ -530,6 +564,7 @@ class IRCServer:
             self.channels[folded] = chan
             status = OP
         else:
+            # A persisted channel is never "new" again: its key, bans and invite-only still apply.
             invited = folded in user.invites
             if chan.key is not None and key != chan.key:
                 self.num(user, "475", chan.name, "Cannot join channel (+k)")
@@ -544,6 +579,8 @@ class IRCServer:
                 self.num(user, "473", chan.name, "Cannot join channel (+i)")
                 return
             user.invites.discard(folded)
+            if not chan.members and chan.founder is None:
+                status = OP  # first into an empty channel nobody owns
         chan.add(user, status)
         plain = build(user.hostmask, "JOIN", chan.name)
         extended = build_text(user.hostmask, "JOIN", chan.name, user.account or "*", user.realname)
@@ -634,7 +671,7 @@ class IRCServer:
             self.num(user, "461", "TOPIC", "Not enough parameters")
             return
         chan = self.channels.get(fold(msg.params[0]))
-        if chan is None or not self._visible_channel(chan, user):
+        if chan is None or (not self._visible_channel(chan, user) and not user.is_oper):
             self.num(user, "403", msg.params[0], "No such channel")
             return
         if len(msg.params) == 1:
@@ -655,6 +692,7 @@ class IRCServer:
         chan.topic = truncate(msg.params[1], self.config.topic_len)
         chan.topic_setter = user.hostmask
         chan.topic_time = int(self.clock.seconds())
+        self.channel_changed(chan)
         data = build_text(user.hostmask, "TOPIC", chan.name, chan.topic)
         self.broadcast(chan.members, data)
         if user not in chan.members:
@@ -679,7 +717,7 @@ class IRCServer:
         else:
             chans = list(self.channels.values())
         for chan in chans:
-            if not self._visible_channel(chan, user):
+            if not chan.members or not self._visible_channel(chan, user):
                 continue
             if user not in chan.members and "s" in chan.modes:
                 continue
@@ -974,6 +1012,8 @@ class IRCServer:
             else:
                 self.num(user, "482", chan.name, "You're not channel operator")
         if applied:
+            if any(ch not in PREFIX_MODES for _s, ch, _a in applied):
+                self.channel_changed(chan)
             self._broadcast_modes(user.hostmask, chan, applied, extra=None if user in chan.members else user)
 
     def _broadcast_modes(self, source: str, chan: Channel, applied: list[tuple[str, str, Optional[str]]],
@@ -1108,7 +1148,10 @@ class IRCServer:
                 recipients = [m for m, s in chan.members.items() if s]
         else:
             recipients = chan.members
-        self.deliver(user, command, target_display, text, client_tags, recipients)
+        msgid = self.deliver(user, command, target_display, text, client_tags, recipients)
+        if self.store is not None and not status_min:
+            self.store.append_message(chan.folded, msgid, self.clock.seconds(), command, user.hostmask, user.account,
+                                      chan.name, text, client_tags)
 
     def _private_message(self, user: User, command: str, target: str, text: str,
                          client_tags: dict[str, str], notice: bool) -> None:
@@ -1120,10 +1163,14 @@ class IRCServer:
             return
         if command == "PRIVMSG" and other.away is not None:
             self.num(user, "301", other.nick, other.away)
-        self.deliver(user, command, other.nick, text, client_tags, (other,) if other is not user else ())
+        msgid = self.deliver(user, command, other.nick, text, client_tags, (other,) if other is not user else ())
+        if self.store is not None and user.account and other.account:
+            # Only conversations between accounts are kept: a guest nick can be taken by anyone later.
+            self.store.append_message(dm_key(user.account, other.account), msgid, self.clock.seconds(), command,
+                                      user.hostmask, user.account, other.nick, text, client_tags)
 
     def deliver(self, sender: User, command: str, target: str, text: str, client_tags: dict[str, str],
-                recipients: Iterable[User]) -> None:
+                recipients: Iterable[User]) -> str:
         """Fan one message out. Serialised once per distinct tag class, then one write per recipient.
 
         The sender is skipped unless it negotiated ``echo-message`` (then it gets
@@ -1172,6 +1219,7 @@ class IRCServer:
             if data is None:
                 data = render(sender.tagclass)
             sender.write(data)
+        return msgid
 
     # ------------------------------------------------------------------
     # Queries
@@ -1241,11 +1289,12 @@ class IRCServer:
         mask = msg.params[0] if msg.params and msg.params[0] else "*"
         fields: Optional[str] = None
         token = ""
-        if len(msg.params) > 1 and msg.params[1].startswith("%"):
-            spec = msg.params[1][1:]
+        # WHOX: "<flags>[%<fields>[,<token>]]"; flags such as "o" may precede the "%".
+        opts, pct, spec = msg.params[1].partition("%") if len(msg.params) > 1 else ("", "", "")
+        if pct:
             fields, _, token = spec.partition(",")
             token = token[:3] if token.isdigit() else ""
-        only_opers = len(msg.params) > 1 and "o" in msg.params[1] and not msg.params[1].startswith("%")
+        only_opers = "o" in opts
         results: list[tuple[User, Optional[Channel]]] = []
         limit = self.config.max_who_results
         if is_channel(mask):
@@ -1357,6 +1406,8 @@ class IRCServer:
                 if other is user or "chghost" in other.caps:
                     continue
                 other.write(ext if "extended-join" in other.caps else join)
+                if user.away is not None and "away-notify" in other.caps:
+                    other.write(build_text(user.hostmask, "AWAY", user.away))
                 if prefix:
                     other.write(build(self.name, "MODE", chan.name, "+" + prefix, *([user.nick] * len(prefix))))
 

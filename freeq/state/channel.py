@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from freeq.irc.names import fold
 from freeq.state.masks import compile_masks
 from freeq.state.user import User
+
+if TYPE_CHECKING:
+    from freeq.store.db import ChannelRecord
 
 #: Membership status bits.
 VOICE = 1
@@ -35,7 +38,7 @@ class Channel:
 
     __slots__ = (
         "name", "folded", "members", "modes", "key", "limit", "topic", "topic_setter",
-        "topic_time", "created", "lists", "_compiled",
+        "topic_time", "created", "lists", "_compiled", "founder", "did_ops", "persisted",
     )
 
     def __init__(self, name: str, now: float) -> None:
@@ -51,6 +54,39 @@ class Channel:
         self.created = int(now)
         self.lists: dict[str, list[ListEntry]] = {"b": [], "e": [], "I": []}
         self._compiled: dict[str, Optional[re.Pattern[str]]] = {}
+        self.founder: Optional[str] = None  # DID of the creator (identity layer)
+        self.did_ops: dict[str, tuple[str, int]] = {}  # DID -> (granted by, when)
+        self.persisted = False
+
+    # -- persistence --------------------------------------------------------
+    def has_state(self) -> bool:
+        """Whether the channel carries anything worth keeping when empty (and across restarts)."""
+        return bool(self.topic or self.modes != {"n", "t"} or self.key is not None or self.limit is not None
+                    or any(self.lists.values()) or self.founder or self.did_ops)
+
+    def record(self) -> "ChannelRecord":
+        """A snapshot for the store."""
+        from freeq.store.db import ChannelRecord
+
+        return ChannelRecord(
+            self.name, self.created, "".join(sorted(self.modes)), self.key, self.limit, self.topic,
+            self.topic_setter, self.topic_time, self.founder,
+            {m: [(e.mask, e.setter, e.set_at) for e in entries] for m, entries in self.lists.items()},
+            dict(self.did_ops))
+
+    @classmethod
+    def from_record(cls, rec: "ChannelRecord") -> "Channel":
+        """Rebuild a channel loaded from the store."""
+        chan = cls(rec.name, rec.created_at)
+        chan.modes = set(rec.modes) & set(FLAG_MODES)
+        chan.key, chan.limit = rec.key, rec.limit
+        chan.topic, chan.topic_setter, chan.topic_time = rec.topic, rec.topic_setter, rec.topic_time
+        chan.founder = rec.founder
+        chan.did_ops = dict(rec.did_ops)
+        for mode, entries in rec.lists.items():
+            chan.lists[mode] = [ListEntry(m, s, t) for m, s, t in entries]
+        chan.persisted = True
+        return chan
 
     # -- membership -------------------------------------------------------
     def add(self, user: User, status: int = 0) -> None:

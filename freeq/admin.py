@@ -1,0 +1,152 @@
+"""``freeq-admin``: offline maintenance of a data directory.
+
+``freeq-admin rekey --data-dir DIR`` rotates the database encryption key without losing
+history: every stored message is re-encrypted under a fresh key in batches, each committed on
+its own, so killing the command at any point and running it again finishes the job. Only when
+no row is left under the old key does the database record the new key's fingerprint, and then
+the new key file atomically replaces the old one.
+
+``freeq-admin signing-keys --data-dir DIR`` lists every message-signing public key on record.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+from typing import Optional, Sequence
+
+from freeq.store.crypto import MessageCipher
+from freeq.store.db import Store, StoreError
+from freeq.store.keys import DB_ENCRYPTION_KEY, KeyFileError, fingerprint, load_raw_key, write_secret_atomically
+
+LOCK_FILE = "freeq.lock"
+NEW_SUFFIX = ".new"
+
+
+class AdminError(Exception):
+    """A maintenance command cannot proceed; one line for the operator."""
+
+
+def lock_data_dir(data_dir: str) -> int:
+    """Take the data directory's exclusive lock (held by a running server); return the fd."""
+    path = os.path.join(data_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AdminError(f"{data_dir} is in use by a running freeq server (lock {path}); stop it first") from None
+    return fd
+
+
+def default_db_path(data_dir: str) -> str:
+    """Where the database lives unless ``--db-path`` says otherwise."""
+    return os.path.join(data_dir, "freeq.db")
+
+
+def rekey(data_dir: str, db_path: Optional[str] = None, batch_size: int = 500,
+          max_batches: Optional[int] = None, out=sys.stdout) -> bool:
+    """Re-encrypt every stored message under a new key; return True when the rotation is complete.
+
+    With ``max_batches`` it stops early (returning False) so a rotation can be staged; running
+    it again resumes where it stopped.
+    """
+    if not os.path.isdir(data_dir):
+        raise AdminError(f"--data-dir: {data_dir} does not exist")
+    lock = lock_data_dir(data_dir)
+    try:
+        path = db_path or default_db_path(data_dir)
+        if not os.path.exists(path):
+            raise AdminError(f"no database at {path}")
+        store = Store.open(path, reactor=None)
+        conn = store.conn
+        key_path = os.path.join(data_dir, DB_ENCRYPTION_KEY)
+        new_path = key_path + NEW_SUFFIX
+        recorded = store.recorded_key_fingerprint()
+        if not os.path.exists(new_path):
+            old = load_raw_key(data_dir, DB_ENCRYPTION_KEY, create=False)
+            if recorded is not None and recorded != fingerprint(old):
+                raise AdminError(f"{key_path} does not match the database (fingerprint {fingerprint(old)} vs "
+                                 f"{recorded}); refusing to rotate")
+            write_secret_atomically(new_path, os.urandom(32))
+            print(f"generated new key {new_path}", file=out)
+        new = load_raw_key(data_dir, DB_ENCRYPTION_KEY + NEW_SUFFIX, create=False)
+        new_cipher = MessageCipher(new, fingerprint(new))
+        if recorded != new_cipher.fingerprint:
+            old = load_raw_key(data_dir, DB_ENCRYPTION_KEY, create=False)
+            old_cipher = MessageCipher(old, fingerprint(old))
+            if recorded is not None and recorded != old_cipher.fingerprint:
+                raise AdminError(f"{key_path} does not match the database; refusing to rotate")
+            batches = 0
+            done = conn.execute("SELECT COUNT(*) FROM messages WHERE key_fp=?", (new_cipher.fingerprint,)).fetchone()[0]
+            while True:
+                rows = conn.execute("SELECT id, msgid, target, payload FROM messages WHERE key_fp=? LIMIT ?",
+                                    (old_cipher.fingerprint, batch_size)).fetchall()
+                if not rows:
+                    break
+                if max_batches is not None and batches >= max_batches:
+                    print(f"stopped after {batches} batches; {done} messages re-encrypted so far; run again to "
+                          f"continue", file=out)
+                    return False
+                conn.execute("BEGIN IMMEDIATE")
+                for r in rows:
+                    plain = old_cipher.decrypt(r["payload"], r["msgid"], r["target"])
+                    conn.execute("UPDATE messages SET payload=?, key_fp=? WHERE id=?",
+                                 (new_cipher.encrypt(plain, r["msgid"], r["target"]), new_cipher.fingerprint, r["id"]))
+                conn.execute("COMMIT")
+                batches += 1
+                done += len(rows)
+            left = conn.execute("SELECT COUNT(*) FROM messages WHERE key_fp<>?", (new_cipher.fingerprint,)).fetchone()[0]
+            if left:
+                raise AdminError(f"{left} messages are under a key that is neither the old nor the new one; "
+                                 f"nothing was swapped")
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('db_key_fingerprint', ?)",
+                         (new_cipher.fingerprint,))
+            print(f"re-encrypted {done} messages", file=out)
+        conn.close()
+        os.replace(new_path, key_path)
+        dfd = os.open(data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        print(f"rotation complete: {key_path} now holds the key with fingerprint {new_cipher.fingerprint}", file=out)
+        return True
+    finally:
+        os.close(lock)
+
+
+def signing_keys(data_dir: str, db_path: Optional[str] = None, out=sys.stdout) -> None:
+    """Print every message-signing public key on record with its validity period."""
+    store = Store.open(db_path or default_db_path(data_dir), reactor=None)
+    for key, start, end in store.signing_keys():
+        print(f"{key} valid_from={start} valid_until={end if end is not None else 'current'}", file=out)
+    store.conn.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``freeq-admin`` console script."""
+    parser = argparse.ArgumentParser(prog="freeq-admin", description="Offline maintenance of a freeq data directory.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("rekey", help="rotate db-encryption-key.secret, re-encrypting all stored messages")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--db-path", default=None, help="default: DATA_DIR/freeq.db")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--max-batches", type=int, default=None, help="stop after N batches (resume later)")
+    s = sub.add_parser("signing-keys", help="list message-signing public keys on record")
+    s.add_argument("--data-dir", required=True)
+    s.add_argument("--db-path", default=None)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "rekey":
+            return 0 if rekey(args.data_dir, args.db_path, args.batch_size, args.max_batches) else 3
+        signing_keys(args.data_dir, args.db_path)
+        return 0
+    except (AdminError, StoreError, KeyFileError) as e:
+        print(f"freeq-admin: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Persistence: key files, encryption at rest and the SQLite store."""
