@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from typing import Optional
 
 
@@ -96,7 +97,7 @@ class Config:
 
     def validate(self) -> "Config":
         """Check cross-field rules; raise :class:`ConfigError` with a one-line message."""
-        if not self.server_name or " " in self.server_name or "." not in self.server_name and not self.server_name.isalnum():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,62}", self.server_name or ""):  # same rule as tap
             raise ConfigError(f"--server-name: {self.server_name!r} must be one word (letters, digits, dots, dashes)")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key must be given together")

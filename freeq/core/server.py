@@ -71,10 +71,13 @@ def _prefix_chars(status: int, multi: bool) -> str:
 class _LabelCapture:
     """Collects what is written to one client while it runs a labelled command."""
 
-    __slots__ = ("lines",)
+    __slots__ = ("lines", "label", "real_write", "done")
 
-    def __init__(self) -> None:
+    def __init__(self, label: str, real_write: Callable[[bytes], None]) -> None:
         self.lines: list[bytes] = []
+        self.label = label
+        self.real_write = real_write
+        self.done = False
 
     def append(self, data: bytes) -> None:
         self.lines.append(data)
@@ -194,8 +197,8 @@ class IRCServer(HistoryCommands):
         if label is None:
             handler(user, msg)
             return
-        capture = _LabelCapture()
         real_write = user.write
+        capture = _LabelCapture(label, real_write)
         user.write = capture.append
         self.current_label = label
         result: Any = None
@@ -205,8 +208,9 @@ class IRCServer(HistoryCommands):
             self.current_label = None
             if user.write == capture.append:
                 user.write = real_write
-            # A handler that answers later (a Deferred, e.g. CHATHISTORY) labels its own reply.
-            if capture.lines or not isinstance(result, Deferred):
+            # A handler that answers later (a Deferred, e.g. CHATHISTORY) labels its own reply;
+            # close() flushes (done) when the command ends the connection.
+            if not capture.done and (capture.lines or not isinstance(result, Deferred)):
                 self._flush_label(user, label, capture.lines)
 
     def _flush_label(self, user: User, label: str, lines: list[bytes]) -> None:
@@ -253,6 +257,12 @@ class IRCServer(HistoryCommands):
         """Send ``ERROR`` and close the connection; co-members see ``quit_reason`` (or ``reason``)."""
         if user not in self.connections:
             return
+        capture = getattr(user.write, "__self__", None)
+        if isinstance(capture, _LabelCapture) and not capture.done:
+            # Closing in the middle of a labelled command: its replies go out before the ERROR.
+            capture.done = True
+            user.write = capture.real_write
+            self._flush_label(user, capture.label, capture.lines)
         user.write(build_text(None, "ERROR", f"Closing Link: {user.host} ({reason})"))
         self.disconnect(user, quit_reason or reason)
         if user.conn is not None:
@@ -1410,6 +1420,21 @@ class IRCServer(HistoryCommands):
                     other.write(build_text(user.hostmask, "AWAY", user.away))
                 if prefix:
                     other.write(build(self.name, "MODE", chan.name, "+" + prefix, *([user.nick] * len(prefix))))
+
+    def set_account(self, user: User, account: Optional[str]) -> None:
+        """Log ``user`` in to ``account`` (``None`` logs out); ``account-notify`` co-members are told.
+
+        The identity layer calls this on SASL success; ``account-tag`` and
+        ``extended-join`` pick the account up from ``User.account``.
+        """
+        if user.account == account:
+            return
+        user.account = account
+        if user.registered:
+            data = build(user.hostmask, "ACCOUNT", account or "*")
+            self.broadcast(self.co_members(user), data, cap="account-notify")
+            if "account-notify" in user.caps:
+                user.write(data)
 
     def irc_ISON(self, user: User, msg: Message) -> None:
         online = []

@@ -27,7 +27,7 @@ def valid_nick(nick: str, maxlen: int) -> bool:
     if nick[0] in _NICK_FIRST_FORBIDDEN or nick[0] in CHANTYPES:
         return False
     for ch in nick:
-        if ch in _NICK_FORBIDDEN or ord(ch) < 0x21 or ch == "\x7f" or ch == "\ufffd":
+        if ch in _NICK_FORBIDDEN or ord(ch) < 0x21 or 0x7F <= ord(ch) <= 0x9F or ch == "\ufffd":
             return False
     return True
 

@@ -100,6 +100,7 @@ class IRCProtocol(Protocol):
         self.user = factory.server.connect(self, self.transport.write, self.ip)
 
     _counted = False
+    _lost_reason = "Connection closed"
 
     def _refuse(self, reason: str) -> None:
         self._closed = True
@@ -118,7 +119,7 @@ class IRCProtocol(Protocol):
         if user is not None:
             self.user = None
             user.write = _drop
-            self.factory.server.disconnect(user, "Connection closed")
+            self.factory.server.disconnect(user, self._lost_reason)
             user.conn = None
 
     def close(self) -> None:
@@ -138,6 +139,8 @@ class IRCProtocol(Protocol):
     # -- output: a send queue bounded by --sendq-bytes ------------------------
     def pauseProducing(self) -> None:
         """The transport's buffer is full: count further bytes against the send queue."""
+        if self._paused:
+            return  # Twisted calls this on every write while the buffer stays full
         self._paused = True
         self._overflow = 0
         user = self.user
@@ -163,7 +166,8 @@ class IRCProtocol(Protocol):
             self._closed = True
             if user is not None:
                 user.write = _drop
-                self.factory.server.disconnect(user, "SendQ exceeded")
+            # Leave the model to connectionLost: we may be inside a fan-out over this user's channels.
+            self._lost_reason = "SendQ exceeded"
             self.transport.abortConnection()
             return
         self.transport.write(data)

@@ -33,7 +33,10 @@ class ULIDGenerator:
         ms = int(self._now() * 1000)
         if ms <= self._last_ms:
             ms = self._last_ms
-            rand = (self._last_rand + 1) & ((1 << 80) - 1)
+            rand = self._last_rand + 1
+            if rand >> 80:  # random part exhausted: borrow the next millisecond
+                ms += 1
+                rand = 0
         else:
             rand = int.from_bytes(os.urandom(10), "big")
         self._last_ms = ms
