@@ -23,6 +23,8 @@ from freeq.state.user import User
 
 log = Logger()
 
+SERVER_FULL = "Server is full"
+
 #: Commands that never cost flood tokens.
 FLOOD_EXEMPT = frozenset({"PONG", "PING"})
 
@@ -39,7 +41,7 @@ class ConnectionLimiter:
     def acquire(self, ip: str) -> Optional[str]:
         """Reserve a slot for ``ip``; return a refusal reason when over a limit."""
         if self.current >= self.total:
-            return "Server is full"
+            return SERVER_FULL
         n = self.counts.get(ip, 0)
         if n >= self.per_ip:
             return "Too many connections from your IP"
@@ -85,7 +87,10 @@ class IRCProtocol(Protocol):
         self.ip = getattr(peer, "host", "unknown")
         reason = factory.limiter.acquire(self.ip)
         if reason is not None:
-            log.warn("per-IP limit reached: refusing connection from {ip} ({reason})", ip=self.ip, reason=reason)
+            if reason == SERVER_FULL:
+                log.warn("client limit reached: refusing connection from {ip} ({reason})", ip=self.ip, reason=reason)
+            else:
+                log.warn("per-IP limit reached: refusing connection from {ip} ({reason})", ip=self.ip, reason=reason)
             self._refuse(reason)
             return
         self._counted = True
