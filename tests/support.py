@@ -24,7 +24,7 @@ from freeq.irc.parser import Message, parse
 from freeq.irc.protocol import IRCFactory
 from freeq.tap import make_irc_server
 
-Pred = Union[str, Callable[[Message], bool]]
+Pred = Union[str, Callable[["Line"], bool]]
 
 
 def asynctest(f: Callable[..., Awaitable[Any]]) -> Callable[..., defer.Deferred]:

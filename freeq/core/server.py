@@ -923,6 +923,8 @@ class IRCServer(HistoryCommands):
                     continue
                 arg_changes += 1
                 mask = normalize_mask(mask.strip())[:200]
+                if " " in mask or mask[0] == ":":
+                    continue  # could not be echoed as one middle parameter (324/367, MODE)
                 if adding:
                     res = chan.list_add(ch, mask, user.hostmask, now, cfg.max_list_entries)
                     if res is None:
@@ -969,8 +971,9 @@ class IRCServer(HistoryCommands):
                     continue
                 if adding:
                     key = key.strip() if key else ""
-                    if not key or "," in key or len(key) > 23:
-                        self.num(user, "696", chan.name, "k", key or "*", "Invalid key (1-23 characters, no commas)")
+                    if not key or "," in key or " " in key or key[0] == ":" or len(key) > 23:
+                        shown = key if key and " " not in key and key[0] != ":" else "*"
+                        self.num(user, "696", chan.name, "k", shown, "Invalid key (1-23 characters, no comma or space)")
                         continue
                     chan.key = key
                     applied.append(("+", "k", key))
