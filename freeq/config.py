@@ -94,6 +94,21 @@ class Config:
     flood_queue: int = 40
     sendq_bytes: int = 1048576
     plugins: tuple[str, ...] = ()
+    # identity (AT Protocol)
+    challenge_timeout: float = 60.0
+    plc_directory_url: str = "https://plc.directory"
+    allow_private_network: bool = False  # let DID/PDS fetches reach loopback/private addresses (tests, LANs)
+    oper_dids: tuple[str, ...] = ()
+    did_cache_ttl: float = 300.0
+    http_timeout: float = 10.0
+    # web listener
+    web_listen: Optional[Listen] = None
+    web_tls_cert: Optional[str] = None
+    web_tls_key: Optional[str] = None
+    web_static_dir: Optional[str] = None
+    web_allowed_origins: tuple[str, ...] = ()  # empty: any Origin
+    trusted_proxies: tuple[str, ...] = ()  # IPs or CIDRs whose X-Forwarded-For / Forwarded is believed
+    broker_shared_secret: Optional[str] = None
 
     def validate(self) -> "Config":
         """Check cross-field rules; raise :class:`ConfigError` with a one-line message."""
@@ -121,6 +136,20 @@ class Config:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
         if self.ping_timeout <= self.ping_interval:
             raise ConfigError("--ping-timeout must be greater than --ping-interval")
+        if self.challenge_timeout <= 0:
+            raise ConfigError(f"--challenge-timeout-secs: must be positive, got {self.challenge_timeout}")
+        if not self.plc_directory_url.startswith(("https://", "http://")):
+            raise ConfigError(f"--plc-directory-url: must be an http(s) URL, got {self.plc_directory_url!r}")
+        for did in self.oper_dids:
+            if not did.startswith("did:") or " " in did:
+                raise ConfigError(f"--oper-dids: {did!r} is not a DID")
+        if bool(self.web_tls_cert) != bool(self.web_tls_key):
+            raise ConfigError("--web-tls-cert and --web-tls-key must be given together")
+        for net in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"--trusted-proxies: {net!r} is not an IP address or CIDR") from None
         if self.listen is None and (self.tls_listen is None or not self.tls_cert):
             raise ConfigError("no listener: give --listen-addr, or --tls-cert/--tls-key for --tls-listen-addr")
         return self

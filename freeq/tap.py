@@ -66,6 +66,23 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
      "flood_rate", _FLOAT),
     ("flood-queue", _D.flood_queue, "Flood control: commands held back (fake lag) before 'Excess Flood'.",
      "flood_queue", _INT),
+    ("challenge-timeout-secs", _D.challenge_timeout, "SASL challenge lifetime in seconds.", "challenge_timeout",
+     _FLOAT),
+    ("plc-directory-url", _D.plc_directory_url, "PLC directory used to resolve did:plc identities.",
+     "plc_directory_url", _STR),
+    ("oper-dids", None, "Comma-separated DIDs made server operators on SASL success (env OPER_DIDS).", "oper_dids",
+     "list"),
+    ("web-addr", None, "HTTP/WebSocket listener HOST:PORT (or just PORT for 127.0.0.1): /irc, /api/v1, the web client.",
+     "web_listen", "weblisten"),
+    ("web-tls-cert", None, "TLS certificate (PEM) for the web listener (wss:// and https://).", "web_tls_cert", _STR),
+    ("web-tls-key", None, "TLS private key (PEM) for the web listener.", "web_tls_key", _STR),
+    ("web-static-dir", None, "Serve this directory at / instead of the bundled web client.", "web_static_dir", _STR),
+    ("web-allowed-origins", None, "Comma-separated Origins allowed to open /irc (default: any).",
+     "web_allowed_origins", "list"),
+    ("trusted-proxies", None, "Comma-separated proxy IPs/CIDRs whose X-Forwarded-For/Forwarded is believed.",
+     "trusted_proxies", "list"),
+    ("broker-shared-secret", None, "Enables /auth/broker/* (env BROKER_SHARED_SECRET).", "broker_shared_secret",
+     _STR),
     ("sendq-bytes", _D.sendq_bytes, "Bytes queued for a slow reader beyond the socket buffer before it is dropped.",
      "sendq_bytes", _INT),
 ]
@@ -80,6 +97,10 @@ class Options(usage.Options):
         "with a one-line message."
     )
     optParameters = [[name, None, default, doc] for name, default, doc, _f, _c in OPTIONS]
+    optFlags = [
+        ["allow-private-network", None,
+         "Allow DID-document and PDS requests to loopback, private and link-local addresses (off: SSRF guard)."],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -103,6 +124,11 @@ def _convert(flag: str, value: Any, kind: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"--{flag}: expected a number, got {value!r}") from None
+    if kind == "list":
+        return tuple(x.strip() for x in str(value).split(",") if x.strip())
+    if kind == "weblisten":
+        text = str(value).strip()
+        return parse_listen("--" + flag, "127.0.0.1:" + text if text.isdigit() else text)
     if kind == "listen":
         if str(value).lower() in ("", "none", "off"):
             return None
@@ -120,13 +146,19 @@ def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) 
         if flag in ("motd", "motd-file"):
             continue
         values[field] = _convert(flag, options.get(flag), kind)
-    for field in ("tls_cert", "tls_key", "server_password", "oper_password", "db_path"):
+    for field in ("tls_cert", "tls_key", "server_password", "oper_password", "db_path", "oper_dids", "web_tls_cert",
+                  "web_tls_key", "web_static_dir", "web_allowed_origins", "trusted_proxies", "broker_shared_secret"):
         if values.get(field) is None:
             values.pop(field, None)
     if options.get("server-password") is None and environ.get("SERVER_PASSWORD"):
         values["server_password"] = environ["SERVER_PASSWORD"]
     if options.get("oper-password") is None and environ.get("OPER_PASSWORD"):
         values["oper_password"] = environ["OPER_PASSWORD"]
+    if options.get("oper-dids") is None and environ.get("OPER_DIDS"):
+        values["oper_dids"] = _convert("oper-dids", environ["OPER_DIDS"], "list")
+    if options.get("broker-shared-secret") is None and environ.get("BROKER_SHARED_SECRET"):
+        values["broker_shared_secret"] = environ["BROKER_SHARED_SECRET"]
+    values["allow_private_network"] = bool(options.get("allow-private-network"))
     motd = _read_motd(options.get("motd"), options.get("motd-file"))
     values["motd"] = motd
     values["plugins"] = tuple(options.get("plugin") or ())

@@ -1,0 +1,1 @@
+"""AT Protocol identity: DID resolution, key decoding, SASL ATPROTO-CHALLENGE verification."""
