@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from freeq.store.crypto import MessageCipher
+from freeq.store.crypto import DecryptionError, MessageCipher
 from freeq.store.db import Store, StoreError
 from freeq.store.keys import DB_ENCRYPTION_KEY, KeyFileError, fingerprint, load_raw_key, write_secret_atomically
 
@@ -88,6 +88,7 @@ def rekey(data_dir: str, db_path: Optional[str] = None, batch_size: int = 500,
                 if max_batches is not None and batches >= max_batches:
                     print(f"stopped after {batches} batches; {done} messages re-encrypted so far; run again to "
                           f"continue", file=out)
+                    conn.close()
                     return False
                 conn.execute("BEGIN IMMEDIATE")
                 for r in rows:
@@ -140,9 +141,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "rekey":
-            return 0 if rekey(args.data_dir, args.db_path, args.batch_size, args.max_batches) else 3
-        signing_keys(args.data_dir, args.db_path)
+            return 0 if rekey(args.data_dir, args.db_path, args.batch_size, args.max_batches, out=sys.stdout) else 3
+        signing_keys(args.data_dir, args.db_path, out=sys.stdout)
         return 0
+    except DecryptionError:
+        print("freeq-admin: a stored message does not decrypt under the current key; nothing was swapped "
+              "(restore the right db-encryption-key.secret)", file=sys.stderr)
+        return 1
     except (AdminError, StoreError, KeyFileError) as e:
         print(f"freeq-admin: {e}", file=sys.stderr)
         return 1

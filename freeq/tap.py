@@ -237,7 +237,7 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
     top = service.MultiService()
     persistence = open_persistence(config, reactor, reactor.seconds())
     top.persistence = persistence  # type: ignore[attr-defined]
-    StoreService(persistence.store).setServiceParent(top)  # added first, so it stops last (after a final flush)
+    StoreService(persistence.store, persistence.lock_fd).setServiceParent(top)  # added first, so it stops last (after a final flush)
     server, limiter = make_irc_server(config, reactor, store=persistence.store)
     top.irc_server = server  # type: ignore[attr-defined]
     if config.listen is not None:

@@ -265,7 +265,7 @@ async def start_server(case: unittest.TestCase, tls: bool = False, clock: Any = 
     from freeq.store.service import StoreService, open_persistence
 
     persistence = open_persistence(config, reactor, reactor.seconds())
-    store_service = StoreService(persistence.store)
+    store_service = StoreService(persistence.store, persistence.lock_fd)
     store_service.startService()
     server, limiter = make_irc_server(config, the_clock, store=persistence.store)
     listeners = []
@@ -285,7 +285,6 @@ async def start_server(case: unittest.TestCase, tls: bool = False, clock: Any = 
     async def cleanup() -> None:
         await fixture.stop()
         await store_service.stopService()
-        os.close(persistence.lock_fd)
 
     case.addCleanup(lambda: defer.ensureDeferred(cleanup()))
     return fixture

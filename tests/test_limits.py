@@ -326,10 +326,13 @@ class SlowReaderTests(unittest.TestCase):
 
         payload = "PRIVMSG #busy :" + "z" * 400 + "\r\n"
         sent = 0
+        # Paced so that the watcher (a normal reader in this same process) keeps up while the paused
+        # reader's queue fills: the test is about the slow reader only.
         while "slow" in srv.server.users and sent < 20000:
-            sender.send(payload.encode() * 200)
-            sent += 200
-            await sleep(0.005)
+            sender.send(payload.encode() * 40)
+            sent += 40
+            await sleep(0.01)
+        self.assertFalse(watcher.is_closed, "the watcher must not be dropped")
         self.assertNotIn("slow", srv.server.users, f"not dropped after {sent} messages")
         quit_line = await watcher.expect(lambda l: l.command == "QUIT" and (l.source or "").startswith("slow!"),
                                          timeout=20)

@@ -406,8 +406,8 @@ class CapTests(unittest.TestCase):
     """IRCv3 capability negotiation."""
 
     @asynctest
-    async def test_cap_ls_single_line_without_sasl(self) -> None:
-        """CAP LS (no version) answers on one line, without SASL, with the core capabilities."""
+    async def test_cap_ls_single_line_with_bare_sasl(self) -> None:
+        """CAP LS (no version) answers on one line with the core capabilities and a value-less sasl."""
         srv = await start(self)
         c = await srv.connect()
         c.send("CAP LS")
@@ -415,7 +415,8 @@ class CapTests(unittest.TestCase):
         self.assertEqual(line.params[:2], ["*", "LS"])
         self.assertEqual(len(line.params), 3)
         caps = cap_tokens(line)
-        self.assertNotIn("sasl", caps)
+        self.assertIn("sasl", caps)
+        self.assertNotIn("sasl=ATPROTO-CHALLENGE", line.params[2].split())
         for cap in ("message-tags", "server-time", "echo-message", "labeled-response", "batch",
                     "multi-prefix", "extended-join", "away-notify", "invite-notify", "userhost-in-names"):
             self.assertIn(cap, caps)

@@ -16,6 +16,7 @@ CAPABILITIES: dict[str, str] = {
     "labeled-response": "",
     "message-tags": "",
     "multi-prefix": "",
+    "sasl": "ATPROTO-CHALLENGE",
     "server-time": "",
     "setname": "",
     "standard-replies": "",

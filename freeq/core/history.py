@@ -149,8 +149,10 @@ class HistoryCommands:
             self.fail(user, "CHATHISTORY", "MESSAGE_ERROR", sub, "Messages could not be retrieved")
 
     def _open_batch(self: "IRCServer", user: "User", kind: str, arg: Optional[str],  # type: ignore[misc]
-                    label: Optional[str]) -> Optional[str]:
+                    label: Optional[str], count: int = 0) -> Optional[str]:
         if "batch" not in user.caps:
+            if label is not None and "labeled-response" in user.caps and count == 0:
+                self._flush_label(user, label, [])  # an empty labelled answer is an ACK
             return None
         ref = self.ulid.new()[-12:]
         tags = {"label": label} if label is not None and "labeled-response" in user.caps else None
@@ -162,30 +164,34 @@ class HistoryCommands:
                        sub: str, label: Optional[str] = None) -> None:
         if user not in self.connections:
             return
-        ref = self._open_batch(user, "chathistory", target, label)
-        tagged = "message-tags" in user.caps
-        with_time = "server-time" in user.caps or ref is not None
-        with_account = "account-tag" in user.caps
+        ref = self._open_batch(user, "chathistory", target, label, len(rows))
+        if ref is None and label is not None and len(rows) == 1 and "labeled-response" in user.caps:
+            m = rows[0]
+            self._flush_label(user, label, [self._history_line(user, m, None)])
+            return
         for m in rows:
-            tags: dict[str, str] = {}
-            if ref is not None:
-                tags["batch"] = ref
-            if tagged:
-                tags.update(m.tags)
-                tags["msgid"] = m.msgid
-            if with_time:
-                tags["time"] = format_ms(m.time_ms)
-            if with_account and m.account:
-                tags["account"] = m.account
-            user.write(build_text(m.sender, m.command, m.shown_to, m.text, tags=tags or None))
+            user.write(self._history_line(user, m, ref))
         if ref is not None:
             user.write(build(self.name, "BATCH", "-" + ref))
+
+    def _history_line(self: "IRCServer", user: "User", m: "StoredMessage", ref: Optional[str]) -> bytes:  # type: ignore[misc]
+        tags: dict[str, str] = {}
+        if ref is not None:
+            tags["batch"] = ref
+        if "message-tags" in user.caps:
+            tags.update(m.tags)
+            tags["msgid"] = m.msgid
+        if "server-time" in user.caps or ref is not None:
+            tags["time"] = format_ms(m.time_ms)
+        if "account-tag" in user.caps and m.account:
+            tags["account"] = m.account
+        return build_text(m.sender, m.command, m.shown_to, m.text, tags=tags or None)
 
     def _targets_reply(self: "IRCServer", user: "User", rows: list[tuple[str, str, int]],  # type: ignore[misc]
                        label: Optional[str]) -> None:
         if user not in self.connections:
             return
-        ref = self._open_batch(user, "draft/chathistory-targets", None, label)
+        ref = self._open_batch(user, "draft/chathistory-targets", None, label, len(rows))
         for key, shown, ms in rows:
             if key.startswith("dm:"):
                 name = shown

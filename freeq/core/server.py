@@ -19,11 +19,13 @@ from twisted.logger import Logger
 from freeq import __version__
 from freeq.config import Config
 from freeq.core.caps import CAPABILITIES, cap_ls_tokens
+from freeq.core.identity import IdentityCommands
 from freeq.core.history import MAX_LIMIT as HISTORY_LIMIT, HistoryCommands, dm_key
 from freeq.irc.names import fold, is_channel, valid_channel, valid_nick
 from freeq.irc.parser import Message, build, build_text, format_tags
 from freeq.irc.ulid import ULIDGenerator
 from freeq.plugins import IServerHook
+from freeq.signing import SIG_TAG
 from freeq.state.channel import (
     FLAG_MODES, LIST_MODES, OP, PREFIX_MODES, VOICE, Channel,
 )
@@ -89,7 +91,7 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
     return b"@" + tag + b" " + line
 
 
-class IRCServer(HistoryCommands):
+class IRCServer(HistoryCommands, IdentityCommands):
     """All users and channels of one server, and the handlers for every command."""
 
     def __init__(self, config: Config, clock: Any, hooks: Sequence[IServerHook] = (),
@@ -98,6 +100,11 @@ class IRCServer(HistoryCommands):
         self.store = store
         self.nick_owners: dict[str, tuple[str, str]] = {}  # folded nick -> (nick, DID); identity fills it
         self.current_label: Optional[str] = None
+        self.oper_dids: set[str] = set(config.oper_dids)
+        self.session_keys: dict[str, list[str]] = {}  # DID -> MSGSIG public keys (base64url)
+        self.signer: Any = None  # freeq.signing.MessageSigner, set by the wiring
+        self.verifier: Any = None  # freeq.auth.verify.ChallengeVerifier, set by the wiring
+        self.metrics: Any = None
         self.clock = clock
         self.name = config.server_name
         self.hooks = list(hooks)
@@ -311,13 +318,22 @@ class IRCServer(HistoryCommands):
         ]
         return [tokens[i:i + 12] for i in range(0, len(tokens), 12)]
 
+    def metric(self, name: str) -> None:
+        """Count one event in the server's metrics (if metrics are wired)."""
+        m = self.metrics
+        if m is not None:
+            setattr(m, name, getattr(m, name, 0) + 1)
+
     def _try_register(self, user: User) -> None:
         if user.registered or user.cap_negotiating or not (user.nick_given and user.user_given):
             return
+        if user.sasl is not None and user.sasl.in_progress:
+            return  # registration waits for the SASL exchange
         if self.config.server_password is not None and not user.pass_ok:
             self.num(user, "464", "Password incorrect")
             self.close(user, "Bad password")
             return
+        self.enforce_nick_ownership(user)
         user.registered = True
         nick = user.nick
         self.num(user, "001", f"Welcome to the {self.config.network_name} IRC Network {user.hostmask}")
@@ -391,6 +407,10 @@ class IRCServer(HistoryCommands):
             self.num(user, "433", nick, "Nickname is already in use")
             return
         if nick == user.nick:
+            return
+        owner = self.nick_owner(nick)
+        if user.registered and owner is not None and owner != user.account:
+            self.num(user, "433", nick, "Nickname is registered to another identity")
             return
         old_folded, old_mask = user.folded, user.hostmask
         if not user.registered:
@@ -488,10 +508,6 @@ class IRCServer(HistoryCommands):
         else:
             self.num(user, "410", sub, "Invalid CAP command")
 
-    def irc_AUTHENTICATE(self, user: User, msg: Message) -> None:
-        # SASL arrives with the identity work; until then no mechanism is offered.
-        self.num(user, "904", "SASL authentication failed")
-
     def irc_PING(self, user: User, msg: Message) -> None:
         if not msg.params:
             self.num(user, "409", "No origin specified")
@@ -573,9 +589,17 @@ class IRCServer(HistoryCommands):
             chan.modes.update("nt")
             self.channels[folded] = chan
             status = OP
+            if user.account:
+                # The first DID to create a channel founds it: persistent ops across reconnects and restarts.
+                chan.founder = user.account
+                chan.did_ops[user.account] = (user.hostmask, int(now))
+                self.channel_changed(chan)
+        elif user.account and (user.account == chan.founder or user.account in chan.did_ops):
+            status = OP  # founder and DID operators pass +k/+l/+b/+i
+            user.invites.discard(folded)
         else:
             # A persisted channel is never "new" again: its key, bans and invite-only still apply.
-            invited = folded in user.invites
+            invited = folded in user.invites or (user.account is not None and user.account in chan.invited_accounts)
             if chan.key is not None and key != chan.key:
                 self.num(user, "475", chan.name, "Cannot join channel (+k)")
                 return
@@ -589,6 +613,8 @@ class IRCServer(HistoryCommands):
                 self.num(user, "473", chan.name, "Cannot join channel (+i)")
                 return
             user.invites.discard(folded)
+            if user.account is not None:
+                chan.invited_accounts.discard(user.account)
             if not chan.members and chan.founder is None:
                 status = OP  # first into an empty channel nobody owns
         chan.add(user, status)
@@ -795,6 +821,8 @@ class IRCServer(HistoryCommands):
         if len(target.invites) >= self.config.max_invites_per_user:
             target.invites.pop()
         target.invites.add(chan.folded)
+        if target.account is not None and len(chan.invited_accounts) < 500:
+            chan.invited_accounts.add(target.account)
         self.num_raw(user, "341", target.nick, chan.name)
         target.write(build(user.hostmask, "INVITE", target.nick, chan.name))
         if target.away is not None:
@@ -904,6 +932,7 @@ class IRCServer(HistoryCommands):
         adding = True
         params = iter(args[1:])
         applied: list[tuple[str, str, Optional[str]]] = []
+        did_ops_changed = False
         arg_changes = 0
         denied = False
         for ch in args[0]:
@@ -955,8 +984,20 @@ class IRCServer(HistoryCommands):
                     self.num(user, "441", target.nick, chan.name, "They aren't on that channel")
                     continue
                 bit = PREFIX_MODES[ch]
+                if ch == "o" and not adding and target.account and target.account == chan.founder \
+                        and target is not user and not user.is_oper:
+                    self.num(user, "482", chan.name, "You cannot deop the channel founder")
+                    continue
                 old = chan.members[target]
                 new = old | bit if adding else old & ~bit
+                if ch == "o" and target.account:
+                    # +o/-o on an account holder is remembered by DID (the founder stays a DID op).
+                    if adding and target.account not in chan.did_ops:
+                        chan.did_ops[target.account] = (user.hostmask, int(now))
+                        did_ops_changed = True
+                    elif not adding and target.account in chan.did_ops and target.account != chan.founder:
+                        del chan.did_ops[target.account]
+                        did_ops_changed = True
                 if new != old:
                     chan.members[target] = new
                     applied.append(("+" if adding else "-", ch, target.nick))
@@ -1024,9 +1065,10 @@ class IRCServer(HistoryCommands):
                 self.num(user, "442", chan.name, "You're not on that channel")
             else:
                 self.num(user, "482", chan.name, "You're not channel operator")
-        if applied:
-            if any(ch not in PREFIX_MODES for _s, ch, _a in applied):
+        if applied or did_ops_changed:
+            if did_ops_changed or any(ch not in PREFIX_MODES for _s, ch, _a in applied):
                 self.channel_changed(chan)
+        if applied:
             self._broadcast_modes(user.hostmask, chan, applied, extra=None if user in chan.members else user)
 
     def _broadcast_modes(self, source: str, chan: Channel, applied: list[tuple[str, str, Optional[str]]],
@@ -1094,6 +1136,8 @@ class IRCServer(HistoryCommands):
             for k, v in msg.tags.items():
                 if k[:1] == "+":
                     client_tags[k] = v
+        # A client never supplies the signature tag: the server verifies or makes it (guests get none).
+        client_sig = client_tags.pop(SIG_TAG, None)
         if tagmsg and not client_tags:
             return
         targets = params[0].split(",")
@@ -1114,10 +1158,17 @@ class IRCServer(HistoryCommands):
             if target[0] in "@+" and len(target) > 1 and is_channel(target[1:]):
                 status_min = OP if target[0] == "@" else VOICE
                 name = target[1:]
+            tags = client_tags
+            if user.account and not tagmsg:
+                sig = self.signature_tag(user, fold(name) if is_channel(name) else name, name, text, client_sig,
+                                         self.clock.seconds())
+                if sig:
+                    tags = dict(client_tags)
+                    tags[SIG_TAG] = sig
             if is_channel(name):
-                self._channel_message(user, command, target, name, status_min, text, client_tags, notice)
+                self._channel_message(user, command, target, name, status_min, text, tags, notice)
             else:
-                self._private_message(user, command, target, text, client_tags, notice)
+                self._private_message(user, command, target, text, tags, notice)
 
     def _hook_message(self, user: User, command: str, target: str, text: str) -> Optional[str]:
         for hook in self.hooks:
@@ -1262,6 +1313,8 @@ class IRCServer(HistoryCommands):
                 self.num(user, "313", other.nick, "is an IRC operator")
             if other.account:
                 self.num(user, "330", other.nick, other.account, "is logged in as")
+                if other.handle:
+                    self.num(user, "320", other.nick, f"AT Protocol handle: {other.handle}")
             if other.is_bot:
                 self.num(user, "335", other.nick, "is a bot")
             if other.conn is not None and getattr(other.conn, "secure", False):

@@ -39,6 +39,7 @@ class Channel:
     __slots__ = (
         "name", "folded", "members", "modes", "key", "limit", "topic", "topic_setter",
         "topic_time", "created", "lists", "_compiled", "founder", "did_ops", "persisted",
+        "invited_accounts",
     )
 
     def __init__(self, name: str, now: float) -> None:
@@ -57,6 +58,7 @@ class Channel:
         self.founder: Optional[str] = None  # DID of the creator (identity layer)
         self.did_ops: dict[str, tuple[str, int]] = {}  # DID -> (granted by, when)
         self.persisted = False
+        self.invited_accounts: set[str] = set()  # INVITEs that follow a DID (any of its connections)
 
     # -- persistence --------------------------------------------------------
     def has_state(self) -> bool:

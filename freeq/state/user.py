@@ -25,7 +25,7 @@ class User:
         "write", "conn", "nick", "folded", "username", "realname", "host", "ip",
         "account", "modes", "away", "caps", "tagclass", "channels", "registered",
         "signon", "last_active", "cap_version", "cap_negotiating", "nick_given",
-        "user_given", "pass_ok", "monitoring", "invites", "server", "hostmask",
+        "user_given", "pass_ok", "monitoring", "invites", "server", "hostmask", "sasl", "handle", "session_key",
         "__weakref__",
     )
 
@@ -56,6 +56,9 @@ class User:
         self.invites: set[str] = set()
         self.server = server
         self.hostmask = "*!~u@" + GUEST_HOST
+        self.sasl: Any = None  # freeq.auth.sasl.SaslExchange once AUTHENTICATE is used
+        self.handle: Optional[str] = None  # AT Protocol handle of the account
+        self.session_key: Optional[bytes] = None  # MSGSIG Ed25519 public key
 
     def set_nick(self, nick: str) -> None:
         """Change the nick (the registry's map is updated by :class:`ServerState`)."""

@@ -117,7 +117,10 @@ class Store:
         if exists and not os.access(path, os.R_OK | os.W_OK):
             raise StoreError(f"--db-path: {path} is not readable and writable by this user")
         if not exists:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # the database is private too
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # the database is private too
+            except OSError as e:  # access() is only advisory (root, read-only or special filesystems)
+                raise StoreError(f"--db-path: cannot create {path}: {e.strerror}") from None
         try:
             conn = _connect(path)
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -171,7 +174,8 @@ class Store:
                               (str(SCHEMA_VERSION),))
             self.conn.execute("COMMIT")
         except sqlite3.Error as e:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                self.conn.execute("ROLLBACK")
             raise StoreError(f"--db-path: schema upgrade of {self.path} failed ({e}); nothing was changed") from None
         log.info("Database {path} at schema v{version}", path=self.path, version=SCHEMA_VERSION)
 
@@ -271,6 +275,8 @@ class Store:
             yield self._in_thread(lambda: None)
             self.pool.stop()
             self.pool = None
+        if self._pending:
+            log.critical("Database unwritable at shutdown: {n} queued writes are lost", n=len(self._pending))
         self.conn.close()
 
     def _in_thread(self, fn: Callable[[], Any]) -> defer.Deferred:
@@ -322,7 +328,8 @@ class Store:
                         "ORDER BY id DESC LIMIT 1 OFFSET ?)", (target, target, self.max_messages_per_target))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # on SQLITE_FULL SQLite rolls back itself; keep the real error
+                conn.execute("ROLLBACK")
             raise
         if self._failing:
             self._failing = False

@@ -82,8 +82,9 @@ def open_persistence(config: Config, reactor: Any, now: float) -> Persistence:
 class StoreService(service.Service):
     """Runs the DB thread while the server runs; on stop, flushes every queued write first."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, lock_fd: int = -1) -> None:
         self.store = store
+        self.lock_fd = lock_fd
 
     def startService(self) -> None:
         super().startService()
@@ -91,4 +92,12 @@ class StoreService(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        return self.store.stop()
+        d = self.store.stop()
+        d.addBoth(self._unlock)
+        return d
+
+    def _unlock(self, result: Any) -> Any:
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+        return result

@@ -1,0 +1,298 @@
+"""Identity in the command layer: SASL ATPROTO-CHALLENGE, nick ownership, MSGSIG, signatures.
+
+Mixed into :class:`freeq.core.server.IRCServer`. Verification itself (DID resolution, keys,
+PDS calls) is :class:`freeq.auth.verify.ChallengeVerifier`, injected as ``server.verifier``.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.logger import Logger
+
+from freeq.auth.sasl import (
+    MAX_DPOP_RETRIES, MAX_FAILURES, MECHANISM, BadResponse, SaslExchange, b64url, b64url_decode, cloak_for,
+    decode_response,
+)
+from freeq.irc.names import fold
+from freeq.irc.parser import Message, build, build_text
+from freeq.signing import SIG_TAG, verify as verify_signature
+
+if TYPE_CHECKING:
+    from freeq.auth.verify import VerifyResult
+    from freeq.core.server import IRCServer
+    from freeq.state.channel import Channel
+    from freeq.state.user import User
+
+log = Logger()
+
+
+class IdentityCommands:
+    """AUTHENTICATE, MSGSIG and the effects of an identity on nicks, channels and messages."""
+
+    # ------------------------------------------------------------------
+    # SASL
+    # ------------------------------------------------------------------
+    def irc_AUTHENTICATE(self: "IRCServer", user: "User", msg: Message) -> None:  # type: ignore[misc]
+        if not msg.params or not msg.params[0]:
+            self.num(user, "461", "AUTHENTICATE", "Not enough parameters")
+            return
+        arg = msg.params[0]
+        sasl = user.sasl
+        if sasl is None:
+            sasl = user.sasl = SaslExchange()
+        if sasl.failures >= MAX_FAILURES:
+            return
+        if arg == "*":
+            if sasl.in_progress:
+                sasl.abort()
+                self.num(user, "906", "SASL authentication aborted")
+                self._try_register(user)
+            return
+        if not sasl.in_progress:
+            if arg == "+":
+                return  # a stray terminator (the JS SDK sends one): never answer it with 904
+            if user.account is not None:
+                self.num(user, "907", "You have already authenticated using SASL")
+                return
+            if arg.upper() != MECHANISM:
+                user.write(build_text(self.name, "908", user.nick, MECHANISM, "are available SASL mechanisms"))
+                self.num(user, "904", "SASL authentication failed")
+                return
+            self._send_challenge(user, sasl, reset=True)
+            return
+        if sasl.verifying:
+            return  # one answer at a time; the result is on its way
+        payload = sasl.feed(arg)
+        if payload is None:
+            return
+        try:
+            if isinstance(payload, BadResponse):
+                raise payload
+            response = decode_response(payload)
+        except BadResponse as e:
+            self._sasl_failed(user, sasl, "SASL authentication failed (bad response)", str(e))
+            return
+        challenge = sasl.take_challenge()
+        now = self.clock.seconds()
+        if response["method"] == "web-token":
+            tokens = getattr(self, "web_tokens", None)
+            found = tokens.consume(response["signature"]) if tokens is not None else None
+            if challenge is None or challenge.expired(now, self.config.challenge_timeout):
+                self._sasl_failed(user, sasl, "SASL authentication failed (challenge expired)", "expired")
+            elif found is None:
+                self._sasl_failed(user, sasl, "SASL authentication failed", "invalid or expired web token")
+            else:
+                self._sasl_succeeded(user, sasl, found[0], found[1])
+            return
+        if challenge is None or challenge.expired(now, self.config.challenge_timeout):
+            self._sasl_failed(user, sasl, "SASL authentication failed (challenge expired)", "expired")
+            return
+        verifier = getattr(self, "verifier", None)
+        if verifier is None:
+            self._sasl_failed(user, sasl, "SASL authentication failed", "no verifier configured")
+            return
+        sasl.verifying = True
+        generation = sasl.generation
+        d = verifier.verify(challenge.data, challenge.nonce, response)
+        d.addCallback(self._sasl_result, user, sasl, generation)
+        d.addErrback(self._sasl_error, user, sasl, generation)
+
+    def _send_challenge(self: "IRCServer", user: "User", sasl: SaslExchange, reset: bool) -> None:  # type: ignore[misc]
+        challenge = sasl.start(self.clock.seconds(), reset_retries=reset)
+        payload = b64url(challenge.data)
+        for i in range(0, len(payload), 400):
+            user.write(build(None, "AUTHENTICATE", payload[i:i + 400]))
+        if len(payload) % 400 == 0:
+            user.write(build(None, "AUTHENTICATE", "+"))
+
+    def _current(self: "IRCServer", user: "User", sasl: SaslExchange, generation: int) -> bool:  # type: ignore[misc]
+        return user in self.connections and user.sasl is sasl and sasl.generation == generation
+
+    def _sasl_result(self: "IRCServer", result: "VerifyResult", user: "User", sasl: SaslExchange,  # type: ignore[misc]
+                     generation: int) -> None:
+        if not self._current(user, sasl, generation):
+            return
+        sasl.verifying = False
+        if result.did:
+            self._sasl_succeeded(user, sasl, result.did, result.handle)
+        elif result.dpop_nonce:
+            sasl.dpop_retries += 1
+            if sasl.dpop_retries > MAX_DPOP_RETRIES:
+                self._sasl_failed(user, sasl, "SASL authentication failed (DPoP nonce retry limit exceeded)",
+                                  "dpop retries")
+                return
+            nonce = result.dpop_nonce.replace(" ", "")[:256]
+            user.write(build_text(self.name, "NOTICE", user.nick, f"DPOP_NONCE {nonce}"))
+            self._send_challenge(user, sasl, reset=False)
+        else:
+            self._sasl_failed(user, sasl, "SASL authentication failed", result.error or "verification failed")
+
+    def _sasl_error(self: "IRCServer", failure: Any, user: "User", sasl: SaslExchange,  # type: ignore[misc]
+                    generation: int) -> None:
+        log.failure("SASL verification crashed for {nick}", failure, nick=user.nick)
+        if self._current(user, sasl, generation):
+            sasl.verifying = False
+            self._sasl_failed(user, sasl, "SASL authentication failed", "internal error")
+
+    def _sasl_failed(self: "IRCServer", user: "User", sasl: SaslExchange, text: str,  # type: ignore[misc]
+                     reason: str) -> None:
+        sasl.abort()
+        sasl.failures += 1
+        self.metric("sasl_failure")
+        log.info("SASL failure {n} for {nick} from {ip}: {reason}", n=sasl.failures, nick=user.nick, ip=user.ip,
+                 reason=reason)
+        self.num(user, "904", text)
+        if sasl.failures >= MAX_FAILURES:
+            self.close(user, "Too many SASL failures")
+            return
+        self._try_register(user)
+
+    def _sasl_succeeded(self: "IRCServer", user: "User", sasl: SaslExchange, did: str,  # type: ignore[misc]
+                        handle: Optional[str]) -> None:
+        sasl.abort()
+        self.metric("sasl_success")
+        user.handle = handle
+        self.change_host(user, user.username, cloak_for(did))
+        self.set_account(user, did)
+        if user.nick_given and not user.registered:
+            owner = self.nick_owners.get(user.folded)
+            if owner is None or owner[1] == did:
+                self.bind_nick(user, did)
+        elif user.registered:
+            owner = self.nick_owners.get(user.folded)
+            if owner is None:
+                self.bind_nick(user, did)
+        if did in self.oper_dids and not user.is_oper:
+            user.modes.add("o")
+            user.write(build(self.name, "MODE", user.nick, "+o"))
+            log.info("{nick} is a server operator by DID {did}", nick=user.nick, did=did)
+        user.write(build_text(self.name, "900", user.nick, user.hostmask, did, f"You are now logged in as {did}"))
+        self.num(user, "903", "SASL authentication successful")
+        bearer = getattr(self, "bearer_tokens", None)
+        if bearer is not None:
+            user.write(build_text(self.name, "NOTICE", user.nick, f"API-BEARER {bearer.mint(did)}"))
+        log.info("{nick} authenticated as {did}", nick=user.nick, did=did)
+        if user.registered:
+            for chan in list(user.channels.values()):
+                self.apply_did_status(chan, user)
+        self._try_register(user)
+
+    # ------------------------------------------------------------------
+    # Nick ownership
+    # ------------------------------------------------------------------
+    def bind_nick(self: "IRCServer", user: "User", did: str) -> None:  # type: ignore[misc]
+        """Make ``did`` the owner of ``user``'s nick (releasing any nick it owned), and persist it."""
+        for folded, (_nick, owner) in list(self.nick_owners.items()):
+            if owner == did and folded != user.folded:
+                del self.nick_owners[folded]
+        self.nick_owners[user.folded] = (user.nick, did)
+        if self.store is not None:
+            self.store.bind_nick(user.folded, user.nick, did, self.clock.seconds())
+
+    def nick_owner(self: "IRCServer", nick: str) -> Optional[str]:  # type: ignore[misc]
+        """The DID that owns ``nick``, if any."""
+        owner = self.nick_owners.get(fold(nick))
+        return owner[1] if owner else None
+
+    def enforce_nick_ownership(self: "IRCServer", user: "User") -> None:  # type: ignore[misc]
+        """At registration: a nick owned by another identity is replaced (guests get ``Guest<n>``)."""
+        owner = self.nick_owner(user.nick)
+        if owner is None or owner == user.account:
+            return
+        wanted = user.nick
+        if user.account is None:
+            new = self._free_guest_nick()
+            text = f"Nick {wanted} is registered to another identity; you are {new}. Authenticate to reclaim it."
+        else:
+            new = self._derived_nick(wanted, user.account)
+            text = f"{wanted} is registered to another identity. You are {new} (tied to your account)."
+        if self.users.get(user.folded) is user:
+            del self.users[user.folded]
+        user.set_nick(new)
+        self.users[user.folded] = user
+        if user.account is not None and self.nick_owner(new) is None:
+            self.bind_nick(user, user.account)
+        user.write(build_text(self.name, "NOTICE", new, text))
+
+    def _free_guest_nick(self: "IRCServer") -> str:  # type: ignore[misc]
+        for _ in range(1000):
+            nick = f"Guest{int.from_bytes(os.urandom(4), 'big') % 100000}"
+            if fold(nick) not in self.users and fold(nick) not in self.nick_owners:
+                return nick
+        n = 100000
+        while f"guest{n}" in self.users or f"guest{n}" in self.nick_owners:
+            n += 1
+        return f"Guest{n}"
+
+    def _derived_nick(self: "IRCServer", base: str, did: str) -> str:  # type: ignore[misc]
+        tail = "".join(ch for ch in did.rsplit(":", 1)[-1].lower() if ch.isascii() and ch.isalnum())
+        for size in (8, 12, 16, 24, len(tail)):
+            frag = tail[:size]
+            nick = f"{base[: max(1, self.config.nick_len - len(frag) - 1)]}-{frag}"
+            folded = fold(nick)
+            owner = self.nick_owners.get(folded)
+            if folded not in self.users and (owner is None or owner[1] == did):
+                return nick
+        return self._free_guest_nick()
+
+    # ------------------------------------------------------------------
+    # Channel authority by DID
+    # ------------------------------------------------------------------
+    def apply_did_status(self: "IRCServer", chan: "Channel", user: "User") -> None:  # type: ignore[misc]
+        """Give a member its persistent operator status (founder or DID op), announcing the change."""
+        from freeq.state.channel import OP
+
+        if not user.account or user not in chan.members:
+            return
+        if user.account == chan.founder or user.account in chan.did_ops:
+            if not chan.members[user] & OP:
+                chan.members[user] |= OP
+                self.broadcast(chan.members, build(self.name, "MODE", chan.name, "+o", user.nick))
+
+    # ------------------------------------------------------------------
+    # Message signing
+    # ------------------------------------------------------------------
+    def irc_MSGSIG(self: "IRCServer", user: "User", msg: Message) -> None:  # type: ignore[misc]
+        if not user.account:
+            self.fail(user, "MSGSIG", "NOT_AUTHENTICATED", "Must be DID-authenticated to register a signing key")
+            return
+        if not msg.params:
+            self.fail(user, "MSGSIG", "INVALID_KEY", "Expected 32-byte base64url-encoded ed25519 public key")
+            return
+        try:
+            key = b64url_decode(msg.params[0])
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            self.fail(user, "MSGSIG", "INVALID_KEY", "Expected 32-byte base64url-encoded ed25519 public key")
+            return
+        user.session_key = key
+        keys = self.session_keys.setdefault(user.account, [])
+        encoded = b64url(key)
+        if encoded not in keys:
+            keys.append(encoded)
+            del keys[:-10]
+        user.write(build(self.name, "MSGSIG", "OK"))
+
+    def signature_tag(self: "IRCServer", user: "User", target: str, typed_target: str, text: str,  # type: ignore[misc]
+                      client_sig: Optional[str], now: float) -> Optional[str]:
+        """The ``+freeq.at/sig`` value for a message from an account holder (``None`` for guests).
+
+        The client's own signature is kept when it verifies under its MSGSIG key for this second
+        and the target as typed or as normalised; otherwise the server signs.
+        """
+        if not user.account:
+            return None
+        second = int(now)
+        if client_sig and user.session_key is not None:
+            for tgt in (typed_target, target):
+                if verify_signature(user.session_key, client_sig, user.account, tgt, text, second):
+                    return client_sig
+        signer = getattr(self, "signer", None)
+        if signer is None:
+            return None
+        return str(signer.sign(user.account, target, text, second))
+
+
+SIG = SIG_TAG
