@@ -213,18 +213,40 @@ class _ShutdownService(service.Service):
         return super().stopService()
 
 
-def make_irc_server(config: Config, reactor: Any, store: Any = None) -> tuple[IRCServer, ConnectionLimiter]:
-    """Build the IRC server (with its plugins and store) and the shared connection limiter."""
+def make_verifier(config: Config, reactor: Any) -> Any:
+    """The SASL verification backend: an SSRF-guarded HTTP client, a caching DID resolver, the verifier."""
+    from freeq.auth.did import DIDResolver
+    from freeq.auth.http import SafeHTTPClient
+    from freeq.auth.verify import ChallengeVerifier
+
+    http = SafeHTTPClient(reactor, allow_private=config.allow_private_network, timeout=config.http_timeout)
+    resolver = DIDResolver(http, reactor, plc_directory_url=config.plc_directory_url, ttl=config.did_cache_ttl)
+    return ChallengeVerifier(resolver, http)
+
+
+def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence: Any = None,
+                    net_reactor: Any = None) -> tuple[IRCServer, ConnectionLimiter]:
+    """Build the IRC server (plugins, store, signer, SASL verifier) and the shared connection limiter.
+
+    ``reactor`` is the server's clock; ``net_reactor`` (default: the same) does the HTTP of DID
+    resolution, so tests can drive time with a ``Clock`` while still talking to loopback servers.
+    """
     from freeq.plugins import PluginError, load_plugins
 
     try:
         plugins = load_plugins(config.plugins)
     except PluginError as e:
         raise ConfigError(str(e)) from None
+    if persistence is not None and store is None:
+        store = persistence.store
     server = IRCServer(config, reactor, store=store)
     if store is not None:
         server.load_channels(store.load_channels())
         server.nick_owners = store.load_nick_owners()
+        server.oper_dids |= store.load_oper_dids()
+    if persistence is not None:
+        server.signer = persistence.signer
+    server.verifier = make_verifier(config, net_reactor or reactor)
     server.hooks.extend(p.make_hook(server) for p in plugins)
     return server, ConnectionLimiter(config.max_connections_per_ip, config.max_clients)
 
@@ -238,7 +260,7 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
     persistence = open_persistence(config, reactor, reactor.seconds())
     top.persistence = persistence  # type: ignore[attr-defined]
     StoreService(persistence.store, persistence.lock_fd).setServiceParent(top)  # added first, so it stops last (after a final flush)
-    server, limiter = make_irc_server(config, reactor, store=persistence.store)
+    server, limiter = make_irc_server(config, reactor, persistence=persistence)
     top.irc_server = server  # type: ignore[attr-defined]
     if config.listen is not None:
         factory = IRCFactory(server, limiter, reactor, secure=False)

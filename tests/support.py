@@ -267,7 +267,7 @@ async def start_server(case: unittest.TestCase, tls: bool = False, clock: Any = 
     persistence = open_persistence(config, reactor, reactor.seconds())
     store_service = StoreService(persistence.store, persistence.lock_fd)
     store_service.startService()
-    server, limiter = make_irc_server(config, the_clock, store=persistence.store)
+    server, limiter = make_irc_server(config, the_clock, persistence=persistence, net_reactor=reactor)
     listeners = []
     port = reactor.listenTCP(0, IRCFactory(server, limiter, the_clock), interface="127.0.0.1")
     listeners.append(port)

@@ -257,7 +257,8 @@ class HistoryTests(unittest.TestCase):
         tagged.send("CHATHISTORY LATEST #t * 10")
         line = await tagged.expect("PRIVMSG")
         self.assertEqual(line.tags, {"msgid": echo.tags["msgid"], "time": echo.tags["time"],
-                                     "account": "did:plc:alice", "+example.com/mood": "happy"})
+                                     "account": "did:plc:alice", "+example.com/mood": "happy",
+                                     "+freeq.at/sig": echo.tags["+freeq.at/sig"]})
 
         _o, inner = await self.batch(batched, "CHATHISTORY LATEST #t * 10")
         self.assertEqual(len(inner), 1)
