@@ -63,6 +63,10 @@ class IdentityCommands:
             return
         if sasl.verifying:
             return  # one answer at a time; the result is on its way
+        if arg.upper() == MECHANISM and not sasl.buffer:
+            # A new request replaces the outstanding challenge (never base64url of a JSON response).
+            self._send_challenge(user, sasl, reset=True)
+            return
         payload = sasl.feed(arg)
         if payload is None:
             return
@@ -280,15 +284,16 @@ class IdentityCommands:
         """The ``+freeq.at/sig`` value for a message from an account holder (``None`` for guests).
 
         The client's own signature is kept when it verifies under its MSGSIG key for this second
-        and the target as typed or as normalised; otherwise the server signs.
+        and the canonical ``target`` (a channel lower-cased); otherwise the server signs. A client
+        signature over ``typed_target`` in another case is not kept: receivers, who only see the
+        channel's name, could not verify it.
         """
         if not user.account:
             return None
         second = int(now)
         if client_sig and user.session_key is not None:
-            for tgt in (typed_target, target):
-                if verify_signature(user.session_key, client_sig, user.account, tgt, text, second):
-                    return client_sig
+            if verify_signature(user.session_key, client_sig, user.account, target, text, second):
+                return client_sig
         signer = getattr(self, "signer", None)
         if signer is None:
             return None

@@ -504,6 +504,11 @@ class IRCServer(HistoryCommands, IdentityCommands):
         elif sub == "END":
             if not user.registered:
                 user.cap_negotiating = False
+                sasl = user.sasl
+                if sasl is not None and sasl.in_progress and not sasl.verifying:
+                    # IRCv3 SASL: ending negotiation mid-exchange aborts it (registration would hang otherwise).
+                    sasl.abort()
+                    self.num(user, "906", "SASL authentication aborted")
                 self._try_register(user)
         else:
             self.num(user, "410", sub, "Invalid CAP command")
