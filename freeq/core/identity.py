@@ -159,7 +159,9 @@ class IdentityCommands:
         user.handle = handle
         self.change_host(user, user.username, cloak_for(did))
         self.set_account(user, did)
-        if user.nick_given and not user.registered:
+        if self.primary_session(did) is not None and not user.registered:
+            pass  # another device holds the identity's nick; this one adopts it at registration
+        elif user.nick_given and not user.registered:
             owner = self.nick_owners.get(user.folded)
             if owner is None or owner[1] == did:
                 self.bind_nick(user, did)

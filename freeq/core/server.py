@@ -102,6 +102,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         self.current_label: Optional[str] = None
         self.oper_dids: set[str] = set(config.oper_dids)
         self.session_keys: dict[str, list[str]] = {}  # DID -> MSGSIG public keys (base64url)
+        self.sessions: dict[str, list[User]] = {}  # DID -> its registered connections (multi-device)
         self.signer: Any = None  # freeq.signing.MessageSigner, set by the wiring
         self.verifier: Any = None  # freeq.auth.verify.ChallengeVerifier, set by the wiring
         self.metrics: Any = None
@@ -242,6 +243,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
         if user not in self.connections:
             return
         self.connections.discard(user)
+        if user.registered and self._detach_session(user):
+            return
         if user.registered:
             data = build_text(user.hostmask, "QUIT", reason)
             self.broadcast(self.co_members(user), data)
@@ -259,6 +262,66 @@ class IRCServer(HistoryCommands, IdentityCommands):
                     del self.monitors[target]
         user.monitoring.clear()
         user.registered = False
+
+    # ------------------------------------------------------------------
+    # Multi-device: several connections of one DID share a nick and channels
+    # ------------------------------------------------------------------
+    def primary_session(self, account: str) -> Optional[User]:
+        """The connection of ``account`` that holds its nick, if one is registered."""
+        for s in self.sessions.get(account, ()):
+            if self.users.get(s.folded) is s:
+                return s
+        return None
+
+    def group(self, user: User) -> list[User]:
+        """Every registered connection sharing ``user``'s identity (just ``[user]`` for guests)."""
+        if user.account:
+            sessions = self.sessions.get(user.account)
+            if sessions and user in sessions:
+                return sessions
+        return [user]
+
+    def is_primary(self, user: User) -> bool:
+        """Whether ``user`` is the connection that represents its nick (NAMES and WHO list only those)."""
+        return self.users.get(user.folded) is user
+
+    def _attach_session(self, user: User, primary: User) -> None:
+        """A new device joins its identity's channels silently; only it sees the JOIN replay."""
+        for chan in list(primary.channels.values()):
+            chan.add(user, chan.members[primary])
+            user.write(build_text(user.hostmask, "JOIN", chan.name, user.account or "*", user.realname)
+                       if "extended-join" in user.caps else build(user.hostmask, "JOIN", chan.name))
+            if chan.topic:
+                self.num(user, "332", chan.name, chan.topic)
+                user.write(build(self.name, "333", user.nick, chan.name, chan.topic_setter, str(chan.topic_time)))
+            self._send_names(user, chan)
+        if primary.away is not None and user.away is None:
+            user.away = primary.away
+        log.info("{nick} attached another device ({n} connections)", nick=user.nick,
+                 n=len(self.sessions.get(user.account or "", ())))
+
+    def _detach_session(self, user: User) -> bool:
+        """Remove one device of a multi-device identity without a QUIT; False if it was the last one."""
+        sessions = self.sessions.get(user.account or "")
+        if not sessions or user not in sessions:
+            return False
+        sessions.remove(user)
+        if not sessions:
+            del self.sessions[user.account]  # type: ignore[arg-type]
+            return False
+        for chan in list(user.channels.values()):
+            chan.remove(user)
+        if self.users.get(user.folded) is user:
+            self.users[user.folded] = sessions[0]
+        for target in user.monitoring:
+            watchers = self.monitors.get(target)
+            if watchers is not None:
+                watchers.discard(user)
+                if not watchers:
+                    del self.monitors[target]
+        user.monitoring.clear()
+        user.registered = False
+        return True
 
     def close(self, user: User, reason: str, quit_reason: Optional[str] = None) -> None:
         """Send ``ERROR`` and close the connection; co-members see ``quit_reason`` (or ``reason``)."""
@@ -333,8 +396,17 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self.num(user, "464", "Password incorrect")
             self.close(user, "Bad password")
             return
-        self.enforce_nick_ownership(user)
+        primary = self.primary_session(user.account) if user.account else None
+        if primary is not None:
+            # Another device of this DID is online: share its nick (and, below, its channels).
+            if self.users.get(user.folded) is user:
+                del self.users[user.folded]
+            user.set_nick(primary.nick)
+        else:
+            self.enforce_nick_ownership(user)
         user.registered = True
+        if user.account:
+            self.sessions.setdefault(user.account, []).append(user)
         nick = user.nick
         self.num(user, "001", f"Welcome to the {self.config.network_name} IRC Network {user.hostmask}")
         self.num(user, "002", f"Your host is {self.name}, running version {VERSION}")
@@ -346,7 +418,10 @@ class IRCServer(HistoryCommands, IdentityCommands):
         self._send_motd(user)
         if user.modes:
             user.write(build(user.nick, "MODE", user.nick, "+" + "".join(sorted(user.modes))))
-        self._monitor_notify(user.folded, user)
+        if primary is not None:
+            self._attach_session(user, primary)
+        else:
+            self._monitor_notify(user.folded, user)
         log.info("{nick} registered from {ip}", nick=nick, ip=user.ip)
         for hook in self.hooks:
             try:
@@ -422,16 +497,20 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self._try_register(user)
             return
         data = build_text(old_mask, "NICK", nick)
-        user.write(data)
-        self.broadcast(self.co_members(user), data)
+        devices = self.group(user)
+        holder = self.users.get(old_folded)
+        primary = holder if holder in devices else user
+        self.broadcast(self.co_members(user) | set(devices), data)
         self.whowas.append((user.nick, user.username, user.host, user.realname, self.clock.seconds()))
         if old_folded != folded:
-            del self.users[old_folded]
+            if holder is primary:
+                del self.users[old_folded]
             self._monitor_notify(old_folded, None)
-        user.set_nick(nick)
-        self.users[folded] = user
+        for device in devices:
+            device.set_nick(nick)
+        self.users[folded] = primary
         if old_folded != folded:
-            self._monitor_notify(folded, user)
+            self._monitor_notify(folded, primary)
 
     def irc_USER(self, user: User, msg: Message) -> None:
         if user.registered or user.user_given:
@@ -563,7 +642,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
             for chan in list(user.channels.values()):
                 data = build_text(user.hostmask, "PART", chan.name, "Left all channels")
                 self.broadcast(chan.members, data)
-                self._part_channel(chan, user)
+                for device in self.group(user):
+                    if device in chan.members:
+                        self._part_channel(chan, device)
             return
         names = msg.params[0].split(",")
         keys = msg.params[1].split(",") if len(msg.params) > 1 else []
@@ -622,17 +703,20 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 chan.invited_accounts.discard(user.account)
             if not chan.members and chan.founder is None:
                 status = OP  # first into an empty channel nobody owns
-        chan.add(user, status)
+        devices = self.group(user)
+        for device in devices:
+            chan.add(device, status)
         plain = build(user.hostmask, "JOIN", chan.name)
         extended = build_text(user.hostmask, "JOIN", chan.name, user.account or "*", user.realname)
         self.broadcast(chan.members, extended, cap="extended-join", fallback=plain)
         if user.away is not None:
-            self.broadcast((m for m in chan.members if m is not user), build_text(user.hostmask, "AWAY", user.away),
-                           cap="away-notify")
-        if chan.topic:
-            self.num(user, "332", chan.name, chan.topic)
-            user.write(build(self.name, "333", user.nick, chan.name, chan.topic_setter, str(chan.topic_time)))
-        self._send_names(user, chan)
+            self.broadcast((m for m in chan.members if m not in devices),
+                           build_text(user.hostmask, "AWAY", user.away), cap="away-notify")
+        for device in devices:
+            if chan.topic:
+                self.num(device, "332", chan.name, chan.topic)
+                device.write(build(self.name, "333", device.nick, chan.name, chan.topic_setter, str(chan.topic_time)))
+            self._send_names(device, chan)
         for hook in self.hooks:
             try:
                 hook.on_join(user, chan)
@@ -659,7 +743,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
             else:
                 data = build(user.hostmask, "PART", chan.name)
             self.broadcast(chan.members, data)
-            self._part_channel(chan, user)
+            for device in self.group(user):
+                if device in chan.members:
+                    self._part_channel(chan, device)
 
     def _visible_channel(self, chan: Channel, user: User) -> bool:
         return user in chan.members or not (chan.modes & {"s", "p"})
@@ -677,9 +763,12 @@ class IRCServer(HistoryCommands, IdentityCommands):
             uhnames = "userhost-in-names" in user.caps
             show_invisible = user in chan.members
             names = []
+            users = self.users
             for member, status in chan.members.items():
                 if not show_invisible and "i" in member.modes:
                     continue
+                if users.get(member.folded) is not member:
+                    continue  # another device of a listed nick
                 names.append(_prefix_chars(status, multi) + (member.hostmask if uhnames else member.nick))
             head = f":{self.name} 353 {user.nick} {self._names_symbol(chan)} {chan.name} :"
             budget = 510 - len(head.encode())
@@ -870,7 +959,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self.broadcast(chan.members, data)
             if user not in chan.members:
                 user.write(data)
-            self._part_channel(chan, victim)
+            for device in self.group(victim):
+                if device in chan.members:
+                    self._part_channel(chan, device)
 
     # ------------------------------------------------------------------
     # Modes
@@ -1004,7 +1095,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
                         del chan.did_ops[target.account]
                         did_ops_changed = True
                 if new != old:
-                    chan.members[target] = new
+                    for device in self.group(target):
+                        if device in chan.members:
+                            chan.members[device] = new
                     applied.append(("+" if adding else "-", ch, target.nick))
                 continue
             if ch == "k":
@@ -1232,25 +1325,29 @@ class IRCServer(HistoryCommands, IdentityCommands):
             return
         if command == "PRIVMSG" and other.away is not None:
             self.num(user, "301", other.nick, other.away)
-        msgid = self.deliver(user, command, other.nick, text, client_tags, (other,) if other is not user else ())
+        # Every device of the recipient gets it, and so do the sender's other devices (the conversation
+        # stays in sync); deliver() skips the sending connection itself unless it asked for echo-message.
+        recipients = set(self.group(other)) | set(self.group(user))
+        msgid = self.deliver(user, command, other.nick, text, client_tags, recipients, to_self=other is user)
         if self.store is not None and user.account and other.account:
             # Only conversations between accounts are kept: a guest nick can be taken by anyone later.
             self.store.append_message(dm_key(user.account, other.account), msgid, self.clock.seconds(), command,
                                       user.hostmask, user.account, other.nick, text, client_tags)
 
     def deliver(self, sender: User, command: str, target: str, text: str, client_tags: dict[str, str],
-                recipients: Iterable[User]) -> str:
+                recipients: Iterable[User], to_self: bool = False) -> str:
         """Fan one message out. Serialised once per distinct tag class, then one write per recipient.
 
         The sender is skipped unless it negotiated ``echo-message`` (then it gets
         its own copy, with the same ``msgid``).
         """
+        self.metric("messages")
         now = self.clock.seconds()
         msgid = self.ulid.new()
         variants: list[Optional[bytes]] = [None] * 8
         tagmsg = command == "TAGMSG"
         source = sender.hostmask
-        echo = "echo-message" in sender.caps
+        echo = to_self or "echo-message" in sender.caps
 
         def render(tc: int) -> bytes:
             tags: dict[str, str] = {}
@@ -1373,7 +1470,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             if chan is not None and self._visible_channel(chan, user):
                 inside = user in chan.members
                 for member in chan.members:
-                    if not inside and "i" in member.modes:
+                    if not inside and "i" in member.modes or self.users.get(member.folded) is not member:
                         continue
                     results.append((member, chan))
         else:
