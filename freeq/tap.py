@@ -248,6 +248,12 @@ def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence
         server.signer = persistence.signer
     server.verifier = make_verifier(config, net_reactor or reactor)
     server.hooks.extend(p.make_hook(server) for p in plugins)
+    from freeq.metrics import Metrics
+    from freeq.web.tokens import BearerTokenStore, WebTokenStore
+
+    server.metrics = Metrics()
+    server.web_tokens = WebTokenStore(reactor)  # type: ignore[attr-defined]  # SASL web-token (broker)
+    server.bearer_tokens = BearerTokenStore(reactor)  # type: ignore[attr-defined]  # REST API bearers
     return server, ConnectionLimiter(config.max_connections_per_ip, config.max_clients)
 
 
@@ -278,6 +284,10 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
     sweeper = TimerService(config.sweep_interval, server.sweep)
     sweeper.clock = reactor
     sweeper.setServiceParent(top)
+    if config.web_listen is not None:
+        from freeq.web.site import build_web_service
+
+        build_web_service(config, reactor, server, limiter, persistence).setServiceParent(top)
     _ShutdownService(server).setServiceParent(top)
     log.info("freeq {name} configured: plain {plain}, TLS {tls}", name=config.server_name,
              plain=str(config.listen) if config.listen else "off",

@@ -320,7 +320,49 @@ def make_certificate(directory: str, cn: str = "localhost") -> tuple[str, str]:
     return cert, key
 
 
+@dataclasses.dataclass
+class WebFixture:
+    """The web listener (``/irc``, ``/api/v1``, ``/auth/broker``, ``/metrics``) of a :class:`ServerFixture`."""
+
+    site: Any
+    port: int
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        """``http(s)://127.0.0.1:<port>``."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The IRC WebSocket endpoint."""
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/irc"
+
+
+async def start_web(case: unittest.TestCase, srv: ServerFixture, tls: bool = False, **overrides: Any) -> WebFixture:
+    """Start the web listener for ``srv`` on 127.0.0.1:0, sharing its per-IP limiter; stopped in cleanup.
+
+    ``overrides`` replace config fields (``trusted_proxies``, ``broker_shared_secret``, ...) or set the
+    site's limits (``rate_burst``, ``rate_per_second``, ``max_body_bytes``).
+    """
+    from freeq.web.site import build_web_site
+
+    limits = {k: overrides.pop(k) for k in ("rate_burst", "rate_per_second", "max_body_bytes") if k in overrides}
+    config = dataclasses.replace(srv.server.config, **overrides)
+    limiter = srv.listeners[0].factory.limiter
+    site = build_web_site(config, srv.clock, srv.server, limiter, reactor=reactor, **limits)
+    if tls:
+        from freeq.irc.tls import load_tls_options
+
+        cert, key = make_certificate(case.mktemp())
+        port = reactor.listenSSL(0, site, load_tls_options(cert, key), interface="127.0.0.1")
+    else:
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    case.addCleanup(port.stopListening)
+    return WebFixture(site, port.getHost().port, tls)
+
+
 __all__ = [
     "asynctest", "sleep", "IRCClient", "Line", "ServerFixture", "start_server", "make_config",
-    "make_certificate", "Clock", "subprocess",
+    "make_certificate", "Clock", "subprocess", "WebFixture", "start_web",
 ]

@@ -1,4 +1,9 @@
-"""The IRC line protocol over TCP and TLS: framing, flood control, send queue, per-IP limits.
+"""Client connections: what every transport shares, and the IRC line protocol over TCP and TLS.
+
+:class:`ClientConnection` holds the transport-independent half of a client connection: the
+shared per-IP limit, line framing, flood control (fake lag, then ``Excess Flood``), the send
+queue bounded through the transport's producer pause, and teardown. :class:`IRCProtocol`
+puts it on a TCP/TLS byte stream; :mod:`freeq.web.websocket` puts it on WebSocket messages.
 
 It only frames, parses, throttles and dispatches; every IRC decision is made by
 :class:`freeq.core.server.IRCServer`.
@@ -6,7 +11,7 @@ It only frames, parses, throttles and dispatches; every IRC decision is made by
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -59,13 +64,31 @@ class ConnectionLimiter:
         self.current -= 1
 
 
-@implementer(IClientConnection, IPushProducer)
-class IRCProtocol(Protocol):
-    """One client connection speaking IRC lines."""
+def log_refusal(server: IRCServer, ip: str, reason: str, what: str = "connection") -> None:
+    """Log (and count) a connection refused by the :class:`ConnectionLimiter`."""
+    if reason == SERVER_FULL:
+        log.warn("client limit reached: refusing {what} from {ip} ({reason})", what=what, ip=ip, reason=reason)
+    else:
+        log.warn("per-IP limit reached: refusing {what} from {ip} ({reason})", what=what, ip=ip, reason=reason)
+        server.metric("per_ip_refusals")
 
-    factory: "IRCFactory"
+
+@implementer(IClientConnection, IPushProducer)
+class ClientConnection:
+    """The transport-independent half of a client connection (a mixin).
+
+    A subclass sets ``factory`` (with ``server``, ``limiter``, ``clock`` and ``config``), has a
+    byte ``transport`` (the socket: flow control and aborts go there), sets ``_sink`` to the
+    callable that sends bytes to the peer, calls :meth:`_admit` and :meth:`_start` when the
+    connection opens, feeds input to :meth:`_feed` and calls :meth:`_teardown` when it is gone.
+    :meth:`_lose` is the graceful close; override it where the transport has its own.
+    """
+
+    factory: Any
+    transport: Any
     user: Optional[User] = None
     ip = ""
+    secure = False
     ping_sent = False
     oper_failures = 0
     _paused = False
@@ -73,27 +96,31 @@ class IRCProtocol(Protocol):
     _discarding = False
     _closed = False
     _drain_call: Any = None
+    _counted = False
+    _lost_reason = "Connection closed"
+    _sink: Callable[[bytes], None]
 
-    def __init__(self, secure: bool) -> None:
+    def _init_connection(self, secure: bool) -> None:
         self.secure = secure
         self._buffer = b""
         self._pending: deque[Any] = deque()
         self._bucket: Optional[TokenBucket] = None
 
-    # -- connection ---------------------------------------------------------
-    def connectionMade(self) -> None:
-        factory = self.factory
-        peer = self.transport.getPeer()
-        self.ip = getattr(peer, "host", "unknown")
-        reason = factory.limiter.acquire(self.ip)
+    # -- opening and closing -------------------------------------------------
+    def _admit(self, ip: str) -> bool:
+        """Take a slot for ``ip`` in the limiter shared by all listeners; refuse when over a limit."""
+        self.ip = ip
+        reason = self.factory.limiter.acquire(ip)
         if reason is not None:
-            if reason == SERVER_FULL:
-                log.warn("client limit reached: refusing connection from {ip} ({reason})", ip=self.ip, reason=reason)
-            else:
-                log.warn("per-IP limit reached: refusing connection from {ip} ({reason})", ip=self.ip, reason=reason)
+            log_refusal(self.factory.server, ip, reason)
             self._refuse(reason)
-            return
+            return False
         self._counted = True
+        return True
+
+    def _start(self) -> None:
+        """The connection is admitted: ask plugins, then create the model's user writing to ``_sink``."""
+        factory = self.factory
         reason = factory.server.check_connect(self.ip)
         if reason is not None:
             log.info("plugin refused connection from {ip}: {reason}", ip=self.ip, reason=reason)
@@ -102,17 +129,19 @@ class IRCProtocol(Protocol):
         cfg = factory.config
         self._bucket = TokenBucket(cfg.flood_burst, cfg.flood_rate, factory.clock.seconds())
         self.transport.registerProducer(self, True)
-        self.user = factory.server.connect(self, self.transport.write, self.ip)
-
-    _counted = False
-    _lost_reason = "Connection closed"
+        self.user = factory.server.connect(self, self._sink, self.ip)
 
     def _refuse(self, reason: str) -> None:
         self._closed = True
-        self.transport.write(build_text(None, "ERROR", f"Closing Link: {reason}"))
+        self._sink(build_text(None, "ERROR", f"Closing Link: {reason}"))
+        self._lose()
+
+    def _lose(self) -> None:
+        """Close gracefully once what is written has been sent."""
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def _teardown(self) -> None:
+        """The transport is gone: free the limiter slot and remove the user from the model."""
         if self._drain_call is not None and self._drain_call.active():
             self._drain_call.cancel()
         self._drain_call = None
@@ -139,7 +168,7 @@ class IRCProtocol(Protocol):
             self.transport.unregisterProducer()
         except RuntimeError:
             pass
-        self.transport.loseConnection()
+        self._lose()
 
     # -- output: a send queue bounded by --sendq-bytes ------------------------
     def pauseProducing(self) -> None:
@@ -149,7 +178,7 @@ class IRCProtocol(Protocol):
         self._paused = True
         self._overflow = 0
         user = self.user
-        if user is not None and user.write == self.transport.write:
+        if user is not None and user.write == self._sink:
             user.write = self._queued_write
 
     def resumeProducing(self) -> None:
@@ -158,7 +187,7 @@ class IRCProtocol(Protocol):
         self._overflow = 0
         user = self.user
         if user is not None and user.write == self._queued_write:
-            user.write = self.transport.write
+            user.write = self._sink
 
     def stopProducing(self) -> None:
         pass
@@ -171,14 +200,15 @@ class IRCProtocol(Protocol):
             self._closed = True
             if user is not None:
                 user.write = _drop
-            # Leave the model to connectionLost: we may be inside a fan-out over this user's channels.
+            # Leave the model to _teardown: we may be inside a fan-out over this user's channels.
             self._lost_reason = "SendQ exceeded"
             self.transport.abortConnection()
             return
-        self.transport.write(data)
+        self._sink(data)
 
     # -- input: framing --------------------------------------------------------
-    def dataReceived(self, data: bytes) -> None:
+    def _feed(self, data: bytes) -> None:
+        """Split input into lines (bounded buffer, bare ``\\n`` accepted) and handle each."""
         if self._closed or self.user is None:
             return
         cfg = self.factory.config
@@ -279,6 +309,27 @@ class IRCProtocol(Protocol):
             self._dispatch(msg)
         if not self._closed:
             self.transport.resumeProducing()
+
+
+class IRCProtocol(ClientConnection, Protocol):
+    """One client connection speaking IRC lines over TCP or TLS."""
+
+    factory: "IRCFactory"
+
+    def __init__(self, secure: bool) -> None:
+        self._init_connection(secure)
+
+    def connectionMade(self) -> None:
+        self._sink = self.transport.write
+        peer = self.transport.getPeer()
+        if self._admit(getattr(peer, "host", "unknown")):
+            self._start()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._teardown()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._feed(data)
 
 
 def _drop(data: bytes) -> None:

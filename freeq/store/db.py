@@ -486,6 +486,17 @@ class Store:
         self.flush()
         return self._in_thread(lambda: self.conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
 
+    def message(self, msgid: str) -> defer.Deferred:
+        """The history row with ``msgid`` as ``(target, StoredMessage)``, or ``None`` (REST verify)."""
+        self.flush()
+
+        def run() -> Optional[tuple[str, StoredMessage]]:
+            row = self.conn.execute("SELECT target, msgid, time_ms, command, sender, account, shown_to, payload "
+                                    "FROM messages WHERE msgid=?", (msgid,)).fetchone()
+            return None if row is None else (row["target"], self._decrypt_row(row["target"], row))
+
+        return self._in_thread(run)
+
 
 def _bound(value: Any) -> tuple[int, int]:
     """A history bound as (time_ms, id): msgid references resolve to their row; timestamps get an id edge."""

@@ -1,0 +1,26 @@
+"""Operational counters of one server, as plain integers.
+
+The server and its connections only add to these (``server.metric("messages")``); nothing here
+imports a metrics library or keeps global state, so many servers can live in one process (tests).
+:mod:`freeq.web.prometheus` turns one :class:`Metrics` and its server into Prometheus text.
+"""
+from __future__ import annotations
+
+
+class Metrics:
+    """Counters (monotonic, since start) and the few gauges other layers set."""
+
+    def __init__(self) -> None:
+        self.messages = 0  # PRIVMSG/NOTICE/TAGMSG fanned out
+        self.sasl_success = 0
+        self.sasl_failure = 0
+        self.per_ip_refusals = 0  # TCP, TLS and WebSocket together
+        self.s2s_rejected = 0  # federation connections refused (allowlist, bad handshake)
+        self.s2s_peers = 0  # gauge: linked peers, set by the S2S bridge
+        self.web_requests = 0
+        self.web_rate_limited = 0
+        self.broker_rejected = 0
+
+    def snapshot(self) -> dict[str, int]:
+        """Every value by name (for logs and tests)."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, int)}

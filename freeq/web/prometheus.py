@@ -1,0 +1,69 @@
+"""``/metrics``: one server's state and counters in the Prometheus text format.
+
+A custom collector reads the live model and :class:`freeq.metrics.Metrics` at scrape time into a
+registry that belongs to this listener (never the library's global one), so several servers in one
+process (tests) each report their own numbers.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from twisted.web.resource import Resource
+
+from freeq.web.websocket import IRCWebSocketProtocol
+
+#: Counter attributes of Metrics exposed as ``freeq_<name>_total``, with their help text.
+COUNTERS = (
+    ("messages", "Messages (PRIVMSG, NOTICE, TAGMSG) delivered."),
+    ("sasl_success", "Successful SASL authentications."),
+    ("sasl_failure", "Failed SASL authentications."),
+    ("per_ip_refusals", "Connections and WebSocket upgrades refused by the per-IP limit."),
+    ("s2s_rejected", "Rejected server-to-server connections."),
+    ("web_requests", "Requests to the API, broker, metrics and WebSocket routes."),
+    ("web_rate_limited", "Web requests refused by the per-IP request rate limit."),
+    ("broker_rejected", "Auth broker requests refused (bad, skewed or replayed signatures)."),
+)
+
+
+class ServerCollector:
+    """Reads one server's model and counters when Prometheus scrapes."""
+
+    def __init__(self, server: Any, metrics: Any, clock: Any) -> None:
+        self.server = server
+        self.metrics = metrics
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        users = list(server.connections)
+        web = sum(1 for u in users if isinstance(u.conn, IRCWebSocketProtocol))
+        yield GaugeMetricFamily("freeq_connections", "Client connections (all transports).", value=len(users))
+        yield GaugeMetricFamily("freeq_websocket_connections", "Client connections over WebSocket.", value=web)
+        yield GaugeMetricFamily("freeq_registered_users", "Registered clients.",
+                                value=sum(1 for u in users if u.registered))
+        yield GaugeMetricFamily("freeq_channels", "Channels with members.",
+                                value=sum(1 for c in server.channels.values() if c.members))
+        yield GaugeMetricFamily("freeq_s2s_peers", "Linked federation peers.",
+                                value=getattr(self.metrics, "s2s_peers", 0))
+        for name, text in COUNTERS:
+            yield CounterMetricFamily("freeq_" + name, text, value=getattr(self.metrics, name, 0))
+        yield GaugeMetricFamily("freeq_uptime_seconds", "Seconds since the server started.",
+                                value=max(0.0, self.clock.seconds() - server.started))
+
+
+class MetricsResource(Resource):
+    """``GET /metrics``."""
+
+    isLeaf = True
+
+    def __init__(self, server: Any, metrics: Any, clock: Any) -> None:
+        super().__init__()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ServerCollector(server, metrics, clock))  # type: ignore[arg-type]
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return generate_latest(self.registry)

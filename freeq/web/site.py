@@ -1,0 +1,152 @@
+"""The web listener (``--web-addr``): one ``twisted.web`` Site carrying every web route.
+
+=================================  ==========================================================
+``/``                              the bundled web client (or ``--web-static-dir``)
+``/irc``                           IRC over WebSocket (:mod:`freeq.web.websocket`)
+``/api/v1/...``                    the REST API (:mod:`freeq.web.rest`)
+``/auth/broker/...``               the auth broker (:mod:`freeq.web.broker`)
+``/metrics``                       Prometheus text (:mod:`freeq.web.prometheus`)
+=================================  ==========================================================
+
+Every response carries the security headers; request bodies are capped; the API, broker,
+metrics and WebSocket routes are rate-limited per client IP (static files are not).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.logger import Logger
+from twisted.web import resource, server, static
+
+from freeq.config import Config
+from freeq.core.server import IRCServer
+from freeq.irc.protocol import ConnectionLimiter
+from freeq.metrics import Metrics
+from freeq.web.broker import BrokerResource
+from freeq.web.http import RateLimiter, WebRequest
+from freeq.web.prometheus import MetricsResource
+from freeq.web.proxy import ProxyPolicy
+from freeq.web.rest import APIv1
+from freeq.web.tokens import BearerTokenStore, WebTokenStore
+from freeq.web.websocket import IRCWebSocketFactory, IRCWebSocketResource
+
+log = Logger()
+
+#: The bundled client, shipped as package data.
+BUNDLED_CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+#: Largest request body accepted (the API takes only small JSON bodies).
+MAX_BODY_BYTES = 64 * 1024
+#: Per-IP request rate limit on the dynamic routes: a burst, then this many per second.
+RATE_BURST = 60
+RATE_PER_SECOND = 2.0
+_LIMITED_PREFIXES = (b"/api/", b"/auth/", b"/metrics", b"/irc")
+
+
+class StaticFiles(static.File):
+    """Static files without directory listings."""
+
+    def directoryListing(self) -> resource.Resource:
+        return resource.NoResource("No such file")
+
+
+class _Folder(resource.Resource):
+    """A path segment that only holds children (``/api``, ``/auth``): 404 by itself."""
+
+    def render(self, request: Any) -> bytes:
+        return resource.NoResource("No such resource").render(request)
+
+
+def _mount(parent: resource.Resource, path: bytes, child: Any) -> None:
+    # Resource implements IResource through zope (which plain mypy does not see).
+    parent.putChild(path, child)
+
+
+class WebSite(server.Site):
+    """The Site with the listener's policies (see :class:`freeq.web.http.WebRequest`)."""
+
+    requestFactory = WebRequest
+    displayTracebacks = False
+
+    def __init__(self, root: resource.Resource, proxies: ProxyPolicy, rate: RateLimiter, metrics: Metrics,
+                 max_body_bytes: int = MAX_BODY_BYTES, reactor: Any = None) -> None:
+        if reactor is None:
+            super().__init__(root)
+        else:
+            super().__init__(root, reactor=reactor)
+        self.proxies = proxies
+        self.rate = rate
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    def check_rate(self, request: Any) -> bool:
+        """Whether ``request`` is within its client's rate (static files always are)."""
+        if not request.path.startswith(_LIMITED_PREFIXES):
+            return True
+        self.metrics.web_requests += 1
+        if self.rate.allow(self.proxies.for_request(request)):
+            return True
+        self.metrics.web_rate_limited += 1
+        return False
+
+
+def build_web_site(config: Config, clock: Any, irc: IRCServer, limiter: ConnectionLimiter,
+                   persistence: Any = None, reactor: Any = None, *, rate_burst: int = RATE_BURST,
+                   rate_per_second: float = RATE_PER_SECOND, max_body_bytes: int = MAX_BODY_BYTES) -> WebSite:
+    """Assemble the Site for ``irc``; ``clock`` is the server's time, ``reactor`` does the networking."""
+    if reactor is None:
+        reactor = clock
+    metrics = getattr(irc, "metrics", None)
+    if metrics is None:
+        metrics = irc.metrics = Metrics()
+    web_tokens = getattr(irc, "web_tokens", None)
+    if web_tokens is None:
+        web_tokens = irc.web_tokens = WebTokenStore(clock)  # type: ignore[attr-defined]
+    bearer_tokens = getattr(irc, "bearer_tokens", None)
+    if bearer_tokens is None:
+        bearer_tokens = irc.bearer_tokens = BearerTokenStore(clock)  # type: ignore[attr-defined]
+    signer = persistence.signer if persistence is not None else getattr(irc, "signer", None)
+    store = persistence.store if persistence is not None else irc.store
+    # Read once: keys change only at start-up (before the DB thread runs in production).
+    signing_keys = store.signing_keys() if store is not None else []
+    proxies = ProxyPolicy(config.trusted_proxies)
+
+    root: resource.Resource = StaticFiles(config.web_static_dir or BUNDLED_CLIENT)
+    ws_factory = IRCWebSocketFactory(irc, limiter, clock, reactor)
+    _mount(root, b"irc", IRCWebSocketResource(ws_factory, proxies, config.web_allowed_origins))
+    api = _Folder()
+    _mount(api, b"v1", APIv1(irc, bearer_tokens, signer, signing_keys, clock, config.web_allowed_origins))
+    _mount(root, b"api", api)
+    auth = _Folder()
+    broker = BrokerResource(config.broker_shared_secret, clock, web_tokens, bearer_tokens, proxies, metrics)
+    _mount(auth, b"broker", broker)
+    _mount(root, b"auth", auth)
+    _mount(root, b"metrics", MetricsResource(irc, metrics, clock))
+    return WebSite(root, proxies, RateLimiter(clock, rate_burst, rate_per_second), metrics, max_body_bytes,
+                   reactor=reactor)
+
+
+def build_web_service(config: Config, reactor: Any, server: IRCServer, limiter: ConnectionLimiter,
+                      persistence: Any) -> StreamServerEndpointService:
+    """The web listener as a service: HTTP, or HTTPS/wss with ``--web-tls-cert``/``--web-tls-key``."""
+    from freeq.tap import _endpoint
+
+    assert config.web_listen is not None
+    tls: Optional[Any] = None
+    if config.web_tls_cert and config.web_tls_key:
+        from freeq.irc.tls import load_tls_options
+
+        tls = load_tls_options(config.web_tls_cert, config.web_tls_key)
+    if config.web_static_dir and not os.path.isdir(config.web_static_dir):
+        from freeq.config import ConfigError
+
+        raise ConfigError(f"--web-static-dir: {config.web_static_dir} is not a directory")
+    site = build_web_site(config, reactor, server, limiter, persistence)
+    svc = StreamServerEndpointService(_endpoint(reactor, config.web_listen, tls), site)
+    svc._raiseSynchronously = True
+    log.info("web listener on {scheme}://{addr} (static: {static}, broker: {broker})",
+             scheme="https" if tls else "http", addr=str(config.web_listen),
+             static=config.web_static_dir or "bundled client",
+             broker="on" if config.broker_shared_secret else "off")
+    return svc
