@@ -44,7 +44,7 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
      "message_retention_days", _FLOAT),
     ("server-password", None, "Require this PASS from every client (env SERVER_PASSWORD).", "server_password", _STR),
     ("oper-password", None, "Password for the OPER command (env OPER_PASSWORD).", "oper_password", _STR),
-    ("max-connections-per-ip", _D.max_connections_per_ip, "Concurrent connections per IP, TCP and TLS together.",
+    ("max-connections-per-ip", _D.max_connections_per_ip, "Concurrent connections per IP, TCP, TLS and WebSocket together.",
      "max_connections_per_ip", _INT),
     ("max-clients", _D.max_clients, "Concurrent connections in total.", "max_clients", _INT),
     ("max-channels-per-user", _D.max_channels_per_user, "Channels one user may join (CHANLIMIT).",
