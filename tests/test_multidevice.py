@@ -104,3 +104,24 @@ class MultiDeviceTests(unittest.TestCase):
         await bob.expect_not("PART")
         chan = srv.server.channels["#home"]
         self.assertEqual([m.nick for m in chan.members], ["bob"])
+
+
+class BearerTokenTests(unittest.TestCase):
+    """SASL success hands the client a REST bearer token scoped to its DID, never its session id."""
+
+    @asynctest
+    async def test_api_bearer_after_sasl(self) -> None:
+        """903 is followed by NOTICE API-BEARER with a random token that maps to the DID."""
+        srv = await start_server(self)
+        cred = new_credential()
+        c = await open_negotiation(srv, "carol", "sasl")
+        line = await authenticate(c, cred)
+        self.assertEqual(line.command, "903")
+        notice = await c.expect(lambda l: l.command == "NOTICE" and l.params[-1].startswith("API-BEARER "))
+        token = notice.params[-1].split()[1]
+        self.assertGreaterEqual(len(token), 43)
+        self.assertEqual(srv.server.bearer_tokens.lookup(token), cred.did)
+        c2 = await open_negotiation(srv, "carol2", "sasl")
+        await authenticate(c2, cred)
+        other = await c2.expect(lambda l: l.command == "NOTICE" and l.params[-1].startswith("API-BEARER "))
+        self.assertNotEqual(other.params[-1], notice.params[-1])
