@@ -11,16 +11,15 @@ the new key file atomically replaces the old one.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import sys
 from typing import Optional, Sequence
 
 from freeq.store.crypto import DecryptionError, MessageCipher
+from freeq.store import service
 from freeq.store.db import Store, StoreError
 from freeq.store.keys import DB_ENCRYPTION_KEY, KeyFileError, fingerprint, load_raw_key, write_secret_atomically
 
-LOCK_FILE = "freeq.lock"
 NEW_SUFFIX = ".new"
 
 
@@ -29,15 +28,11 @@ class AdminError(Exception):
 
 
 def lock_data_dir(data_dir: str) -> int:
-    """Take the data directory's exclusive lock (held by a running server); return the fd."""
-    path = os.path.join(data_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """Take the data directory's lock (held by a running server); return the fd."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise AdminError(f"{data_dir} is in use by a running freeq server (lock {path}); stop it first") from None
-    return fd
+        return service.lock_data_dir(data_dir)
+    except service.DataDirLocked as e:
+        raise AdminError(f"{data_dir} is in use by a running freeq server (lock {e}); stop it first") from None
 
 
 def default_db_path(data_dir: str) -> str:

@@ -109,6 +109,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         self.clock = clock
         self.name = config.server_name
         self.hooks = list(hooks)
+        self.s2s: list[Any] = []  # federation observers (freeq.s2s.federation.Federation), told of local changes
         self.users: dict[str, User] = {}  # folded nick -> user (registered or holding a nick)
         self.channels: dict[str, Channel] = {}
         self.connections: set[User] = set()
@@ -250,17 +251,12 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self.broadcast(self.co_members(user), data)
             self.whowas.append((user.nick, user.username, user.host, user.realname, self.clock.seconds()))
             self._monitor_notify(user.folded, None)
+            self.s2s_notify("quit", user, reason)
         for chan in list(user.channels.values()):
             self._part_channel(chan, user)
         if self.users.get(user.folded) is user:
             del self.users[user.folded]
-        for target in user.monitoring:
-            watchers = self.monitors.get(target)
-            if watchers is not None:
-                watchers.discard(user)
-                if not watchers:
-                    del self.monitors[target]
-        user.monitoring.clear()
+        self._unmonitor(user, list(user.monitoring))
         user.registered = False
 
     # ------------------------------------------------------------------
@@ -313,13 +309,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             chan.remove(user)
         if self.users.get(user.folded) is user:
             self.users[user.folded] = sessions[0]
-        for target in user.monitoring:
-            watchers = self.monitors.get(target)
-            if watchers is not None:
-                watchers.discard(user)
-                if not watchers:
-                    del self.monitors[target]
-        user.monitoring.clear()
+        self._unmonitor(user, list(user.monitoring))
         user.registered = False
         return True
 
@@ -387,6 +377,14 @@ class IRCServer(HistoryCommands, IdentityCommands):
         if m is not None:
             setattr(m, name, getattr(m, name, 0) + 1)
 
+    def s2s_notify(self, event: str, *args: Any) -> None:
+        """Tell the federation observers (``local_<event>``) about a local state change."""
+        for observer in self.s2s:
+            try:
+                getattr(observer, "local_" + event)(*args)
+            except Exception:
+                log.failure("S2S observer failed on {event}", event=event)
+
     def _try_register(self, user: User) -> None:
         if user.registered or user.cap_negotiating or not (user.nick_given and user.user_given):
             return
@@ -423,6 +421,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         else:
             self._monitor_notify(user.folded, user)
         log.info("{nick} registered from {ip}", nick=nick, ip=user.ip)
+        self.s2s_notify("register", user)
         for hook in self.hooks:
             try:
                 hook.on_register(user)
@@ -511,6 +510,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         self.users[folded] = primary
         if old_folded != folded:
             self._monitor_notify(folded, primary)
+        self.s2s_notify("nick", primary, old_mask)
 
     def irc_USER(self, user: User, msg: Message) -> None:
         if user.registered or user.user_given:
@@ -642,6 +642,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             for chan in list(user.channels.values()):
                 data = build_text(user.hostmask, "PART", chan.name, "Left all channels")
                 self.broadcast(chan.members, data)
+                self.s2s_notify("part", user, chan, "Left all channels")
                 for device in self.group(user):
                     if device in chan.members:
                         self._part_channel(chan, device)
@@ -674,6 +675,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             chan = Channel(name, now)
             chan.modes.update("nt")
             self.channels[folded] = chan
+            self.s2s_notify("channel_created", chan)
             status = OP
             if user.account:
                 # The first DID to create a channel founds it: persistent ops across reconnects and restarts.
@@ -722,6 +724,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 hook.on_join(user, chan)
             except Exception:
                 log.failure("plugin on_join failed")
+        self.s2s_notify("join", user, chan, key)
 
     def irc_PART(self, user: User, msg: Message) -> None:
         if not msg.params or not msg.params[0]:
@@ -743,6 +746,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             else:
                 data = build(user.hostmask, "PART", chan.name)
             self.broadcast(chan.members, data)
+            self.s2s_notify("part", user, chan, reason)
             for device in self.group(user):
                 if device in chan.members:
                     self._part_channel(chan, device)
@@ -823,6 +827,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         chan.topic_setter = user.hostmask
         chan.topic_time = int(self.clock.seconds())
         self.channel_changed(chan)
+        self.s2s_notify("topic", user, chan)
         data = build_text(user.hostmask, "TOPIC", chan.name, chan.topic)
         self.broadcast(chan.members, data)
         if user not in chan.members:
@@ -917,6 +922,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         target.invites.add(chan.folded)
         if target.account is not None and len(chan.invited_accounts) < 500:
             chan.invited_accounts.add(target.account)
+        self.s2s_notify("invite", user, target, chan)
         self.num_raw(user, "341", target.nick, chan.name)
         target.write(build(user.hostmask, "INVITE", target.nick, chan.name))
         if target.away is not None:
@@ -962,6 +968,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             for device in self.group(victim):
                 if device in chan.members:
                     self._part_channel(chan, device)
+            self.s2s_notify("kick", user, chan, victim, reason)
 
     # ------------------------------------------------------------------
     # Modes
@@ -1168,6 +1175,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 self.channel_changed(chan)
         if applied:
             self._broadcast_modes(user.hostmask, chan, applied, extra=None if user in chan.members else user)
+        self.s2s_notify("mode", user, chan, applied)
 
     def _broadcast_modes(self, source: str, chan: Channel, applied: list[tuple[str, str, Optional[str]]],
                          extra: Optional[User] = None) -> None:
@@ -1311,6 +1319,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         else:
             recipients = chan.members
         msgid = self.deliver(user, command, target_display, text, client_tags, recipients)
+        self.s2s_notify("message", user, command, target_display, chan, text, client_tags, msgid)
         if self.store is not None and not status_min:
             self.store.append_message(chan.folded, msgid, self.clock.seconds(), command, user.hostmask, user.account,
                                       chan.name, text, client_tags)
@@ -1329,13 +1338,14 @@ class IRCServer(HistoryCommands, IdentityCommands):
         # stays in sync); deliver() skips the sending connection itself unless it asked for echo-message.
         recipients = set(self.group(other)) | set(self.group(user))
         msgid = self.deliver(user, command, other.nick, text, client_tags, recipients, to_self=other is user)
+        self.s2s_notify("dm", user, command, other, text, client_tags, msgid)
         if self.store is not None and user.account and other.account:
             # Only conversations between accounts are kept: a guest nick can be taken by anyone later.
             self.store.append_message(dm_key(user.account, other.account), msgid, self.clock.seconds(), command,
                                       user.hostmask, user.account, other.nick, text, client_tags)
 
     def deliver(self, sender: User, command: str, target: str, text: str, client_tags: dict[str, str],
-                recipients: Iterable[User], to_self: bool = False) -> str:
+                recipients: Iterable[User], to_self: bool = False, msgid: Optional[str] = None) -> str:
         """Fan one message out. Serialised once per distinct tag class, then one write per recipient.
 
         The sender is skipped unless it negotiated ``echo-message`` (then it gets
@@ -1343,7 +1353,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         """
         self.metric("messages")
         now = self.clock.seconds()
-        msgid = self.ulid.new()
+        msgid = msgid or self.ulid.new()
         variants: list[Optional[bytes]] = [None] * 8
         tagmsg = command == "TAGMSG"
         source = sender.hostmask
@@ -1410,7 +1420,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
                     chans.append(_prefix_chars(chan.members[other], "multi-prefix" in user.caps) + chan.name)
             if chans:
                 self.num(user, "319", other.nick, " ".join(chans))
-            self.num(user, "312", other.nick, self.name, f"{self.config.network_name} IRC server")
+            self.num(user, "312", other.nick, other.server, f"{self.config.network_name} IRC server")
             if other.is_oper:
                 self.num(user, "313", other.nick, "is an IRC operator")
             if other.account:
@@ -1501,7 +1511,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 _prefix_chars(status, "multi-prefix" in user.caps) + ("B" if other.is_bot else "")
             channame = shown.name if shown is not None else "*"
             if fields is None:
-                self.num(user, "352", channame, other.username, other.host, self.name, other.nick, flags,
+                self.num(user, "352", channame, other.username, other.host, other.server, other.nick, flags,
                          f"0 {other.realname}")
             else:
                 out: list[str] = []
@@ -1510,7 +1520,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
                         continue
                     out.append({
                         "t": token or "0", "c": channame, "u": other.username, "i": "255.255.255.255",
-                        "h": other.host, "s": self.name, "n": other.nick, "f": flags, "d": "0",
+                        "h": other.host, "s": other.server, "n": other.nick, "f": flags, "d": "0",
                         "l": str(int(self.clock.seconds() - other.last_active)),
                         "a": other.account or "0", "o": "n/a", "r": other.realname,
                     }[f])
@@ -1532,6 +1542,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self.num(user, "305", "You are no longer marked as being away")
             data = build(user.hostmask, "AWAY")
         self.broadcast(self.co_members(user), data, cap="away-notify")
+        self.s2s_notify("user", user)
 
     def irc_SETNAME(self, user: User, msg: Message) -> None:
         if not msg.params or not msg.params[0]:
@@ -1541,6 +1552,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self.fail(user, "SETNAME", "INVALID_REALNAME", "Realname is too long")
             return
         user.realname = msg.params[0]
+        self.s2s_notify("user", user)
         data = build_text(user.hostmask, "SETNAME", user.realname)
         if "setname" in user.caps:
             user.write(data)
@@ -1554,6 +1566,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         """
         old_mask = user.hostmask
         user.set_userhost(username, host)
+        self.s2s_notify("user", user)
         if not user.registered:
             return
         chg = build(old_mask, "CHGHOST", username, host)
@@ -1588,6 +1601,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         if user.account == account:
             return
         user.account = account
+        self.s2s_notify("user", user)
         if user.registered:
             data = build(user.hostmask, "ACCOUNT", account or "*")
             self.broadcast(self.co_members(user), data, cap="account-notify")
@@ -1652,22 +1666,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 self.num(user, "461", "MONITOR", "Not enough parameters")
                 return
             for nick in msg.params[1].split(","):
-                folded = fold(nick)
-                if folded in user.monitoring:
-                    user.monitoring.discard(folded)
-                    watchers = self.monitors.get(folded)
-                    if watchers:
-                        watchers.discard(user)
-                        if not watchers:
-                            del self.monitors[folded]
+                self._unmonitor(user, [fold(nick)])
         elif sub in ("C", "c"):
-            for folded in user.monitoring:
-                watchers = self.monitors.get(folded)
-                if watchers:
-                    watchers.discard(user)
-                    if not watchers:
-                        del self.monitors[folded]
-            user.monitoring.clear()
+            self._unmonitor(user, list(user.monitoring))
         elif sub in ("L", "l"):
             names = sorted(user.monitoring)
             for i in range(0, len(names), 20):
@@ -1685,6 +1686,18 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 self.num(user, "730", ",".join(online))
             if offline:
                 self.num(user, "731", ",".join(offline))
+
+    def _unmonitor(self, user: User, folded_nicks: Iterable[str]) -> None:
+        """Stop ``user`` watching these (folded) nicks."""
+        for folded in folded_nicks:
+            if folded not in user.monitoring:
+                continue
+            user.monitoring.discard(folded)
+            watchers = self.monitors.get(folded)
+            if watchers is not None:
+                watchers.discard(user)
+                if not watchers:
+                    del self.monitors[folded]
 
     def _monitor_notify(self, folded: str, online: Optional[User]) -> None:
         watchers = self.monitors.get(folded)

@@ -34,20 +34,32 @@ def db_path_for(config: Config) -> str:
     return config.db_path or os.path.join(config.data_dir, "freeq.db")
 
 
-def _lock(data_dir: str) -> int:
+class DataDirLocked(Exception):
+    """Another process (a running server, or freeq-admin) holds the data directory."""
+
+
+def lock_data_dir(data_dir: str) -> int:
+    """Take the data directory's exclusive lock (``freeq.lock``) for this process; return the fd.
+
+    The server holds it while it runs and ``freeq-admin`` while it works, so they never share a
+    database. Raises :class:`DataDirLocked`.
+    """
     path = os.path.join(data_dir, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ConfigError(f"--data-dir: {data_dir} is already used by another running freeq") from None
+        raise DataDirLocked(path) from None
     return fd
 
 
 def open_persistence(config: Config, reactor: Any, now: float) -> Persistence:
     """Open everything on disk, in an order that never loses data; ConfigError on any problem."""
-    lock_fd = _lock(config.data_dir)
+    try:
+        lock_fd = lock_data_dir(config.data_dir)
+    except DataDirLocked:
+        raise ConfigError(f"--data-dir: {config.data_dir} is already used by another running freeq") from None
     try:
         try:
             store = Store.open(db_path_for(config), reactor,
