@@ -36,7 +36,8 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
     ("motd", None, "Message of the day text ('|' separates lines).", "motd", _STR),
     ("motd-file", None, "Read the message of the day from this file (overrides --motd).", "motd", _STR),
     ("data-dir", _D.data_dir, "Directory for the database and key files (created 0700).", "data_dir", _STR),
-    ("db-path", None, "SQLite database (default: DATA_DIR/freeq.db; ':memory:' keeps nothing on disk).", "db_path",
+    ("db-path", None, "SQLite database (default: DATA_DIR/freeq.db; ':memory:' keeps it in memory; 'none' stores "
+     "nothing).", "db_path",
      _STR),
     ("max-messages-per-channel", _D.max_messages_per_channel,
      "History kept per channel or conversation, newest first (0 = unlimited).", "max_messages_per_channel", _INT),
@@ -85,6 +86,19 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
      _STR),
     ("sendq-bytes", _D.sendq_bytes, "Bytes queued for a slow reader beyond the socket buffer before it is dropped.",
      "sendq_bytes", _INT),
+    ("iroh-port", _D.iroh_port, "UDP port of the iroh S2S endpoint (0: any free port).", "iroh_port", _INT),
+    ("iroh-host", _D.iroh_host, "Address the iroh S2S endpoint binds to.", "iroh_host", _STR),
+    ("iroh-relay-mode", _D.iroh_relay_mode,
+     "iroh relays: 'default' (n0 relays and discovery) or 'disabled' (peers need ID@HOST:PORT).", "iroh_relay_mode",
+     _STR),
+    ("s2s-peers", None, "Comma-separated peers to link to: ENDPOINT_ID or ENDPOINT_ID@HOST:PORT (must be allowed).",
+     "s2s_peers", "s2s-peers"),
+    ("s2s-allowed-peers", None, "Comma-separated endpoint ids allowed to link, in and out (none: federation closed).",
+     "s2s_allowed_peers", "s2s-ids"),
+    ("s2s-peer-trust", None, "Comma-separated ID=full|relay|readonly (default full).", "s2s_peer_trust",
+     "s2s-trust"),
+    ("s2s-rate", _D.s2s_rate, "Events per second accepted from each peer (token bucket; excess dropped).", "s2s_rate",
+     _FLOAT),
 ]
 
 
@@ -100,6 +114,8 @@ class Options(usage.Options):
     optFlags = [
         ["allow-private-network", None,
          "Allow DID-document and PDS requests to loopback, private and link-local addresses (off: SSRF guard)."],
+        ["iroh", None, "Enable federation: run the iroh S2S endpoint (logs its endpoint id)."],
+        ["s2s-open-federation", None, "Accept S2S links from any peer (default: only --s2s-allowed-peers)."],
     ]
 
     def __init__(self) -> None:
@@ -126,6 +142,11 @@ def _convert(flag: str, value: Any, kind: str) -> Any:
             raise ConfigError(f"--{flag}: expected a number, got {value!r}") from None
     if kind == "list":
         return tuple(x.strip() for x in str(value).split(",") if x.strip())
+    if kind in ("s2s-peers", "s2s-ids", "s2s-trust"):
+        from freeq.config import parse_endpoint_id, parse_peer_trust, parse_s2s_peer
+
+        parse = {"s2s-peers": parse_s2s_peer, "s2s-ids": parse_endpoint_id, "s2s-trust": parse_peer_trust}[kind]
+        return tuple(parse("--" + flag, x) for x in str(value).split(",") if x.strip())
     if kind == "weblisten":
         text = str(value).strip()
         return parse_listen("--" + flag, "127.0.0.1:" + text if text.isdigit() else text)
@@ -159,6 +180,11 @@ def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) 
     if options.get("broker-shared-secret") is None and environ.get("BROKER_SHARED_SECRET"):
         values["broker_shared_secret"] = environ["BROKER_SHARED_SECRET"]
     values["allow_private_network"] = bool(options.get("allow-private-network"))
+    values["iroh"] = bool(options.get("iroh"))
+    values["s2s_open_federation"] = bool(options.get("s2s-open-federation"))
+    for field in ("s2s_peers", "s2s_allowed_peers", "s2s_peer_trust"):
+        if values.get(field) is None:
+            values.pop(field, None)
     motd = _read_motd(options.get("motd"), options.get("motd-file"))
     values["motd"] = motd
     values["plugins"] = tuple(options.get("plugin") or ())
@@ -257,6 +283,18 @@ def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence
     return server, ConnectionLimiter(config.max_connections_per_ip, config.max_clients)
 
 
+def make_federation_service(config: Config, reactor: Any, server: IRCServer) -> service.Service:
+    """The S2S bridge and federation (key: ``iroh-key.secret`` in the data directory)."""
+    from freeq.s2s.federation import make_federation
+    from freeq.store.keys import KeyFileError, load_iroh_key
+
+    try:
+        key = load_iroh_key(config.data_dir)
+    except KeyFileError as e:
+        raise ConfigError(str(e)) from None
+    return make_federation(config, server, reactor, key)
+
+
 def build_service(config: Config, reactor: Any) -> service.MultiService:
     """Wire the whole server from a validated config into one service tree."""
     from freeq.store.service import StoreService, open_persistence
@@ -288,6 +326,8 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
         from freeq.web.site import build_web_service
 
         build_web_service(config, reactor, server, limiter, persistence).setServiceParent(top)
+    if config.iroh:
+        make_federation_service(config, reactor, server).setServiceParent(top)
     _ShutdownService(server).setServiceParent(top)
     log.info("freeq {name} configured: plain {plain}, TLS {tls}", name=config.server_name,
              plain=str(config.listen) if config.listen else "off",

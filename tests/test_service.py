@@ -332,3 +332,19 @@ class TwistdCommandTests(unittest.TestCase):
                 text = re.sub(r"\s+", " ", blocks[flag])
                 self.assertIn(f"[default: {default}]", text, f"--{flag} does not show its default")
         self.assertIn("plugin", blocks)
+
+
+class NoPersistenceTests(unittest.TestCase):
+    """--db-path none runs without a store."""
+
+    @asynctest
+    async def test_db_path_none_serves_without_a_store(self) -> None:
+        """With --db-path none the server runs with no store and no database file; key files are still made."""
+        data_dir = self.mktemp()
+        config = Config(listen=Listen("127.0.0.1", 0), tls_listen=None, data_dir=data_dir, db_path="none")
+        top = build_service(config, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.assertIsNone(top.irc_server.store)
+        self.assertFalse(os.path.exists(os.path.join(data_dir, "freeq.db")))
+        self.assertTrue(os.path.exists(os.path.join(data_dir, "msg-signing-key.secret")))

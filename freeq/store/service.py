@@ -4,9 +4,10 @@ from __future__ import annotations
 import fcntl
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from freeq.config import Config, ConfigError
@@ -23,10 +24,15 @@ LOCK_FILE = "freeq.lock"
 class Persistence:
     """What start-up produced: the store, the signer, and the data-directory lock."""
 
-    store: Store
+    store: Optional[Store]  # None with --db-path none
     signer: MessageSigner
     verifier_seed: bytes
     lock_fd: int
+
+
+def persistence_disabled(config: Config) -> bool:
+    """``--db-path none``: nothing is stored (no history, no channel state across restarts)."""
+    return (config.db_path or "").lower() == "none"
 
 
 def db_path_for(config: Config) -> str:
@@ -60,6 +66,15 @@ def open_persistence(config: Config, reactor: Any, now: float) -> Persistence:
         lock_fd = lock_data_dir(config.data_dir)
     except DataDirLocked:
         raise ConfigError(f"--data-dir: {config.data_dir} is already used by another running freeq") from None
+    if persistence_disabled(config):
+        try:
+            signer = MessageSigner(keys.load_raw_key(config.data_dir, keys.MSG_SIGNING_KEY))
+            verifier = keys.load_raw_key(config.data_dir, keys.VERIFIER_SIGNING_KEY)
+        except keys.KeyFileError as e:
+            os.close(lock_fd)
+            raise ConfigError(str(e)) from None
+        log.warn("--db-path none: nothing is persisted and CHATHISTORY answers empty batches")
+        return Persistence(None, signer, verifier, lock_fd)
     try:
         try:
             store = Store.open(db_path_for(config), reactor,
@@ -94,17 +109,18 @@ def open_persistence(config: Config, reactor: Any, now: float) -> Persistence:
 class StoreService(service.Service):
     """Runs the DB thread while the server runs; on stop, flushes every queued write first."""
 
-    def __init__(self, store: Store, lock_fd: int = -1) -> None:
+    def __init__(self, store: Optional[Store], lock_fd: int = -1) -> None:
         self.store = store
         self.lock_fd = lock_fd
 
     def startService(self) -> None:
         super().startService()
-        self.store.start()
+        if self.store is not None:
+            self.store.start()
 
     def stopService(self) -> Any:
         super().stopService()
-        d = self.store.stop()
+        d = self.store.stop() if self.store is not None else defer.succeed(None)
         d.addBoth(self._unlock)
         return d
 
