@@ -109,6 +109,16 @@ class Config:
     web_allowed_origins: tuple[str, ...] = ()  # empty: any Origin
     trusted_proxies: tuple[str, ...] = ()  # IPs or CIDRs whose X-Forwarded-For / Forwarded is believed
     broker_shared_secret: Optional[str] = None
+    # federation (S2S over iroh; see docs/federation.md)
+    iroh: bool = False
+    iroh_port: int = 0  # UDP; 0 = any free port
+    iroh_host: str = "0.0.0.0"
+    iroh_relay_mode: str = "default"  # "default" (n0 relays and discovery) or "disabled" (direct addresses only)
+    s2s_peers: tuple[tuple[str, Optional[str], Optional[int]], ...] = ()  # (endpoint id, host, port)
+    s2s_allowed_peers: tuple[str, ...] = ()
+    s2s_peer_trust: tuple[tuple[str, str], ...] = ()  # (endpoint id, full|relay|readonly)
+    s2s_open_federation: bool = False  # accept links from any peer (default: closed, allowlist only)
+    s2s_rate: float = 100.0  # events per second accepted from each peer
 
     def validate(self) -> "Config":
         """Check cross-field rules; raise :class:`ConfigError` with a one-line message."""
@@ -152,4 +162,61 @@ class Config:
                 raise ConfigError(f"--trusted-proxies: {net!r} is not an IP address or CIDR") from None
         if self.listen is None and (self.tls_listen is None or not self.tls_cert):
             raise ConfigError("no listener: give --listen-addr, or --tls-cert/--tls-key for --tls-listen-addr")
+        self._validate_s2s()
         return self
+
+    def _validate_s2s(self) -> None:
+        if self.iroh_relay_mode not in ("default", "disabled"):
+            raise ConfigError(f"--iroh-relay-mode: expected 'default' or 'disabled', got {self.iroh_relay_mode!r}")
+        if not 0 <= self.iroh_port <= 65535:
+            raise ConfigError(f"--iroh-port: {self.iroh_port} is out of range 0-65535")
+        try:
+            ipaddress.ip_address(self.iroh_host)
+        except ValueError:
+            raise ConfigError(f"--iroh-host: {self.iroh_host!r} is not an IP address") from None
+        if self.s2s_rate <= 0:
+            raise ConfigError(f"--s2s-rate: must be positive, got {self.s2s_rate}")
+        for peer in self.s2s_allowed_peers:
+            parse_endpoint_id("--s2s-allowed-peers", peer)
+        if (self.s2s_peers or self.s2s_allowed_peers or self.s2s_open_federation) and not self.iroh:
+            raise ConfigError("--s2s-peers, --s2s-allowed-peers and --s2s-open-federation need --iroh")
+        if self.s2s_open_federation and self.s2s_allowed_peers:
+            raise ConfigError("--s2s-open-federation and --s2s-allowed-peers exclude each other")
+        for peer_id, _host, _port in self.s2s_peers:
+            if not self.s2s_open_federation and peer_id not in self.s2s_allowed_peers:
+                raise ConfigError(f"--s2s-peers: {peer_id} is not in --s2s-allowed-peers "
+                                  "(links are only made to and accepted from allowed peers)")
+        for peer_id, level in self.s2s_peer_trust:
+            if level not in ("full", "relay", "readonly"):
+                raise ConfigError(f"--s2s-peer-trust: {level!r} is not full, relay or readonly")
+
+
+def parse_endpoint_id(flag: str, value: str) -> str:
+    """An iroh endpoint id: 64 hex characters (normalised to lower case)."""
+    text = value.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise ConfigError(f"{flag}: {value.strip()[:80]!r} is not an endpoint id (64 hex characters)")
+    return text
+
+
+def parse_s2s_peer(flag: str, value: str) -> tuple[str, Optional[str], Optional[int]]:
+    """``<endpoint-id>`` or ``<endpoint-id>@<host>:<port>`` (a direct UDP address)."""
+    ident, sep, addr = value.strip().partition("@")
+    peer_id = parse_endpoint_id(flag, ident)
+    if not sep:
+        return (peer_id, None, None)
+    listen = parse_listen(flag, addr)
+    if listen.port == 0:
+        raise ConfigError(f"{flag}: {peer_id[:12]}...@{addr}: a peer address needs a port")
+    return (peer_id, listen.host, listen.port)
+
+
+def parse_peer_trust(flag: str, value: str) -> tuple[str, str]:
+    """``<endpoint-id>=full|relay|readonly``."""
+    ident, sep, level = value.strip().partition("=")
+    if not sep:
+        raise ConfigError(f"{flag}: expected ID=full|relay|readonly, got {value.strip()[:80]!r}")
+    level = level.strip().lower()
+    if level not in ("full", "relay", "readonly"):
+        raise ConfigError(f"{flag}: {level!r} is not full, relay or readonly")
+    return (parse_endpoint_id(flag, ident), level)
