@@ -1,0 +1,1486 @@
+"""Federation: the glue between one :class:`~freeq.core.server.IRCServer` and its S2S links.
+
+Runs entirely in the reactor thread. The bridge (:mod:`freeq.s2s.bridge`) reports links and frames;
+the server reports local changes through its ``s2s`` observer list (``local_*`` methods here).
+
+* Local change -> signed event -> every open link (flooded through the federation tree; private
+  messages are routed towards the server where the nick lives).
+* Inbound frame -> rate limit -> envelope checks (signature by the origin, origin behind this link,
+  per-origin sequence) -> trust level -> authorisation against the local view -> applied to the model
+  (remote users are :class:`~freeq.state.user.User` objects whose ``conn`` is a
+  :class:`RemoteSession`) -> forwarded to the other links.
+* Link up -> ``hello`` both ways -> ``burst`` (this server's whole view) both ways -> live events.
+  Link down -> the users behind it quit with ``*.net *.split`` -> the other links get a new burst.
+
+Topology rule: the federation is a tree. A link that would close a cycle is refused ("loop"), as
+classic IRC does; any tree shape (a line A-B-C, a star) works, with events relayed hop by hop.
+See docs/federation.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterable, Optional
+
+from twisted.application import service
+from twisted.application.internet import TimerService
+from twisted.logger import Logger
+
+from freeq.irc.names import fold, is_channel, valid_channel, valid_nick
+from freeq.irc.parser import build, build_text
+from freeq.s2s import protocol as P
+from freeq.s2s.bridge import CLOSE_PROTOCOL, IrohBridgeService, PeerAddress
+from freeq.s2s.protocol import EventSigner, FrameError, ProtocolError, SequenceTracker, TokenBucket
+from freeq.s2s.state import ChannelCRDT, HybridClock, materialize, merge_ops
+from freeq.state.channel import OP, VOICE, Channel
+from freeq.state.user import User
+
+log = Logger()
+
+SPLIT_REASON = "*.net *.split"
+ORIGIN_TAG = "+freeq.at/origin"
+_MSGID_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_")
+_STATUS = {"": 0, "v": VOICE, "o": OP, "ov": OP | VOICE}
+
+
+def _status_str(bits: int) -> str:
+    return ("o" if bits & OP else "") + ("v" if bits & VOICE else "")
+
+
+def _b36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if not n:
+            return out
+
+
+def _chunks(items: list[Any], budget: int = 40000) -> list[list[Any]]:
+    """Split ``items`` into lists whose JSON stays well under the frame limit."""
+    out: list[list[Any]] = []
+    current: list[Any] = []
+    size = 0
+    for item in items:
+        n = len(json.dumps(item, ensure_ascii=False).encode("utf-8")) + 1
+        if current and size + n > budget:
+            out.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += n
+    if current:
+        out.append(current)
+    return out
+
+
+def _discard(_data: bytes) -> None:
+    """The byte sink of a remote user: what it must see travels as events to its home server."""
+
+
+class RemoteSession:
+    """The ``conn`` of a user who lives on another server (no transport here)."""
+
+    __slots__ = ("origin", "uid", "ping_sent", "secure", "ip")
+
+    def __init__(self, origin: str, uid: str) -> None:
+        self.origin = origin
+        self.uid = uid
+        self.ping_sent = False
+        self.secure = False
+        self.ip = ""
+
+    def close(self) -> None:
+        """Remote users cannot be disconnected from here."""
+
+
+class ServerInfo:
+    """A server of the federation other than this one, and the link it is reached through."""
+
+    __slots__ = ("server_id", "name", "epoch", "link_id", "hops")
+
+    def __init__(self, server_id: str, name: str, epoch: int, link_id: int, hops: int) -> None:
+        self.server_id = server_id
+        self.name = name
+        self.epoch = epoch
+        self.link_id = link_id
+        self.hops = hops
+
+
+class _Burst:
+    """A burst being received (applied only when complete)."""
+
+    __slots__ = ("servers", "marks", "users", "channels", "frames")
+
+    def __init__(self) -> None:
+        self.servers: list[dict[str, Any]] = []
+        self.marks: list[Any] = []
+        self.users: list[dict[str, Any]] = []
+        self.channels: dict[str, dict[str, Any]] = {}
+        self.frames = 0
+
+
+class PeerLink:
+    """One link as federation sees it."""
+
+    __slots__ = ("link_id", "peer_id", "incoming", "trust", "state", "name", "bucket", "last_rx", "opened",
+                 "burst", "dropped", "last_drop_warn", "rejected", "log_bucket", "malformed",
+                 "last_resync", "resync_asked")
+
+    def __init__(self, link_id: int, peer_id: str, incoming: bool, trust: str, now: float, rate: float) -> None:
+        self.link_id = link_id
+        self.peer_id = peer_id
+        self.incoming = incoming
+        self.trust = trust
+        self.state = "hello"  # -> "open" once both hellos are exchanged and our burst is sent
+        self.name = P.short_id(peer_id)
+        self.bucket = TokenBucket(rate, now)
+        self.last_rx = now
+        self.opened = now
+        self.burst: Optional[_Burst] = None
+        self.dropped = 0
+        self.last_drop_warn = -1e9
+        self.rejected = 0
+        self.log_bucket = TokenBucket(2.0, now, burst=20.0)
+        self.malformed = 0
+        self.last_resync = -1e9
+        self.resync_asked = -1e9
+
+
+class Federation:
+    """Federates one IRC server over the links of a transport (the iroh bridge)."""
+
+    def __init__(self, server: Any, transport: Any, signer: EventSigner, clock: Any, *,
+                 trust: Optional[dict[str, str]] = None, rate: float = 100.0, max_frame: int = P.MAX_FRAME,
+                 ping_interval: float = 15.0, ping_timeout: float = 45.0) -> None:
+        self.server = server
+        self.transport = transport
+        self.signer = signer
+        self.clock = clock
+        self.me = signer.server_id
+        self.trust = dict(trust or {})
+        self.rate = rate
+        self.max_frame = max_frame
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.epoch = max(1, int(clock.seconds() * 1000))
+        self.hlc = HybridClock(self.me[:16], clock.seconds)
+        self.marks = SequenceTracker()
+        self.out_seq: dict[str, int] = {}
+        self.links: dict[int, PeerLink] = {}
+        self.servers: dict[str, ServerInfo] = {}
+        self.remote: dict[str, User] = {}  # uid -> remote user
+        self.local_uid: dict[User, str] = {}
+        self.local_by_uid: dict[str, User] = {}
+        self.nick_ts: dict[str, int] = {}  # uid -> when it took its nick (ms, origin's clock)
+        self.crdts: dict[str, ChannelCRDT] = {}
+        self.stats: dict[str, int] = {}
+        self._uid_counter = 0
+        self._pending_users: set[User] = set()
+        self._flush_call: Any = None
+        self._creating: Optional[str] = None
+
+    # ==========================================================================================
+    # Helpers
+    # ==========================================================================================
+    def is_remote(self, user: User) -> bool:
+        """Whether ``user`` lives on another server."""
+        return isinstance(user.conn, RemoteSession)
+
+    def uid(self, user: User) -> str:
+        """The federation-wide id of a user (assigned on first use for local users)."""
+        if isinstance(user.conn, RemoteSession):
+            return user.conn.uid
+        uid = self.local_uid.get(user)
+        if uid is None:
+            if user.account:  # another device of the same identity already has one (multi-device)
+                uid = next((self.local_uid[d] for d in self.server.group(user) if d in self.local_uid), None)
+            if uid is None:
+                self._uid_counter += 1
+                uid = f"{self.me[:16]}.{_b36(self.epoch)}.{_b36(self._uid_counter)}"
+            self.local_uid[user] = uid
+            self.local_by_uid.setdefault(uid, user)
+        return uid
+
+    def local_user_by_uid(self, uid: str) -> Optional[User]:
+        """The local connection that currently represents ``uid`` (its identity's primary device)."""
+        user = self.local_by_uid.get(uid)
+        if user is None:
+            return None
+        if self.server.users.get(user.folded) is not user:
+            primary = self.server.primary_session(user.account) if user.account else None
+            if primary is None:
+                return user if user.registered else None
+            self.local_by_uid[uid] = primary
+            self.local_uid[primary] = uid
+            return primary
+        return user
+
+    def _nick_ts(self, user: User) -> int:
+        ts = self.nick_ts.get(self.uid(user))
+        return ts if ts is not None else int(self.clock.seconds() * 1000)
+
+    def user_by_uid(self, uid: str) -> Optional[User]:
+        """A local or remote user by uid."""
+        return self.remote.get(uid) or self.local_user_by_uid(uid)
+
+    def _count(self, name: str, metric: Optional[str] = None) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1
+        if metric:
+            self.server.metric(metric)
+
+    def _set_peer_gauge(self) -> None:
+        metrics = getattr(self.server, "metrics", None)
+        if metrics is not None:
+            metrics.s2s_peers = sum(1 for link in self.links.values() if link.state == "open")
+
+    def open_links(self) -> list[PeerLink]:
+        """Links that completed the handshake."""
+        return [link for link in self.links.values() if link.state == "open"]
+
+    def _link_of_origin(self, origin: str) -> Optional[PeerLink]:
+        info = self.servers.get(origin)
+        return self.links.get(info.link_id) if info is not None else None
+
+    def _route_of_user(self, user: User) -> Optional[int]:
+        if not isinstance(user.conn, RemoteSession):
+            return None
+        info = self.servers.get(user.conn.origin)
+        return info.link_id if info is not None else None
+
+    def _crdt(self, chan: Channel) -> ChannelCRDT:
+        crdt = self.crdts.get(chan.folded)
+        if crdt is None:
+            crdt = self.crdts[chan.folded] = ChannelCRDT.adopt(chan)
+        return crdt
+
+    def _forget_channel_if_gone(self, folded: str) -> None:
+        # Removals (tombstones) are kept so a peer that missed them cannot resurrect a ban later.
+        crdt = self.crdts.get(folded)
+        if crdt is not None and folded not in self.server.channels and not any(crdt.tombs.values()):
+            del self.crdts[folded]
+
+    def _send(self, link: PeerLink, obj: dict[str, Any]) -> None:
+        try:
+            frame = P.encode_message(obj, self.max_frame)
+        except FrameError as e:
+            log.error("S2S frame to {peer} not sent: {error}", peer=link.peer_id, error=str(e))
+            return
+        self.transport.send(link.link_id, frame)
+
+    def _emit(self, kind: str, fields: dict[str, Any], to: Optional[str] = None) -> None:
+        """Sign and send one event originating here."""
+        if to is None:
+            targets = self.open_links()
+        else:
+            link = self._link_of_origin(to)
+            targets = [link] if link is not None and link.state == "open" else []
+        if not targets:
+            return
+        stream = to or "*"
+        seq = self.out_seq[stream] = self.out_seq.get(stream, 0) + 1
+        event = {"type": kind, "origin": self.me, "epoch": self.epoch, "seq": seq, "to": to,
+                 "hlc": list(self.hlc.tick())}
+        event.update(fields)
+        self.signer.sign(event)
+        try:
+            frame = P.encode_message(event, self.max_frame)
+        except FrameError as e:
+            log.error("S2S {kind} event not sent: {error}", kind=kind, error=str(e))
+            return
+        for link in targets:
+            self.transport.send(link.link_id, frame)
+
+    def _warn_rejected(self, link: PeerLink, what: str, reason: str, **kw: Any) -> None:
+        """Log (a burst of 20, then 2 per second per link) and count a rejected event."""
+        self._count("rejected:" + reason.split(":")[0], "s2s_events_rejected")
+        if not link.log_bucket.take(self.clock.seconds()):
+            link.rejected += 1
+            return
+        extra = "".join(f" {k}={v}" for k, v in kw.items())
+        if link.rejected:
+            extra += f" ({link.rejected} more rejection(s) not logged)"
+            link.rejected = 0
+        log.warn("S2S {what} from peer {peer} rejected: {reason}{extra}", what=what, peer=link.peer_id,
+                 reason=reason, extra=extra)
+
+    # ==========================================================================================
+    # Link events (from the bridge, in the reactor thread)
+    # ==========================================================================================
+    def link_up(self, link_id: int, peer_id: str, incoming: bool) -> None:
+        """A link opened: say hello."""
+        trust = self.trust.get(peer_id, "full")
+        link = PeerLink(link_id, peer_id, incoming, trust, self.clock.seconds(), self.rate)
+        self.links[link_id] = link
+        self._send(link, P.make_hello(self.me, self.server.name, self.server.config.network_name, self.epoch))
+
+    def link_rejected(self, peer_id: str, reason: str) -> None:
+        """An incoming connection was refused by the allowlist."""
+        self._count("connections_rejected", "s2s_rejected")
+
+    def link_down(self, link_id: int, peer_id: str, reason: str) -> None:
+        """A link ended: everyone behind it leaves with a netsplit QUIT."""
+        link = self.links.pop(link_id, None)
+        if link is None:
+            return
+        was_open = link.state == "open"
+        link.state = "closed"
+        behind = [sid for sid, info in self.servers.items() if info.link_id == link_id]
+        for sid in behind:
+            del self.servers[sid]
+        gone = [u for u in self.remote.values() if u.conn.origin in behind]
+        for user in gone:
+            self._remove_remote_user(user, SPLIT_REASON)
+        self._set_peer_gauge()
+        if was_open:
+            log.info("S2S netsplit: lost {servers} server(s) and {users} user(s) behind {peer} ({reason})",
+                     servers=len(behind), users=len(gone), peer=peer_id, reason=reason)
+            self._reburst()
+
+    def link_frames(self, link_id: int, payloads: list[bytes]) -> None:
+        """Frames from a link, in order."""
+        for payload in payloads:
+            link = self.links.get(link_id)
+            if link is None or link.state == "closed":
+                return
+            link.last_rx = self.clock.seconds()
+            try:
+                self._frame(link, payload)
+            except ProtocolError as e:
+                self._malformed(link, str(e))
+            except Exception:
+                log.failure("S2S frame from {peer} failed", peer=link.peer_id)
+
+    def _malformed(self, link: PeerLink, error: str) -> None:
+        link.malformed += 1
+        self._count("malformed", "s2s_events_rejected")
+        if link.log_bucket.take(self.clock.seconds()):
+            log.warn("S2S malformed frame from peer {peer} dropped: {error}", peer=link.peer_id, error=error)
+        if link.malformed > 100:
+            self._close(link, "too many malformed frames")
+
+    def _close(self, link: PeerLink, reason: str) -> None:
+        link.state = "closed"
+        self.transport.close_link(link.link_id, reason, CLOSE_PROTOCOL)
+
+    def _frame(self, link: PeerLink, payload: bytes) -> None:
+        msg = P.decode_message(payload)
+        kind = msg["type"]
+        if link.state == "hello":
+            self._on_hello(link, msg)
+            return
+        if kind in P.EVENT_KINDS:
+            self._on_event(link, msg, payload)
+        elif kind == "burst":
+            self._on_burst(link, msg)
+        elif kind == "ping":
+            self._send(link, {"type": "pong"})
+        elif kind == "pong":
+            pass
+        elif kind == "resync":
+            now = self.clock.seconds()
+            if now - link.last_resync >= 5.0:
+                link.last_resync = now
+                self._send_burst(link)
+        elif kind == "hello":
+            raise ProtocolError("second hello")
+
+    # ==========================================================================================
+    # Handshake and bursts
+    # ==========================================================================================
+    def _on_hello(self, link: PeerLink, msg: dict[str, Any]) -> None:
+        try:
+            hello = P.check_hello(msg, link.peer_id)
+        except ProtocolError as e:
+            self._count("handshake_failed", "s2s_rejected")
+            log.warn("S2S handshake with {peer} failed: {error}", peer=link.peer_id, error=str(e))
+            self._close(link, f"handshake failed: {e}")
+            return
+        known = self.servers.get(link.peer_id)
+        old = self.links.get(known.link_id) if known is not None else None
+        if old is not None and old.peer_id == link.peer_id:
+            # The bridge replaced a duplicate link to this peer; forget the old one first.
+            self.link_down(old.link_id, old.peer_id, "replaced by a new link")
+            known = None
+        if known is not None:
+            via = self.links.get(known.link_id)
+            log.warn("S2S link to {peer} refused: loop (already reachable via {via})", peer=link.peer_id,
+                     via=via.peer_id if via else "?")
+            self._close(link, "loop: server already linked")
+            return
+        link.name = hello.name
+        link.state = "open"
+        self.servers[link.peer_id] = ServerInfo(link.peer_id, hello.name, hello.epoch, link.link_id, 1)
+        self._set_peer_gauge()
+        log.info("S2S link to {name} ({peer}) open: protocol v{version}, trust {trust}", name=hello.name,
+                 peer=link.peer_id, version=hello.version, trust=link.trust)
+        self._send_burst(link)
+
+    def _server_entries(self, exclude_link: int) -> list[dict[str, Any]]:
+        out = [{"id": self.me, "name": self.server.name, "epoch": self.epoch, "hops": 0}]
+        for info in self.servers.values():
+            if info.link_id != exclude_link:
+                out.append({"id": info.server_id, "name": info.name, "epoch": info.epoch, "hops": info.hops})
+        return out
+
+    def _user_record(self, user: User) -> dict[str, Any]:
+        remote = isinstance(user.conn, RemoteSession)
+        owner = self.server.nick_owner(user.nick) if user.account else None
+        return {
+            "uid": self.uid(user), "origin": user.conn.origin if remote else self.me, "nick": user.nick,
+            "nick_ts": self._nick_ts(user), "user": user.username, "host": user.host, "real": user.realname,
+            "account": user.account, "handle": user.handle, "away": user.away,
+            "modes": "".join(sorted(set(user.modes) & set("iB"))), "signon": int(user.signon),
+            "owns": bool(owner and owner == user.account),
+        }
+
+    def _send_burst(self, link: PeerLink) -> None:
+        """Send our whole view, except what lies behind ``link`` itself."""
+        servers = self._server_entries(link.link_id)
+        origins = {s["id"] for s in servers}
+        marks = self.marks.export(origins - {self.me})
+        for stream in ("*", link.peer_id):
+            if stream in self.out_seq:
+                marks.append([self.me, stream, self.epoch, self.out_seq[stream]])
+        self._send(link, {"type": "burst", "part": "servers", "servers": servers, "marks": marks})
+        users: list[User] = [u for u in self.server.users.values()
+                             if u.registered and self._route_of_user(u) != link.link_id
+                             and (not self.is_remote(u) or u.conn.origin in origins)]
+        included = set(users)
+        for chunk in _chunks([self._user_record(u) for u in users]):
+            self._send(link, {"type": "burst", "part": "users", "users": chunk})
+        for chan in list(self.server.channels.values()):
+            crdt = self._crdt(chan)
+            crdt.capture(chan, self.hlc)  # local changes made without a hook (plugins, tools) are not lost
+            members = [[self.uid(u), _status_str(st)] for u, st in chan.members.items() if u in included]
+            if not members and crdt.is_trivial():
+                continue
+            for key, chunk in [("ops", c) for c in _chunks(crdt.dump())] + [("members", c) for c in _chunks(members)]:
+                self._send(link, {"type": "burst", "part": "channel", "name": chan.name, "created": int(chan.created),
+                                  key: chunk})
+        self._send(link, {"type": "burst", "part": "end"})
+
+    def _reburst(self, except_link: Optional[int] = None) -> None:
+        for link in self.open_links():
+            if link.link_id != except_link:
+                self._send_burst(link)
+
+    def _on_burst(self, link: PeerLink, msg: dict[str, Any]) -> None:
+        part = msg.get("part")
+        acc = link.burst
+        if acc is None:
+            acc = link.burst = _Burst()
+        acc.frames += 1
+        if acc.frames > 200000:
+            self._close(link, "burst too large")
+            return
+        if part == "servers":
+            servers = P.get(msg, "servers", list)
+            if len(servers) > 10000:
+                raise ProtocolError("too many servers")
+            acc.servers.extend(servers)
+            acc.marks.extend(P.valid_marks(msg.get("marks") or []))
+        elif part == "users":
+            users = P.get(msg, "users", list)
+            if len(users) > 1000 or len(acc.users) + len(users) > 500000:
+                raise ProtocolError("too many users")
+            acc.users.extend(users)
+        elif part == "channel":
+            name = P.get(msg, "name", str)
+            if not valid_channel(name, self.server.config.channel_len):
+                raise ProtocolError("bad channel name")
+            entry = acc.channels.get(fold(name))
+            if entry is None:
+                if len(acc.channels) >= 50000:
+                    raise ProtocolError("too many channels")
+                entry = acc.channels[fold(name)] = {"name": name, "created": 0, "ops": [], "members": []}
+            created = msg.get("created")
+            if isinstance(created, int) and not isinstance(created, bool):
+                entry["created"] = created
+            ops, members = msg.get("ops") or [], msg.get("members") or []
+            if not isinstance(ops, list) or not isinstance(members, list):
+                raise ProtocolError("bad channel entry")
+            entry["ops"].extend(ops)
+            entry["members"].extend(members)
+        elif part == "end":
+            link.burst = None
+            self._apply_burst(link, acc)
+        else:
+            raise ProtocolError("unknown burst part")
+
+    def _apply_burst(self, link: PeerLink, acc: _Burst) -> None:
+        if link.trust == "readonly":
+            log.info("S2S burst from readonly peer {peer} ignored", peer=link.peer_id)
+            return
+        # 1. Servers: refuse loops before changing anything.
+        burst_servers: dict[str, dict[str, Any]] = {}
+        for entry in acc.servers:
+            if not isinstance(entry, dict):
+                raise ProtocolError("bad server entry")
+            sid, name, epoch, hops = entry.get("id"), entry.get("name"), entry.get("epoch"), entry.get("hops")
+            if (not P.is_endpoint_id(sid) or not isinstance(name, str) or not isinstance(epoch, int)
+                    or not isinstance(hops, int) or not 0 <= hops < 1000 or len(name) > 63
+                    or any(c in name for c in " \r\n\x00!@*")):
+                raise ProtocolError("bad server entry")
+            sid = str(sid)
+            if sid == self.me:
+                continue
+            known = self.servers.get(sid)
+            if known is not None and known.link_id != link.link_id:
+                via = self.links.get(known.link_id)
+                log.warn("S2S link to {peer} closed: loop ({server} is already reachable via {via})",
+                         peer=link.peer_id, server=sid, via=via.peer_id if via else "?")
+                self._close(link, "loop: server already linked")
+                return
+            burst_servers[sid] = entry
+        if link.peer_id not in burst_servers:
+            raise ProtocolError("burst does not list the peer itself")
+        lost = [sid for sid, info in self.servers.items() if info.link_id == link.link_id and sid not in burst_servers]
+        for sid, entry in burst_servers.items():
+            old = self.servers.get(sid)
+            self.servers[sid] = ServerInfo(sid, entry["name"], entry["epoch"], link.link_id, entry["hops"] + 1)
+            if old is not None and old.epoch != entry["epoch"]:
+                log.info("S2S server {server} restarted (epoch {epoch})", server=sid, epoch=entry["epoch"])
+        for sid in lost:
+            del self.servers[sid]
+        for origin, stream, epoch, seq in acc.marks:
+            if origin in burst_servers:
+                self.marks.record(origin, stream, epoch, seq)
+        # 2. Users: the burst is the complete set of users behind this link.
+        seen: set[str] = set()
+        for rec in acc.users:
+            try:
+                rec = self._check_user_record(rec)
+            except ProtocolError as e:
+                self._warn_rejected(link, "burst user", f"malformed: {e}")
+                continue
+            if rec["origin"] not in burst_servers:
+                self._warn_rejected(link, "burst user", "origin not behind this link", uid=rec["uid"])
+                continue
+            seen.add(rec["uid"])
+            self._upsert_user(rec, announce=True)
+        for uid, user in list(self.remote.items()):
+            route = self._route_of_user(user)
+            if (route is None or route == link.link_id) and uid not in seen:
+                self._remove_remote_user(user, SPLIT_REASON)
+        # 3. Channels: state (full trust) and the memberships of users behind this link.
+        listed: set[str] = set()
+        for folded, entry in acc.channels.items():
+            listed.add(folded)
+            try:
+                self._apply_burst_channel(link, entry, seen)
+            except ProtocolError as e:
+                self._warn_rejected(link, "burst channel", f"malformed: {e}", channel=entry["name"])
+        for chan in list(self.server.channels.values()):
+            if chan.folded in listed:
+                continue
+            for member in [m for m in chan.members if self._route_of_user(m) == link.link_id]:
+                self._remote_part(member, chan, "")
+        self._count("bursts")
+        self._reburst(except_link=link.link_id)
+
+    def _apply_burst_channel(self, link: PeerLink, entry: dict[str, Any], seen: set[str]) -> None:
+        server = self.server
+        name = entry["name"]
+        folded = fold(name)
+        chan = server.channels.get(folded)
+        members: dict[str, int] = {}
+        for item in entry["members"]:
+            if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
+                    or item[1] not in _STATUS):
+                raise ProtocolError("bad member")
+            if item[0] in seen:
+                members[item[0]] = _STATUS[item[1]]
+        ops = entry["ops"] if link.trust == "full" else []
+        if chan is None:
+            if not members and not ops:
+                return
+            chan = self._create_channel(name, entry.get("created") or int(self.clock.seconds()))
+        crdt = self._crdt(chan)
+        creator = crdt.creator
+        if ops:
+            before = crdt.dump()
+            merge_ops(crdt, ops, self.hlc)
+            if crdt.dump() != before:
+                self._show_state(chan, crdt, link.name)
+        for member in [m for m in chan.members if self._route_of_user(m) == link.link_id]:
+            if self.uid(member) not in members:
+                self._remote_part(member, chan, "")
+        for uid, bits in members.items():
+            user = self.remote.get(uid)
+            if user is None:
+                continue
+            if user in chan.members:
+                if chan.members[user] != bits:
+                    self._set_status(chan, user, bits, link.name)
+            else:
+                self._add_member(chan, user, bits, source=link.name)
+        if creator is not None and crdt.creator != creator:
+            self._demote_creator(chan, creator[1])
+        if folded in server.channels:
+            server.channel_changed(chan)
+
+    # ==========================================================================================
+    # Events
+    # ==========================================================================================
+    def _on_event(self, link: PeerLink, ev: dict[str, Any], payload: bytes) -> None:
+        now = self.clock.seconds()
+        if not link.bucket.take(now):
+            link.dropped += 1
+            self._count("dropped", "s2s_dropped")
+            if now - link.last_drop_warn >= 5.0:
+                link.last_drop_warn = now
+                log.warn("S2S rate limit exceeded for peer {peer} ({rate:g} events/s): dropped {count} event(s)",
+                         peer=link.peer_id, rate=self.rate, count=link.dropped)
+                link.dropped = 0
+            return
+        kind = ev["type"]
+        origin = ev.get("origin")
+        epoch, seq, to = ev.get("epoch"), ev.get("seq"), ev.get("to")
+        if (not P.is_endpoint_id(origin) or not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= 0
+                or not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0
+                or not (to is None or P.is_endpoint_id(to))):
+            raise ProtocolError("bad envelope")
+        origin = str(origin)
+        if not P.verify_event(ev):
+            self._warn_rejected(link, f"{kind} event", "forged: bad signature for its origin", origin=origin)
+            return
+        if origin == self.me:
+            self._warn_rejected(link, f"{kind} event", "replay: our own event came back", seq=seq)
+            return
+        info = self.servers.get(origin)
+        if info is None or info.link_id != link.link_id:
+            self._warn_rejected(link, f"{kind} event", "forged: origin is not behind this link", origin=origin)
+            return
+        stream = to or "*"
+        verdict = self.marks.check(origin, stream, epoch, seq)
+        if verdict in (P.REPLAY, P.STALE):
+            mark = self.marks.marks.get((origin, stream))
+            self._warn_rejected(link, f"{kind} event", f"replay: replayed or out-of-order ({verdict})",
+                                origin=P.short_id(origin), seq=seq, high=mark[1] if mark else 0)
+            return
+        self.marks.record(origin, stream, epoch, seq)
+        if verdict == P.GAP:
+            self._count("gaps")
+            log.info("S2S gap in events of {origin} via {peer} (now at {seq}); asking for a resync",
+                     origin=P.short_id(origin), peer=link.peer_id, seq=seq)
+            if now - link.resync_asked >= 10.0:
+                link.resync_asked = now
+                self._send(link, {"type": "resync"})
+        if kind not in P.TRUST_ALLOWS[link.trust]:
+            self._warn_rejected(link, f"{kind} event", f"trust: not allowed from a {link.trust} peer")
+            return
+        if to is not None and to != self.me:
+            nxt = self._link_of_origin(to)
+            if nxt is not None and nxt.state == "open" and nxt is not link:
+                self.transport.send(nxt.link_id, P.encode_frame(payload))
+            return
+        try:  # the envelope's clock only advances ours; state ops inside carry (and check) their own stamps
+            self.hlc.observe(self.hlc.check(ev.get("hlc")))
+        except ProtocolError:
+            log.debug("S2S event from {origin} has an unusable clock stamp", origin=origin)
+        ctx = _Ctx(link, origin, ev)
+        accepted = getattr(self, "_ev_" + kind)(ctx)
+        if not accepted:
+            return
+        self._count("applied:" + kind)
+        if to is None:
+            frame = P.encode_frame(payload)
+            for other in self.open_links():
+                if other is not link:
+                    self.transport.send(other.link_id, frame)
+
+    # -- users --------------------------------------------------------------------------------
+    def _check_user_record(self, rec: Any) -> dict[str, Any]:
+        if not isinstance(rec, dict):
+            raise ProtocolError("bad user")
+        origin = rec.get("origin")
+        if not P.is_endpoint_id(origin):
+            raise ProtocolError("bad origin")
+        origin = str(origin)
+        uid = P.uid(rec, "uid")
+        if uid[:16] != origin[:16]:
+            raise ProtocolError("uid does not belong to its origin")
+        nick = P.get(rec, "nick", str)
+        if not valid_nick(nick, self.server.config.nick_len):
+            raise ProtocolError("bad nick")
+        nick_ts = P.get(rec, "nick_ts", int)
+        modes = P.get(rec, "modes", str)
+        if len(modes) > 2 or set(modes) - set("iB"):
+            raise ProtocolError("bad modes")
+        handle = P.get(rec, "handle", str, optional=True)
+        if handle is not None and not P.is_word(handle):
+            raise ProtocolError("bad handle")
+        return {
+            "uid": uid, "origin": origin, "nick": nick, "nick_ts": nick_ts, "user": P.word(rec, "user"),
+            "host": P.host(rec, "host"), "real": P.text(rec, "real", 400), "account": P.did(rec, "account"),
+            "handle": handle, "away": P.text(rec, "away", 400, optional=True), "modes": modes,
+            "signon": P.get(rec, "signon", int), "owns": bool(rec.get("owns")),
+        }
+
+    def _upsert_user(self, rec: dict[str, Any], announce: bool) -> User:
+        server = self.server
+        user = self.remote.get(rec["uid"])
+        if user is None:
+            if rec["uid"] in self.local_by_uid:
+                raise ProtocolError("uid of a local user")
+            info = self.servers[rec["origin"]]
+            user = User(RemoteSession(rec["origin"], rec["uid"]), _discard, "", self.clock.seconds(), info.name)
+            user.registered = user.nick_given = user.user_given = True
+            user.signon = rec["signon"]
+            user.username, user.host = rec["user"], rec["host"]
+            user.realname = rec["real"]
+            user.account = rec["account"]
+            user.handle = rec["handle"]
+            user.away = rec["away"]
+            user.modes = set(rec["modes"])
+            self.nick_ts[self.uid(user)] = rec["nick_ts"]
+            nick = self._claim_nick(rec["nick"], user, rec["nick_ts"], rec["account"], rec["origin"])
+            user.set_nick(nick)
+            server.users[user.folded] = user
+            self.remote[rec["uid"]] = user
+            server._monitor_notify(user.folded, user)
+            self._adopt_ownership(user, rec["owns"])
+            return user
+        if user.conn.origin != rec["origin"]:
+            raise ProtocolError("uid belongs to another origin")
+        if fold(rec["nick"]) != user.folded or rec["nick"] != user.nick:
+            self._remote_nick(user, rec["nick"], rec["nick_ts"])
+        self.nick_ts[self.uid(user)] = rec["nick_ts"]
+        self._update_user(user, rec)
+        self._adopt_ownership(user, rec["owns"])
+        return user
+
+    def _update_user(self, user: User, rec: dict[str, Any]) -> None:
+        server = self.server
+        if (rec["user"], rec["host"]) != (user.username, user.host):
+            server.change_host(user, rec["user"], rec["host"])
+        if rec["real"] != user.realname:
+            user.realname = rec["real"]
+            server.broadcast(server.co_members(user), build_text(user.hostmask, "SETNAME", user.realname),
+                             cap="setname")
+        if rec["away"] != user.away:
+            user.away = rec["away"]
+            data = (build_text(user.hostmask, "AWAY", user.away) if user.away is not None
+                    else build(user.hostmask, "AWAY"))
+            server.broadcast(server.co_members(user), data, cap="away-notify")
+        user.handle = rec["handle"]
+        user.modes = set(rec["modes"])
+        if rec["account"] != user.account:
+            server.set_account(user, rec["account"])
+            if self._has_did_authority(user):
+                for chan in list(user.channels.values()):
+                    server.apply_did_status(chan, user)
+
+    def _has_did_authority(self, user: User) -> bool:
+        """Whether ``user``'s DID may confer channel authority here: local users, and users behind a
+        ``full`` link (a relay or readonly peer's account claims are shown, never obeyed)."""
+        if not isinstance(user.conn, RemoteSession):
+            return True
+        link = self._link_of_origin(user.conn.origin)
+        return link is not None and link.trust == "full"
+
+    def _is_did_op(self, chan: Channel, user: User) -> bool:
+        return bool(user.account and (user.account == chan.founder or user.account in chan.did_ops)
+                    and self._has_did_authority(user))
+
+    def _adopt_ownership(self, user: User, owns: bool) -> None:
+        if owns and user.account and self.server.nick_owner(user.nick) is None:
+            self.server.bind_nick(user, user.account)
+
+    def _rank(self, nick: str, account: Optional[str], nick_ts: int, origin: str) -> tuple[int, int, str]:
+        owner = self.server.nick_owner(nick)
+        return (0 if owner is not None and owner == account else 1, nick_ts, origin)
+
+    def collision_nick(self, nick: str, uid: str) -> str:
+        """The deterministic nick a collision loser gets (the same on every server)."""
+        digest = hashlib.sha256(uid.encode()).hexdigest()
+        limit = self.server.config.nick_len
+        for size in (6, 10, 16, 32):
+            candidate = f"{nick[: max(1, limit - size - 1)]}-{digest[:size]}"
+            holder = self.server.users.get(fold(candidate))
+            if holder is None:
+                return candidate
+        return f"u{digest[:limit - 1]}"
+
+    def _claim_nick(self, nick: str, user: User, nick_ts: int, account: Optional[str], origin: str) -> str:
+        """Resolve a collision for ``user`` wanting ``nick``; returns the nick it gets (maybe renaming the holder)."""
+        holder = self.server.users.get(fold(nick))
+        if holder is None or holder is user:
+            return nick
+        if isinstance(holder.conn, RemoteSession):
+            holder_rank = self._rank(nick, holder.account, self._nick_ts(holder), holder.conn.origin)
+        elif not holder.registered:
+            holder_rank = (2, 0, "")  # an unregistered local connection always yields
+        else:
+            holder_rank = self._rank(nick, holder.account, self._nick_ts(holder), self.me)
+        mine = self._rank(nick, account, nick_ts, origin)
+        uid = self.uid(user)
+        if mine < holder_rank:
+            loser_uid = self.uid(holder) if holder.registered else f"unregistered.{id(holder)}"
+            new = self.collision_nick(nick, loser_uid)
+            log.info("S2S nick collision on {nick}: {loser} renamed to {new}", nick=nick, loser=loser_uid, new=new)
+            self._count("nick_collisions")
+            self._rename(holder, new, collision=True)
+            return nick
+        new = self.collision_nick(nick, uid)
+        log.info("S2S nick collision on {nick}: {loser} renamed to {new}", nick=nick, loser=uid, new=new)
+        self._count("nick_collisions")
+        return new
+
+    def _rename(self, user: User, new: str, collision: bool = False) -> None:
+        """Change a user's nick as seen here (local users are told; remote ones are renamed by their server too)."""
+        server = self.server
+        old_folded, old_mask, old_nick = user.folded, user.hostmask, user.nick
+        if new == old_nick:
+            return
+        if user.registered:
+            data = build_text(old_mask, "NICK", new)
+            if not self.is_remote(user):
+                user.write(data)
+            server.broadcast(server.co_members(user), data)
+            server.whowas.append((user.nick, user.username, user.host, user.realname, self.clock.seconds()))
+        if server.users.get(old_folded) is user:
+            del server.users[old_folded]
+        user.set_nick(new)
+        server.users[user.folded] = user
+        if old_folded != user.folded:
+            server._monitor_notify(old_folded, None)
+            if user.registered:
+                server._monitor_notify(user.folded, user)
+        if collision and not self.is_remote(user) and user.registered:
+            self.nick_ts[self.uid(user)] = self.hlc.tick()[0]
+            user.write(build_text(server.name, "NOTICE", new,
+                                  f"Nick {old_nick} is in use on another server of the network; you are now {new}"))
+            self._emit("nick", {"uid": self.uid(user), "nick": new, "nick_ts": self.nick_ts[self.uid(user)], "owns": False})
+
+    def _remote_nick(self, user: User, nick: str, nick_ts: int) -> None:
+        if nick == user.nick:
+            self.nick_ts[self.uid(user)] = nick_ts
+            return
+        holder = self.server.users.get(fold(nick))
+        if holder is user:
+            self._rename(user, nick)
+        else:
+            final = self._claim_nick(nick, user, nick_ts, user.account, user.conn.origin)
+            self._rename(user, final)
+        self.nick_ts[self.uid(user)] = nick_ts
+
+    def _remove_remote_user(self, user: User, reason: str) -> None:
+        server = self.server
+        uid = user.conn.uid
+        if self.remote.get(uid) is not user:
+            return
+        del self.remote[uid]
+        server.broadcast(server.co_members(user), build_text(user.hostmask, "QUIT", reason))
+        server.whowas.append((user.nick, user.username, user.host, user.realname, self.clock.seconds()))
+        for chan in list(user.channels.values()):
+            server._part_channel(chan, user)
+            self._forget_channel_if_gone(chan.folded)
+        if server.users.get(user.folded) is user:
+            del server.users[user.folded]
+            server._monitor_notify(user.folded, None)
+        self.nick_ts.pop(self.uid(user), None)
+        user.registered = False
+
+    def _actor(self, ctx: "_Ctx", key: str = "uid") -> Optional[User]:
+        """The user an event is about, who must belong to the event's origin."""
+        uid = P.uid(ctx.ev, key)
+        if uid[:16] != ctx.origin[:16]:
+            self._warn_rejected(ctx.link, f"{ctx.kind} event", "forged: user does not belong to the origin", uid=uid)
+            return None
+        user = self.remote.get(uid)
+        if user is None or user.conn.origin != ctx.origin:
+            self._count("unknown_user")
+            log.debug("S2S {kind} for unknown user {uid} dropped", kind=ctx.kind, uid=uid)
+            return None
+        return user
+
+    def _ev_user(self, ctx: "_Ctx") -> bool:
+        rec = dict(ctx.ev)
+        rec["origin"] = ctx.origin
+        rec = self._check_user_record(rec)
+        self._upsert_user(rec, announce=True)
+        return True
+
+    def _ev_nick(self, ctx: "_Ctx") -> bool:
+        user = self._actor(ctx)
+        if user is None:
+            return False
+        nick = P.get(ctx.ev, "nick", str)
+        if not valid_nick(nick, self.server.config.nick_len):
+            raise ProtocolError("bad nick")
+        self._remote_nick(user, nick, P.get(ctx.ev, "nick_ts", int))
+        self._adopt_ownership(user, bool(ctx.ev.get("owns")))
+        return True
+
+    def _ev_quit(self, ctx: "_Ctx") -> bool:
+        user = self._actor(ctx)
+        if user is None:
+            return False
+        self._remove_remote_user(user, P.text(ctx.ev, "reason", 400))
+        return True
+
+    # -- channels -------------------------------------------------------------------------------
+    def _channel(self, ctx: "_Ctx") -> tuple[str, Optional[Channel]]:
+        name = P.get(ctx.ev, "channel", str)
+        if not valid_channel(name, self.server.config.channel_len):
+            raise ProtocolError("bad channel name")
+        return name, self.server.channels.get(fold(name))
+
+    def _create_channel(self, name: str, created: int) -> Channel:
+        chan = Channel(name, self.clock.seconds())
+        chan.created = created
+        chan.modes.update("nt")
+        self.server.channels[chan.folded] = chan
+        self.crdts[chan.folded] = self._fresh_crdt(chan.folded, ChannelCRDT.defaults())
+        return chan
+
+    def _fresh_crdt(self, folded: str, crdt: ChannelCRDT) -> ChannelCRDT:
+        """A new channel's state, keeping the removals remembered from an earlier channel of that name."""
+        old = self.crdts.get(folded)
+        if old is not None:
+            crdt.tombs = old.tombs
+        return crdt
+
+    def _add_member(self, chan: Channel, user: User, bits: int, source: str) -> None:
+        server = self.server
+        chan.add(user, bits)
+        plain = build(user.hostmask, "JOIN", chan.name)
+        extended = build_text(user.hostmask, "JOIN", chan.name, user.account or "*", user.realname)
+        local = [m for m in chan.members if not self.is_remote(m)]
+        server.broadcast(local, extended, cap="extended-join", fallback=plain)
+        if user.away is not None:
+            server.broadcast(local, build_text(user.hostmask, "AWAY", user.away), cap="away-notify")
+        prefix = "".join(ch for ch, bit in (("o", OP), ("v", VOICE)) if bits & bit)
+        if prefix and local:
+            server.broadcast(local, build(source, "MODE", chan.name, "+" + prefix, *([user.nick] * len(prefix))))
+
+    def _set_status(self, chan: Channel, user: User, bits: int, source: str) -> None:
+        old = chan.members.get(user, 0)
+        chan.members[user] = bits
+        changes: list[tuple[str, str, Optional[str]]] = []
+        for ch, bit in (("o", OP), ("v", VOICE)):
+            if bits & bit and not old & bit:
+                changes.append(("+", ch, user.nick))
+            elif old & bit and not bits & bit:
+                changes.append(("-", ch, user.nick))
+        if changes:
+            self.server._broadcast_modes(source, chan, changes)
+
+    def _remote_part(self, user: User, chan: Channel, reason: str) -> None:
+        if user not in chan.members:
+            return
+        data = build_text(user.hostmask, "PART", chan.name, reason) if reason else build(user.hostmask, "PART", chan.name)
+        self.server.broadcast(chan.members, data)
+        self.server._part_channel(chan, user)
+        self._forget_channel_if_gone(chan.folded)
+
+    def _show_state(self, chan: Channel, crdt: ChannelCRDT, source: str) -> None:
+        """Materialise merged state into the channel and tell local members what changed."""
+        changes, topic_changed = materialize(crdt, chan)
+        if changes:
+            self.server._broadcast_modes(source, chan, changes)
+        if topic_changed:
+            self.server.broadcast(chan.members, build_text(source, "TOPIC", chan.name, chan.topic))
+
+    def _join_refusal(self, chan: Channel, user: User, key: Optional[str]) -> Optional[str]:
+        """Why ``user`` may not join ``chan`` in the local view (the same rules as a local JOIN)."""
+        if self._is_did_op(chan, user):
+            return None
+        if chan.key is not None and key != chan.key:
+            return "+k (bad key)"
+        if chan.limit is not None and len(chan.members) >= chan.limit:
+            return "+l (channel full)"
+        if chan.is_banned(user):
+            return "+b (banned)"
+        invited = chan.folded in user.invites or (user.account is not None and user.account in chan.invited_accounts)
+        if "i" in chan.modes and not invited and not chan.list_matches("I", user):
+            return "+i (not invited)"
+        return None
+
+    def _ev_join(self, ctx: "_Ctx") -> bool:
+        user = self._actor(ctx)
+        if user is None:
+            return False
+        name, chan = self._channel(ctx)
+        status = P.get(ctx.ev, "status", str)
+        if status not in _STATUS:
+            raise ProtocolError("bad status")
+        key = P.get(ctx.ev, "key", str, optional=True)
+        ops = ctx.ev.get("ops") or []
+        if not isinstance(ops, list) or len(ops) > 50:
+            raise ProtocolError("bad ops")
+        if chan is not None and user in chan.members:
+            return True
+        bits = _STATUS[status]
+        uid = self.uid(user)
+        # Creation ops (modes, founder, the creator) are only believed for the joiner's own identity.
+        allowed: list[Any] = []
+        creation = None
+        for op in ops:
+            if not isinstance(op, list) or not op or not isinstance(op[0], str):
+                raise ProtocolError("bad op")
+            if op[0] == "found" and (len(op) < 2 or op[1] != user.account):
+                self._warn_rejected(ctx.link, "join", "unauthorized: founder claim for another DID", nick=user.nick)
+                continue
+            if op[0] == "add" and len(op) > 2 and op[1] == "ops" and op[2] != user.account:
+                continue
+            if op[0] == "created":
+                if len(op) < 2 or op[1] != uid:
+                    continue
+                creation = op
+            allowed.append(op)
+        fresh = chan is None or (not chan.members and chan.founder is None)
+        won = False
+        if chan is not None:
+            reason = self._join_refusal(chan, user, key)
+            if reason is not None:
+                self._warn_rejected(ctx.link, "join", f"unauthorized: {reason}", nick=user.nick, channel=chan.name)
+                return False
+            if not fresh and creation is not None and ctx.link.trust == "full":
+                # Both sides created the channel while unaware of each other: the earlier creation wins
+                # everywhere (first-writer-wins "creator"), and the later creator loses its creation op.
+                crdt = self._crdt(chan)
+                before = crdt.creator
+                crdt.apply(creation, self.hlc)
+                won = crdt.creator is not None and crdt.creator[1] == uid and before != crdt.creator
+                if won and before is not None:
+                    self._demote_creator(chan, before[1])
+        else:
+            chan = self._create_channel(name, int(self.clock.seconds()))
+        if bits & OP and not (fresh or won) and not self._is_did_op(chan, user):
+            log.info("S2S join of {nick} to {channel}: operator status not granted here (channel not new)",
+                     nick=user.nick, channel=chan.name)
+            bits &= ~OP
+        if allowed and (fresh or won) and ctx.link.trust == "full":
+            crdt = self._crdt(chan)
+            merge_ops(crdt, allowed, self.hlc)
+            self._show_state(chan, crdt, self.server.name)
+        user.invites.discard(chan.folded)
+        if user.account is not None:
+            chan.invited_accounts.discard(user.account)
+        self._add_member(chan, user, bits, source=self.server.name)
+        if allowed:
+            self.server.channel_changed(chan)
+        return True
+
+    def _demote_creator(self, chan: Channel, creator_uid: str) -> None:
+        """Our creator lost a creation race: it keeps membership but not the operator status of creating."""
+        user = self.user_by_uid(creator_uid)
+        if user is None or user not in chan.members or not chan.members[user] & OP:
+            return
+        if user.account and (user.account == chan.founder or user.account in chan.did_ops):
+            return
+        log.info("S2S {channel} was created earlier elsewhere: {nick} loses creation operator status",
+                 channel=chan.name, nick=user.nick)
+        bits = chan.members[user] & ~OP
+        for device in self.server.group(user):
+            if device in chan.members:
+                chan.members[device] = bits
+        self.server._broadcast_modes(self.server.name, chan, [("-", "o", user.nick)])
+        if not self.is_remote(user):  # tell the others (they may have believed our creator's status)
+            self._emit("mode", {"uid": creator_uid, "channel": chan.name, "ops": [],
+                                "status": [["-", "o", creator_uid]]})
+
+    def _ev_part(self, ctx: "_Ctx") -> bool:
+        user = self._actor(ctx)
+        if user is None:
+            return False
+        _name, chan = self._channel(ctx)
+        reason = P.text(ctx.ev, "reason", 400)
+        if chan is None or user not in chan.members:
+            return True
+        self._remote_part(user, chan, reason)
+        return True
+
+    def _is_chanop(self, chan: Channel, user: User) -> bool:
+        return chan.is_op(user)
+
+    def _ev_kick(self, ctx: "_Ctx") -> bool:
+        actor = self._actor(ctx)
+        if actor is None:
+            return False
+        _name, chan = self._channel(ctx)
+        target = self.user_by_uid(P.uid(ctx.ev, "target"))
+        reason = P.text(ctx.ev, "reason", 400)
+        if chan is None or target is None or target not in chan.members:
+            return True  # nothing to do here (already gone)
+        if actor not in chan.members or not (chan.is_op(actor) or (actor.account and actor.account == chan.founder)):
+            self._warn_rejected(ctx.link, "kick", "unauthorized: kicker is not a channel operator",
+                                nick=actor.nick, channel=chan.name)
+            return False
+        self.server.broadcast(chan.members, build_text(actor.hostmask, "KICK", chan.name, target.nick, reason))
+        self.server._part_channel(chan, target)
+        self._forget_channel_if_gone(chan.folded)
+        return True
+
+    def _ev_topic(self, ctx: "_Ctx") -> bool:
+        actor = self._actor(ctx)
+        if actor is None:
+            return False
+        _name, chan = self._channel(ctx)
+        ops = P.get(ctx.ev, "ops", list)
+        if any(not isinstance(op, list) or op[:2] != ["set", "topic"] for op in ops) or len(ops) > 4:
+            raise ProtocolError("topic event with other ops")
+        if chan is None or actor not in chan.members:
+            self._warn_rejected(ctx.link, "topic", "unauthorized: setter is not on the channel", nick=actor.nick)
+            return False
+        if "t" in chan.modes and not chan.is_op(actor):
+            self._warn_rejected(ctx.link, "topic", "unauthorized: channel is +t and setter is not an operator",
+                                nick=actor.nick, channel=chan.name)
+            return False
+        crdt = self._crdt(chan)
+        merge_ops(crdt, ops, self.hlc)
+        self._show_state(chan, crdt, actor.hostmask)
+        self.server.channel_changed(chan)
+        return True
+
+    def _ev_mode(self, ctx: "_Ctx") -> bool:
+        actor = self._actor(ctx)
+        if actor is None:
+            return False
+        _name, chan = self._channel(ctx)
+        ops = P.get(ctx.ev, "ops", list)
+        status = P.get(ctx.ev, "status", list)
+        if len(ops) > 200 or len(status) > 50:
+            raise ProtocolError("too many changes")
+        if chan is None:
+            return True
+        if actor not in chan.members or not chan.is_op(actor):
+            self._warn_rejected(ctx.link, "mode", "unauthorized: setter is not a channel operator",
+                                nick=actor.nick, channel=chan.name)
+            return False
+        for op in ops:
+            if not isinstance(op, list) or not op:
+                raise ProtocolError("bad op")
+            if op[0] == "found" or (op[0] == "set" and len(op) > 1 and op[1] == "topic"):
+                self._warn_rejected(ctx.link, "mode", "unauthorized: founder or topic change inside MODE")
+                return False
+            if op[0] == "rem" and len(op) == 3 and op[1] == "ops" and chan.founder:
+                crdt = self._crdt(chan)
+                if set(op[2] if isinstance(op[2], list) else []) & set(crdt.live_tags("ops", chan.founder)):
+                    self._warn_rejected(ctx.link, "mode", "unauthorized: cannot remove the founder's operator status")
+                    return False
+        crdt = self._crdt(chan)
+        merge_ops(crdt, ops, self.hlc)
+        self._show_state(chan, crdt, actor.hostmask)
+        changes: list[tuple[str, str, Optional[str]]] = []
+        for item in status:
+            if (not isinstance(item, list) or len(item) != 3 or item[0] not in ("+", "-")
+                    or item[1] not in ("o", "v") or not isinstance(item[2], str)):
+                raise ProtocolError("bad status change")
+            target = self.user_by_uid(item[2])
+            if target is None or target not in chan.members:
+                continue
+            bit = OP if item[1] == "o" else VOICE
+            old = chan.members[target]
+            new = old | bit if item[0] == "+" else old & ~bit
+            if new != old:
+                chan.members[target] = new
+                changes.append((item[0], item[1], target.nick))
+        if changes:
+            self.server._broadcast_modes(actor.hostmask, chan, changes)
+        if ops:
+            self.server.channel_changed(chan)
+        return True
+
+    def _ev_invite(self, ctx: "_Ctx") -> bool:
+        actor = self._actor(ctx)
+        if actor is None:
+            return False
+        _name, chan = self._channel(ctx)
+        target = self.user_by_uid(P.uid(ctx.ev, "target"))
+        if chan is None or target is None:
+            return True
+        if actor not in chan.members or ("i" in chan.modes and not chan.is_op(actor)):
+            self._warn_rejected(ctx.link, "invite", "unauthorized: inviter is not allowed to invite",
+                                nick=actor.nick, channel=chan.name)
+            return False
+        if len(target.invites) >= self.server.config.max_invites_per_user:
+            target.invites.pop()
+        target.invites.add(chan.folded)
+        if target.account is not None and len(chan.invited_accounts) < 500:
+            chan.invited_accounts.add(target.account)
+        line = build(actor.hostmask, "INVITE", target.nick, chan.name)
+        if not self.is_remote(target):
+            target.write(line)
+        for member, st in chan.members.items():
+            if st & OP and "invite-notify" in member.caps and member is not target:
+                member.write(line)
+        return True
+
+    # -- messages -------------------------------------------------------------------------------
+    def _ev_msg(self, ctx: "_Ctx") -> bool:
+        actor = self._actor(ctx)
+        if actor is None:
+            return False
+        ev = ctx.ev
+        command = P.get(ev, "cmd", str)
+        if command not in ("PRIVMSG", "NOTICE", "TAGMSG"):
+            raise ProtocolError("bad command")
+        text = P.text(ev, "text", 4096) if command != "TAGMSG" else ""
+        tags = P.tags(ev, "tags")
+        msgid = P.get(ev, "msgid", str)
+        if not 1 <= len(msgid) <= 64 or set(msgid) - _MSGID_CHARS:
+            raise ProtocolError("bad msgid")
+        info = self.servers.get(ctx.origin)
+        tags[ORIGIN_TAG] = info.name if info is not None else P.short_id(ctx.origin)
+        server = self.server
+        if ev.get("to") is not None:
+            target = self.local_user_by_uid(P.uid(ev, "target"))
+            if target is None or not target.registered:
+                return True
+            server.deliver(actor, command, target.nick, text, tags, server.group(target), msgid=msgid)
+            if server.store is not None and actor.account and target.account and command != "TAGMSG":
+                from freeq.core.history import dm_key
+
+                server.store.append_message(dm_key(actor.account, target.account), msgid, self.clock.seconds(),
+                                            command, actor.hostmask, actor.account, target.nick, text, tags)
+            return True
+        target_name = P.get(ev, "target", str)
+        status_min = 0
+        name = target_name
+        if name[:1] in ("@", "+") and is_channel(name[1:]):
+            status_min = OP if name[0] == "@" else VOICE
+            name = name[1:]
+        if not valid_channel(name, server.config.channel_len):
+            raise ProtocolError("bad target")
+        chan = server.channels.get(fold(name))
+        if chan is None:
+            return True
+        st = chan.members.get(actor)
+        blocked = None
+        if st is None and ("n" in chan.modes or "m" in chan.modes):
+            blocked = "sender is not on the channel (+n)"
+        elif not st and "m" in chan.modes:
+            blocked = "channel is moderated (+m)"
+        elif not st and chan.lists["b"] and chan.is_banned(actor):
+            blocked = "sender is banned"
+        if blocked:
+            self._warn_rejected(ctx.link, "message", f"unauthorized: {blocked}", nick=actor.nick, channel=chan.name)
+            return False
+        display = (target_name[0] + chan.name) if status_min else chan.name
+        local = [m for m, s in chan.members.items() if not self.is_remote(m) and (not status_min or s & status_min
+                                                                                   or (status_min == VOICE and s))]
+        server.deliver(actor, command, display, text, tags, local, msgid=msgid)
+        if server.store is not None and not status_min and command != "TAGMSG":
+            server.store.append_message(chan.folded, msgid, self.clock.seconds(), command, actor.hostmask,
+                                        actor.account, chan.name, text, tags)
+        return True
+
+    # ==========================================================================================
+    # Local changes (called by IRCServer.s2s_notify)
+    # ==========================================================================================
+    def _local(self, user: Optional[User]) -> bool:
+        return user is not None and not isinstance(user.conn, RemoteSession)
+
+    def local_register(self, user: User) -> None:
+        """A local user completed registration."""
+        if not self._local(user) or not self.server.is_primary(user):
+            return  # another device of a connected identity is not a new user
+        self.uid(user)
+        self.nick_ts[self.uid(user)] = self.hlc.tick()[0]
+        self._emit("user", self._event_user(user))
+
+    def _event_user(self, user: User) -> dict[str, Any]:
+        rec = self._user_record(user)
+        del rec["origin"]
+        return rec
+
+    def local_user(self, user: User) -> None:
+        """A local user's account, host, away state or real name changed (sent once per reactor turn)."""
+        if not self._local(user) or not user.registered:
+            return
+        self._pending_users.add(user)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush_users)
+
+    def _flush_users(self) -> None:
+        self._flush_call = None
+        pending, self._pending_users = self._pending_users, set()
+        for user in pending:
+            if user.registered and user in self.local_uid:
+                self._emit("user", self._event_user(user))
+
+    def local_nick(self, user: User, old_nick: str) -> None:
+        """A registered local user changed nick."""
+        if not self._local(user):
+            return
+        self.nick_ts[self.uid(user)] = self.hlc.tick()[0]
+        owner = self.server.nick_owner(user.nick) if user.account else None
+        self._emit("nick", {"uid": self.uid(user), "nick": user.nick, "nick_ts": self.nick_ts[self.uid(user)],
+                            "owns": bool(owner and owner == user.account)})
+
+    def local_quit(self, user: User, reason: str) -> None:
+        """A registered local user disconnected."""
+        if not self._local(user):
+            return
+        uid = self.local_uid.pop(user, None)
+        self._pending_users.discard(user)
+        if uid is None:
+            return
+        self.nick_ts.pop(uid, None)
+        for device in [d for d, u in self.local_uid.items() if u == uid]:
+            del self.local_uid[device]
+        self.local_by_uid.pop(uid, None)
+        self._emit("quit", {"uid": uid, "reason": reason[:400]})
+
+    def local_channel_created(self, chan: Channel) -> None:
+        """A local JOIN created ``chan``: its creation modes (and creator) are sent with the join."""
+        self.crdts[chan.folded] = self._fresh_crdt(chan.folded, ChannelCRDT())
+        self._creating = chan.folded
+
+    def local_join(self, user: User, chan: Channel, key: Optional[str] = None) -> None:
+        """A local user joined ``chan``."""
+        if not self._local(user) or user not in chan.members:
+            return
+        crdt = self._crdt(chan)
+        ops = crdt.capture(chan, self.hlc)
+        if self._creating == chan.folded:
+            self._creating = None
+            created = ["created", self.uid(user), list(self.hlc.tick())]
+            crdt.apply(created, self.hlc)
+            ops.append(created)
+        fields: dict[str, Any] = {"uid": self.uid(user), "channel": chan.name,
+                                  "status": _status_str(chan.members[user]), "ops": ops}
+        if key is not None and chan.key is not None:
+            fields["key"] = key
+        self._emit("join", fields)
+
+    def local_part(self, user: User, chan: Channel, reason: str = "") -> None:
+        """A local user left ``chan``."""
+        if not self._local(user):
+            return
+        self._emit("part", {"uid": self.uid(user), "channel": chan.name, "reason": reason[:400]})
+        self._forget_channel_if_gone(chan.folded)
+
+    def local_kick(self, user: User, chan: Channel, victim: User, reason: str) -> None:
+        """A local operator kicked ``victim`` (local or remote) from ``chan``."""
+        if not self._local(user):
+            return
+        self._emit("kick", {"uid": self.uid(user), "channel": chan.name, "target": self.uid(victim),
+                            "reason": reason[:400]})
+        self._forget_channel_if_gone(chan.folded)
+
+    def local_topic(self, user: User, chan: Channel) -> None:
+        """A local user set the topic of ``chan``."""
+        if not self._local(user):
+            return
+        ops = [op for op in self._crdt(chan).capture(chan, self.hlc)]
+        topic_ops = [op for op in ops if op[:2] == ["set", "topic"]]
+        if topic_ops:
+            self._emit("topic", {"uid": self.uid(user), "channel": chan.name, "ops": topic_ops})
+        other = [op for op in ops if op[:2] != ["set", "topic"]]
+        if other:
+            self._emit("mode", {"uid": self.uid(user), "channel": chan.name, "ops": other, "status": []})
+
+    def local_mode(self, user: User, chan: Channel, applied: Iterable[tuple[str, str, Optional[str]]]) -> None:
+        """A local user changed modes of ``chan`` (``applied`` as the MODE handler lists them)."""
+        if not self._local(user):
+            return
+        ops = self._crdt(chan).capture(chan, self.hlc)
+        status = []
+        for sign, ch, arg in applied:
+            if ch in ("o", "v") and arg is not None:
+                target = self.server.users.get(fold(arg))
+                if target is not None:
+                    status.append([sign, ch, self.uid(target)])
+        if ops or status:
+            self._emit("mode", {"uid": self.uid(user), "channel": chan.name, "ops": ops, "status": status})
+
+    def local_invite(self, user: User, target: User, chan: Channel) -> None:
+        """A local user invited ``target`` to ``chan`` (every server learns it, for +i checks)."""
+        if not self._local(user):
+            return
+        self._emit("invite", {"uid": self.uid(user), "channel": chan.name, "target": self.uid(target)})
+
+    def local_message(self, user: User, command: str, target: str, chan: Channel, text: str,
+                      tags: dict[str, str], msgid: str) -> None:
+        """A local user sent PRIVMSG/NOTICE/TAGMSG to a channel."""
+        if not self._local(user) or not self.links:
+            return
+        self._emit("msg", {"uid": self.uid(user), "cmd": command, "target": target, "text": text,
+                           "tags": {k: v for k, v in tags.items() if k != ORIGIN_TAG}, "msgid": msgid})
+
+    def local_dm(self, user: User, command: str, other: User, text: str, tags: dict[str, str], msgid: str) -> None:
+        """A local user sent a private message; if the recipient is remote it goes to its server only."""
+        if not self._local(user) or not isinstance(other.conn, RemoteSession):
+            return
+        self._emit("msg", {"uid": self.uid(user), "cmd": command, "target": other.conn.uid, "text": text,
+                           "tags": {k: v for k, v in tags.items() if k != ORIGIN_TAG}, "msgid": msgid},
+                   to=other.conn.origin)
+
+    # ==========================================================================================
+    # Keepalive
+    # ==========================================================================================
+    def tick(self) -> None:
+        """Periodic: ping open links, drop silent or stuck ones, forget the state of vanished channels."""
+        now = self.clock.seconds()
+        for folded in list(self.crdts):
+            self._forget_channel_if_gone(folded)
+        for link in list(self.links.values()):
+            try:
+                if link.state == "hello" and now - link.opened > self.ping_timeout:
+                    log.warn("S2S link to {peer}: no hello in time", peer=link.peer_id)
+                    self._close(link, "handshake timeout")
+                elif link.state == "open":
+                    if now - link.last_rx > self.ping_timeout:
+                        log.warn("S2S link to {peer}: ping timeout", peer=link.peer_id)
+                        self._close(link, "ping timeout")
+                    else:
+                        self._send(link, {"type": "ping"})
+            except Exception:
+                log.failure("S2S keepalive failed for {peer}", peer=link.peer_id)
+
+
+class _Ctx:
+    """An inbound event being applied."""
+
+    __slots__ = ("link", "origin", "ev", "kind")
+
+    def __init__(self, link: PeerLink, origin: str, ev: dict[str, Any]) -> None:
+        self.link = link
+        self.origin = origin
+        self.ev = ev
+        self.kind = ev["type"]
+
+
+# ==============================================================================================
+# Wiring
+# ==============================================================================================
+class FederationService(service.MultiService):
+    """The bridge and the keepalive timer, started and stopped with the server."""
+
+    def __init__(self, federation: Federation, bridge: IrohBridgeService, clock: Any) -> None:
+        super().__init__()
+        self.federation = federation
+        self.bridge = bridge
+        bridge.setServiceParent(self)
+        timer = TimerService(federation.ping_interval, federation.tick)
+        timer.clock = clock
+        timer.setServiceParent(self)
+
+
+def make_federation(config: Any, server: Any, reactor: Any, secret_key: bytes, *, clock: Any = None,
+                    backoff_min: float = 1.0, ping_interval: float = 15.0) -> FederationService:
+    """Build the S2S bridge and federation for ``server`` from a validated config."""
+    clock = clock if clock is not None else reactor
+    signer = EventSigner(secret_key)
+    if config.s2s_open_federation:
+        allowed: Optional[frozenset[str]] = None
+    else:
+        allowed = frozenset(config.s2s_allowed_peers)
+    peers = tuple(PeerAddress(pid, host, port) for pid, host, port in config.s2s_peers)
+    bridge = IrohBridgeService(reactor, secret_key, peers=peers, allowed=allowed, bind_host=config.iroh_host,
+                               port=config.iroh_port, relay_mode=config.iroh_relay_mode, backoff_min=backoff_min)
+    federation = Federation(server, bridge, signer, clock, trust=dict(config.s2s_peer_trust), rate=config.s2s_rate,
+                            ping_interval=ping_interval, ping_timeout=ping_interval * 3)
+    bridge.listener = federation
+    server.s2s.append(federation)
+    if allowed is not None and not allowed:
+        log.warn("S2S federation is closed: no --s2s-allowed-peers, so every incoming peer is refused "
+                 "(give --s2s-allowed-peers, or --s2s-open-federation to accept anyone)")
+    elif allowed is None:
+        log.warn("S2S open federation: any iroh endpoint may link to this server (--s2s-open-federation)")
+    return FederationService(federation, bridge, clock)
