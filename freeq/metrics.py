@@ -17,6 +17,8 @@ class Metrics:
         self.per_ip_refusals = 0  # TCP, TLS and WebSocket together
         self.s2s_rejected = 0  # federation connections refused (allowlist, bad handshake)
         self.s2s_peers = 0  # gauge: linked peers, set by the S2S bridge
+        self.s2s_dropped = 0  # federation events over a peer's rate limit
+        self.s2s_events_rejected = 0  # forged, replayed, unauthorised or malformed federation events
         self.web_requests = 0
         self.web_rate_limited = 0
         self.broker_rejected = 0

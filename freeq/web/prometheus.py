@@ -21,6 +21,8 @@ COUNTERS = (
     ("sasl_failure", "Failed SASL authentications."),
     ("per_ip_refusals", "Connections and WebSocket upgrades refused by the per-IP limit."),
     ("s2s_rejected", "Rejected server-to-server connections."),
+    ("s2s_dropped", "Server-to-server events dropped by the per-peer rate limit."),
+    ("s2s_events_rejected", "Server-to-server events rejected (forged, replayed, unauthorised, malformed)."),
     ("web_requests", "Requests to the API, broker, metrics and WebSocket routes."),
     ("web_rate_limited", "Web requests refused by the per-IP request rate limit."),
     ("broker_rejected", "Auth broker requests refused (bad, skewed or replayed signatures)."),
