@@ -134,7 +134,8 @@ class ServerProcess:
         #: the tree the server runs from: ``python -c`` puts the working directory first on sys.path
         self.server_dir = os.path.abspath(server_dir or REPO)
         self.cpu = cpu
-        self.extra_args = tuple(extra_args)
+        # FREEQ_BENCH_SERVER_ARGS adds server flags to every run (bench/persistence.py uses it).
+        self.extra_args = tuple(extra_args) + tuple(os.environ.get("FREEQ_BENCH_SERVER_ARGS", "").split())
         self.host = "127.0.0.1"
         self.port = free_port(self.host)
         self.data_dir = tempfile.mkdtemp(prefix="freeq-bench-")

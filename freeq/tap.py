@@ -307,7 +307,7 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
     server, limiter = make_irc_server(config, reactor, persistence=persistence)
     top.irc_server = server  # type: ignore[attr-defined]
     if config.listen is not None:
-        factory = IRCFactory(server, limiter, reactor, secure=False)
+        factory = IRCFactory(server, limiter, reactor, secure=False, reactor=reactor)
         svc = StreamServerEndpointService(_endpoint(reactor, config.listen), factory)
         svc._raiseSynchronously = True
         svc.setServiceParent(top)
@@ -315,7 +315,7 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
         from freeq.irc.tls import load_tls_options
 
         tls = load_tls_options(config.tls_cert, config.tls_key)
-        factory = IRCFactory(server, limiter, reactor, secure=True)
+        factory = IRCFactory(server, limiter, reactor, secure=True, reactor=reactor)
         svc = StreamServerEndpointService(_endpoint(reactor, config.tls_listen, tls), factory)
         svc._raiseSynchronously = True
         svc.setServiceParent(top)

@@ -1,6 +1,8 @@
 """Pure unit tests of IRCServer: driven with a Clock and fake connections, no sockets."""
 from __future__ import annotations
 
+import random
+
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -443,3 +445,129 @@ class LabeledResponseTests(ServerTestCase):
         self.assertTrue(conn.closed)
         self.assertTrue(any(b"ERROR" in line for line in sink[:conn.closed_after]),
                         f"written before close: {sink[:conn.closed_after]!r}")
+
+
+class _StubSasl:
+    """The one thing ``_sasl_succeeded`` does with the exchange."""
+
+    def abort(self) -> None:
+        pass
+
+
+class LusersCountTests(ServerTestCase):
+    """LUSERS reads counters kept up to date, not a scan; they must always equal a recount."""
+
+    OPER_DID = "did:plc:operoperoperoperoperoper"
+    seed = 20261125
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(EPOCH)
+        config = Config(server_name="irc.test", listen=None, tls_listen=None, oper_password="sekrit",
+                        oper_dids=(self.OPER_DID,))
+        self.server = IRCServer(config, self.clock)
+
+    def recount(self) -> tuple[int, int, int, int, int]:
+        """What LUSERS used to compute by scanning every connection and channel."""
+        srv = self.server
+        registered = [u for u in srv.connections if u.registered]
+        return (len(registered), sum(1 for u in registered if "i" in u.modes),
+                sum(1 for u in registered if u.is_oper), len(srv.connections) - len(registered),
+                sum(1 for c in srv.channels.values() if c.members))
+
+    def counters(self) -> tuple[int, int, int, int, int]:
+        srv = self.server
+        return (srv.registered_count, srv.invisible_count, srv.oper_count,
+                len(srv.connections) - srv.registered_count, srv.channels.formed)
+
+    def test_counters_match_a_recount_after_random_operations(self) -> None:
+        """Registration, multi-device, QUIT, KILL, MODE ±i/±o, OPER, oper DIDs at SASL, JOIN/PART/KICK
+        and persisted empty channels, in a random order: the counters equal a recount after every step."""
+        from freeq.state.channel import Channel
+
+        kept = Channel("#kept", EPOCH)
+        kept.modes = {"n", "t"}
+        kept.topic = "persisted, empty until someone joins"
+        kept.persisted = True
+        self.server.load_channels([kept.record()])
+        rng = random.Random(self.seed)
+        everyone: list[User] = []  # in connection order: iterating the server's sets would not be reproducible
+        pending: list[User] = []
+        live: list[User] = []
+        dids = ["did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb", self.OPER_DID]
+        seen = [0, 0, 0, 0, 0]
+        most_devices = 0
+        for step in range(3000):
+            op = rng.randrange(13)
+            if op >= 2 and not live:
+                op = rng.randrange(2)
+            if op == 0 or (op == 1 and not pending):
+                user, _, _ = self.connect()
+                everyone.append(user)
+                if rng.random() < 0.3:
+                    user.account = rng.choice(dids)  # several connections of one DID: multi-device
+                pending.append(user)
+            elif op == 1:
+                user = pending[rng.randrange(len(pending))]
+                self.send(user, f"NICK n{step}")
+                self.send(user, "USER u 0 * :r")
+            elif op == 2:
+                user = rng.choice(live)
+                self.send(user, f"MODE {user.nick} {rng.choice('+-')}{rng.choice(['i', 'o', 'iw', 'io', 'B'])}")
+            elif op == 3:
+                self.send(rng.choice(live), "OPER admin sekrit")
+            elif op == 4:
+                guests = [u for u in live + pending if u.account is None]  # SASL is once per connection
+                if guests:
+                    self.server._sasl_succeeded(rng.choice(guests), _StubSasl(), rng.choice(dids),  # type: ignore[arg-type]
+                                                None)
+            elif op in (5, 6):
+                self.send(rng.choice(live), f"JOIN {rng.choice(['#a', '#b', '#c', '#kept'])}")
+            elif op == 7:
+                self.send(rng.choice(live), f"PART {rng.choice(['#a', '#b', '#c', '#kept'])}")
+            elif op == 8:
+                self.send(rng.choice(live), f"KILL {rng.choice(live).nick} :bye")
+            elif op == 9:
+                self.send(rng.choice(live), "QUIT :gone")
+            elif op == 10:
+                self.send(rng.choice(live), f"KICK {rng.choice(['#a', '#b'])} {rng.choice(live).nick}")
+            elif op == 11 and pending:
+                self.server.disconnect(pending.pop(), "Connection closed")  # an unregistered connection drops
+            elif op == 12:
+                self.server.disconnect(rng.choice(live), "Connection reset by peer")  # no close(): the socket died
+            everyone = [u for u in everyone if u in self.server.connections]
+            live = [u for u in everyone if u.registered]
+            pending = [u for u in everyone if not u.registered]
+            counts = self.counters()
+            self.assertEqual(counts, self.recount(), f"after step {step} (op {op})")
+            seen = [max(a, b) for a, b in zip(seen, counts)]
+            most_devices = max([most_devices] + [len(s) for s in self.server.sessions.values()])
+        # The run must have reached the interesting states, or it proves little.
+        self.assertTrue(all(n >= 2 for n in seen), seen)
+        self.assertGreaterEqual(most_devices, 2)
+        self.assertIn("#kept", self.server.channels)
+        user, sink, _ = self.register("watcher")
+        self.send(user, "LUSERS")
+        by = {parse_bytes(b).command: parse_bytes(b) for b in sink}
+        total, invisible, opers, unknown, formed = self.recount()
+        self.assertEqual(by["251"].params[1],
+                         f"There are {total - invisible} users and {invisible} invisible on 1 servers")
+        self.assertEqual(by["252"].params[1], str(opers))
+        self.assertEqual(by["253"].params[1], str(unknown))
+        self.assertEqual(by["254"].params[1], str(formed))
+
+    def test_persisted_empty_channel_not_formed(self) -> None:
+        """A channel loaded from the store counts once someone is in it, and not after they leave."""
+        from freeq.state.channel import Channel
+
+        kept = Channel("#kept", EPOCH)
+        kept.modes = {"n", "t"}
+        kept.topic = "kept"
+        self.server.load_channels([kept.record()])
+        self.assertEqual(self.server.channels.formed, 0)
+        alice, _, _ = self.register("alice")
+        self.send(alice, "JOIN #kept")
+        self.assertEqual(self.server.channels.formed, 1)
+        self.send(alice, "PART #kept")
+        self.assertIn("#kept", self.server.channels)
+        self.assertEqual(self.server.channels.formed, 0)

@@ -340,6 +340,40 @@ class StoredDataTests(unittest.TestCase):
         self.assertEqual([r.msgid for r in rows], ["a4", "a5", "a6", "a7", "a8"])
 
     @asynctest
+    async def test_trim_waits_for_a_tenth_over_the_cap(self) -> None:
+        """With a cap of 20 a conversation is trimmed once it holds more than 22 rows, back to the newest 20;
+        the count survives restarts (read back from the table) and retention pruning."""
+        store = self._store(max_messages_per_target=20, retention_days=1)
+        now = time.time()
+
+        async def send(n: int, start: int, age_days: float = 0) -> None:
+            for i in range(start, start + n):
+                store.append_message("#t", f"t{i}", now - age_days * 86400 + i / 1000, "PRIVMSG", "n!u@h", None,
+                                     "#t", f"text {i}", {})
+            await store.flush()
+
+        async def msgids() -> list[str]:
+            return [r.msgid for r in await store.history("#t", "LATEST", (None,), 100)]
+
+        await send(22, 0)
+        self.assertEqual(len(await msgids()), 22)  # within the slack: no DELETE yet
+        await send(1, 22)
+        self.assertEqual(await msgids(), [f"t{i}" for i in range(3, 23)])
+        store._row_counts.clear()  # as after a restart: the count is read from the table
+        await send(2, 23)
+        self.assertEqual(len(await msgids()), 22)
+        await send(1, 25)
+        self.assertEqual(await msgids(), [f"t{i}" for i in range(6, 26)])
+        await send(5, 26, age_days=2)  # old enough for the retention job
+        self.assertEqual(len(await msgids()), 20)  # 25 rows: over the slack, trimmed
+        pruned = store._retention_guarded()
+        assert pruned is not None
+        await pruned
+        await send(2, 31)
+        self.assertEqual(len(await msgids()), 17)  # 15 left after pruning, 2 more: nothing to trim
+        self.assertEqual(store._row_counts["#t"], 17)
+
+    @asynctest
     async def test_retention_days_prunes_by_age(self) -> None:
         """Messages older than message_retention_days are deleted by the retention job; newer ones stay."""
         store = self._store(retention_days=2)

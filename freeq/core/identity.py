@@ -170,7 +170,7 @@ class IdentityCommands:
             if owner is None:
                 self.bind_nick(user, did)
         if did in self.oper_dids and not user.is_oper:
-            user.modes.add("o")
+            self.set_user_mode(user, "o", True)
             user.write(build(self.name, "MODE", user.nick, "+o"))
             log.info("{nick} is a server operator by DID {did}", nick=user.nick, did=did)
         user.write(build_text(self.name, "900", user.nick, user.hostmask, did, f"You are now logged in as {did}"))

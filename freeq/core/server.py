@@ -27,7 +27,7 @@ from freeq.irc.ulid import ULIDGenerator
 from freeq.plugins import IServerHook
 from freeq.signing import SIG_TAG
 from freeq.state.channel import (
-    FLAG_MODES, LIST_MODES, OP, PREFIX_MODES, VOICE, Channel,
+    FLAG_MODES, LIST_MODES, OP, PREFIX_MODES, VOICE, Channel, ChannelTable,
 )
 from freeq.state.masks import glob_match, normalize_mask
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
@@ -111,8 +111,13 @@ class IRCServer(HistoryCommands, IdentityCommands):
         self.hooks = list(hooks)
         self.s2s: list[Any] = []  # federation observers (freeq.s2s.federation.Federation), told of local changes
         self.users: dict[str, User] = {}  # folded nick -> user (registered or holding a nick)
-        self.channels: dict[str, Channel] = {}
+        self.channels: ChannelTable = ChannelTable()  # counts the channels with members itself
         self.connections: set[User] = set()
+        # LUSERS counts, kept exact wherever they change (a recount is O(connections) per registration):
+        # registered local connections, and those of them with +i and with +o.
+        self.registered_count = 0
+        self.invisible_count = 0
+        self.oper_count = 0
         self.whowas: deque[tuple[str, str, str, str, float]] = deque(maxlen=config.whowas_size)
         self.monitors: dict[str, set[User]] = {}
         self.ulid = ULIDGenerator(clock.seconds)
@@ -244,6 +249,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
         if user not in self.connections:
             return
         self.connections.discard(user)
+        if user.registered:
+            self._count_registered(user, -1)
         if user.registered and self._detach_session(user):
             return
         if user.registered:
@@ -256,7 +263,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self._part_channel(chan, user)
         if self.users.get(user.folded) is user:
             del self.users[user.folded]
-        self._unmonitor(user, list(user.monitoring))
+        self._unmonitor(user, user.monitored_nicks())
         user.registered = False
 
     # ------------------------------------------------------------------
@@ -309,7 +316,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             chan.remove(user)
         if self.users.get(user.folded) is user:
             self.users[user.folded] = sessions[0]
-        self._unmonitor(user, list(user.monitoring))
+        self._unmonitor(user, user.monitored_nicks())
         user.registered = False
         return True
 
@@ -403,6 +410,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         else:
             self.enforce_nick_ownership(user)
         user.registered = True
+        self._count_registered(user, 1)
         if user.account:
             self.sessions.setdefault(user.account, []).append(user)
         nick = user.nick
@@ -432,15 +440,40 @@ class IRCServer(HistoryCommands, IdentityCommands):
         for chunk in self._isupport:
             user.write(build_text(self.name, "005", user.nick, *chunk, "are supported by this server"))
 
+    def _count_registered(self, user: User, delta: int) -> None:
+        """A local connection registered (``delta`` 1) or went away registered (-1): the LUSERS counts."""
+        self.registered_count += delta
+        if "i" in user.modes:
+            self.invisible_count += delta
+        if "o" in user.modes:
+            self.oper_count += delta
+
+    def set_user_mode(self, user: User, mode: str, on: bool) -> bool:
+        """Set or clear user mode ``mode`` (no message is sent); return whether it changed.
+
+        Modes are replaced rather than mutated (idle users share one empty set), and the
+        LUSERS counts follow ``+i`` and ``+o`` of registered local connections.
+        """
+        if (mode in user.modes) == on:
+            return False
+        user.modes = user.modes | {mode} if on else user.modes - {mode}
+        if mode in "io" and user.registered and user in self.connections:
+            delta = 1 if on else -1
+            if mode == "i":
+                self.invisible_count += delta
+            else:
+                self.oper_count += delta
+        return True
+
     def _send_lusers(self, user: User) -> None:
-        total = sum(1 for u in self.connections if u.registered)
-        invisible = sum(1 for u in self.connections if u.registered and "i" in u.modes)
-        opers = sum(1 for u in self.connections if u.registered and u.is_oper)
+        total = self.registered_count
+        invisible = self.invisible_count
+        opers = self.oper_count
         unknown = len(self.connections) - total
         self.num(user, "251", f"There are {total - invisible} users and {invisible} invisible on 1 servers")
         self.num(user, "252", str(opers), "operator(s) online")
         self.num(user, "253", str(unknown), "unknown connection(s)")
-        self.num(user, "254", str(sum(1 for c in self.channels.values() if c.members)), "channels formed")
+        self.num(user, "254", str(self.channels.formed), "channels formed")
         self.num(user, "255", f"I have {total} clients and 0 servers")
         self.num(user, "265", str(total), str(self.config.max_clients),
                  f"Current local users {total}, max {self.config.max_clients}")
@@ -684,10 +717,10 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 self.channel_changed(chan)
         elif user.account and (user.account == chan.founder or user.account in chan.did_ops):
             status = OP  # founder and DID operators pass +k/+l/+b/+i
-            user.invites.discard(folded)
+            user.forget_invite(folded)
         else:
             # A persisted channel is never "new" again: its key, bans and invite-only still apply.
-            invited = folded in user.invites or (user.account is not None and user.account in chan.invited_accounts)
+            invited = user.invited_to(folded) or (user.account is not None and user.account in chan.invited_accounts)
             if chan.key is not None and key != chan.key:
                 self.num(user, "475", chan.name, "Cannot join channel (+k)")
                 return
@@ -700,7 +733,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             if "i" in chan.modes and not invited and not chan.list_matches("I", user):
                 self.num(user, "473", chan.name, "Cannot join channel (+i)")
                 return
-            user.invites.discard(folded)
+            user.forget_invite(folded)
             if user.account is not None:
                 chan.invited_accounts.discard(user.account)
             if not chan.members and chan.founder is None:
@@ -1001,15 +1034,10 @@ class IRCServer(HistoryCommands, IdentityCommands):
             if ch in "+-":
                 adding = ch == "+"
             elif ch in "iwB":
-                if adding and ch not in user.modes:
-                    user.modes.add(ch)
-                    added.append(ch)
-                elif not adding and ch in user.modes:
-                    user.modes.discard(ch)
-                    removed.append(ch)
+                if self.set_user_mode(user, ch, adding):
+                    (added if adding else removed).append(ch)
             elif ch == "o":
-                if not adding and "o" in user.modes:  # opers may drop +o; only OPER grants it
-                    user.modes.discard("o")
+                if not adding and self.set_user_mode(user, "o", False):  # opers may drop +o; only OPER grants it
                     removed.append("o")
             else:
                 unknown = True
@@ -1772,7 +1800,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             log.warn("OPER attempt by {nick} but no oper password is configured", nick=user.nick)
             return
         if hmac.compare_digest(msg.params[1].encode(), expected.encode()):
-            user.modes.add("o")
+            self.set_user_mode(user, "o", True)
             self.num(user, "381", "You are now an IRC operator")
             user.write(build(user.hostmask, "MODE", user.nick, "+o"))
             log.info("{nick} is now an IRC operator (OPER {name})", nick=user.nick, name=msg.params[0])

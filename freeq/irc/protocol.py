@@ -1,19 +1,25 @@
 """Client connections: what every transport shares, and the IRC line protocol over TCP and TLS.
 
 :class:`ClientConnection` holds the transport-independent half of a client connection: the
-shared per-IP limit, line framing, flood control (fake lag, then ``Excess Flood``), the send
-queue bounded through the transport's producer pause, and teardown. :class:`IRCProtocol`
+shared per-IP limit, line framing, flood control (fake lag, then ``Excess Flood``), buffered
+output with a bounded send queue, and teardown. :class:`IRCProtocol`
 puts it on a TCP/TLS byte stream; :mod:`freeq.web.websocket` puts it on WebSocket messages.
+
+Output is coalesced: ``User.write`` appends to the connection's buffer, and an
+:class:`OutputFlusher` hands each connection's buffered lines to its transport in one write
+once per reactor turn. A fan-out to 1,000 members thus costs one list append per member
+instead of one transport write (and its epoll bookkeeping) per member per message.
 
 It only frames, parses, throttles and dispatches; every IRC decision is made by
 :class:`freeq.core.server.IRCServer`.
 """
 from __future__ import annotations
 
+import socket
 from collections import deque
 from typing import Any, Callable, Optional
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -64,6 +70,41 @@ class ConnectionLimiter:
         self.current -= 1
 
 
+class OutputFlusher:
+    """Writes every connection's buffered output once per reactor turn.
+
+    The first buffered write of a turn marks its connection dirty and schedules one
+    ``callLater(0)`` on the real reactor (never on an injected fake clock: output must not wait
+    for fake time); the call joins each dirty connection's lines and writes them at once.
+    """
+
+    def __init__(self, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self._dirty: list[ClientConnection] = []
+        self._call: Any = None
+
+    def mark(self, conn: "ClientConnection") -> None:
+        """``conn`` has buffered output: write it at the start of the next reactor turn."""
+        self._dirty.append(conn)
+        if self._call is None:
+            self._call = self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Write out every dirty connection (those marked while this runs go in the next turn)."""
+        self._call = None
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            try:
+                conn.flush_output()
+            except Exception:
+                log.failure("writing to {ip} failed", ip=conn.ip)
+                conn.abort_output()
+
+
 def log_refusal(server: IRCServer, ip: str, reason: str, what: str = "connection") -> None:
     """Log (and count) a connection refused by the :class:`ConnectionLimiter`."""
     if reason == SERVER_FULL:
@@ -77,11 +118,22 @@ def log_refusal(server: IRCServer, ip: str, reason: str, what: str = "connection
 class ClientConnection:
     """The transport-independent half of a client connection (a mixin).
 
-    A subclass sets ``factory`` (with ``server``, ``limiter``, ``clock`` and ``config``), has a
-    byte ``transport`` (the socket: flow control and aborts go there), sets ``_sink`` to the
-    callable that sends bytes to the peer, calls :meth:`_admit` and :meth:`_start` when the
-    connection opens, feeds input to :meth:`_feed` and calls :meth:`_teardown` when it is gone.
-    :meth:`_lose` is the graceful close; override it where the transport has its own.
+    A subclass sets ``factory`` (with ``server``, ``limiter``, ``clock``, ``config`` and
+    ``flusher``), has a byte ``transport`` (the socket: flow control and aborts go there), sets
+    ``_sink`` to the callable that sends bytes to the peer, calls :meth:`_admit` and
+    :meth:`_start` when the connection opens, feeds input to :meth:`_feed` and calls
+    :meth:`_teardown` when it is gone. :meth:`_lose` is the graceful close; override it where the
+    transport has its own.
+
+    The model writes to :meth:`_write`, which buffers; ``_sink`` gets one call per reactor turn
+    with the lines written during that turn joined (several CRLF-terminated lines).
+
+    The send queue is bounded in one of two ways. By default the connection is a streaming
+    producer of its transport: when the transport's buffer fills it calls :meth:`pauseProducing`
+    and the bytes written until it drains count against ``--sendq-bytes``. A subclass that sets
+    ``_socket`` (plain TCP) is a pull producer instead: output goes straight to the socket with
+    ``send()`` while the transport holds nothing, and only what the socket does not take goes
+    to the transport, counted until the transport reports it drained (:meth:`resumeProducing`).
     """
 
     factory: Any
@@ -99,11 +151,18 @@ class ClientConnection:
     _counted = False
     _lost_reason = "Connection closed"
     _sink: Callable[[bytes], None]
+    #: Lines written since the last flush; None while nothing is buffered (and the connection is not dirty).
+    _out: Optional[list[bytes]] = None
+    #: The fake-lag queue: a deque (~760 bytes) made on first use, since most connections never need one.
+    _pending: Any = ()
+    #: The connected socket, when output may be sent on it directly (plain TCP; see the class docstring).
+    _socket: Any = None
+    #: Bytes handed to the transport since it was last empty (with ``_socket`` only); 0 = it holds nothing.
+    _backlog = 0
 
     def _init_connection(self, secure: bool) -> None:
         self.secure = secure
         self._buffer = b""
-        self._pending: deque[Any] = deque()
         self._bucket: Optional[TokenBucket] = None
 
     # -- opening and closing -------------------------------------------------
@@ -128,8 +187,9 @@ class ClientConnection:
             return
         cfg = factory.config
         self._bucket = TokenBucket(cfg.flood_burst, cfg.flood_rate, factory.clock.seconds())
-        self.transport.registerProducer(self, True)
-        self.user = factory.server.connect(self, self._sink, self.ip)
+        # A pull producer is told each time the transport has sent everything (see the class docstring).
+        self.transport.registerProducer(self, self._socket is None)
+        self.user = factory.server.connect(self, self._write, self.ip)
 
     def _refuse(self, reason: str) -> None:
         self._closed = True
@@ -145,7 +205,9 @@ class ClientConnection:
         if self._drain_call is not None and self._drain_call.active():
             self._drain_call.cancel()
         self._drain_call = None
-        self._pending.clear()
+        self._pending = ()
+        self._out = None
+        self._socket = None
         if self._counted:
             self._counted = False
             self.factory.limiter.release(self.ip)
@@ -160,8 +222,11 @@ class ClientConnection:
         """Flush and close (called by the server after it wrote ``ERROR``)."""
         if self._closed:
             return
+        self.flush_output()  # what is buffered (the ERROR line last) goes out before the close
+        if self._closed:
+            return  # that was more than the send queue holds: the flush aborted the connection
         self._closed = True
-        self._pending.clear()
+        self._pending = ()
         if self.user is not None:
             self.user.write = _drop
         try:
@@ -170,7 +235,63 @@ class ClientConnection:
             pass
         self._lose()
 
-    # -- output: a send queue bounded by --sendq-bytes ------------------------
+    # -- output: buffered per turn, a send queue bounded by --sendq-bytes -------
+    def _write(self, data: bytes) -> None:
+        """The byte sink the model writes to: buffer until this turn's flush."""
+        out = self._out
+        if out is None:
+            self._out = [data]
+            self.factory.flusher.mark(self)
+        else:
+            out.append(data)
+
+    def flush_output(self) -> None:
+        """Send what is buffered in one write (called by the :class:`OutputFlusher`, and by :meth:`close`)."""
+        out = self._out
+        if out is None:
+            return
+        self._out = None
+        data = out[0] if len(out) == 1 else b"".join(out)
+        sock = self._socket
+        if sock is None:
+            self._sink(data)
+            return
+        if not self._backlog:
+            # The transport holds nothing, so nothing can overtake: one send() now instead of
+            # registering for writability and sending on the next turn (two epoll_ctl and a turn).
+            try:
+                sent = sock.send(data)
+            except OSError:
+                sent = 0  # EAGAIN, or a dead socket: the transport finds and reports the error itself
+            if sent == len(data):
+                return
+            if sent:
+                data = data[sent:]
+        self._backlog += len(data)
+        if self._backlog > self.factory.config.sendq_bytes:
+            self._sendq_exceeded()
+            return
+        self._sink(data)
+
+    def abort_output(self) -> None:
+        """Writing failed unexpectedly: drop this connection (the model is told when it is lost)."""
+        self._out = None
+        self._closed = True
+        if self.user is not None:
+            self.user.write = _drop
+        self.transport.abortConnection()
+
+    def _sendq_exceeded(self) -> None:
+        user = self.user
+        log.warn("SendQ exceeded for {nick} from {ip}; dropping", nick=user.nick if user else "*", ip=self.ip)
+        self._closed = True
+        self._out = None
+        if user is not None:
+            user.write = _drop
+        # Leave the model to _teardown: we may be inside a fan-out over this user's channels.
+        self._lost_reason = "SendQ exceeded"
+        self.transport.abortConnection()
+
     def pauseProducing(self) -> None:
         """The transport's buffer is full: count further bytes against the send queue."""
         if self._paused:
@@ -178,16 +299,17 @@ class ClientConnection:
         self._paused = True
         self._overflow = 0
         user = self.user
-        if user is not None and user.write == self._sink:
+        if user is not None and user.write == self._write:
             user.write = self._queued_write
 
     def resumeProducing(self) -> None:
-        """The transport drained: write straight through again."""
+        """The transport drained (a pull producer hears this each time it has sent everything)."""
         self._paused = False
         self._overflow = 0
+        self._backlog = 0
         user = self.user
         if user is not None and user.write == self._queued_write:
-            user.write = self._sink
+            user.write = self._write
 
     def stopProducing(self) -> None:
         pass
@@ -195,16 +317,9 @@ class ClientConnection:
     def _queued_write(self, data: bytes) -> None:
         self._overflow += len(data)
         if self._overflow > self.factory.config.sendq_bytes:
-            user = self.user
-            log.warn("SendQ exceeded for {nick} from {ip}; dropping", nick=user.nick if user else "*", ip=self.ip)
-            self._closed = True
-            if user is not None:
-                user.write = _drop
-            # Leave the model to _teardown: we may be inside a fan-out over this user's channels.
-            self._lost_reason = "SendQ exceeded"
-            self.transport.abortConnection()
+            self._sendq_exceeded()
             return
-        self._sink(data)
+        self._write(data)
 
     # -- input: framing --------------------------------------------------------
     def _feed(self, data: bytes) -> None:
@@ -280,6 +395,8 @@ class ClientConnection:
 
     # -- flood control: fake lag, then Excess Flood --------------------------------
     def _queue(self, msg: Any) -> None:
+        if not self._pending:
+            self._pending = deque()
         self._pending.append(msg)
         if len(self._pending) > self.factory.config.flood_queue:
             user = self.user
@@ -307,6 +424,7 @@ class ClientConnection:
                 return
             self._pending.popleft()
             self._dispatch(msg)
+        self._pending = ()  # drained (or closed): give the deque back
         if not self._closed:
             self.transport.resumeProducing()
 
@@ -321,6 +439,20 @@ class IRCProtocol(ClientConnection, Protocol):
 
     def connectionMade(self) -> None:
         self._sink = self.transport.write
+        # Plain TCP only: under TLS (or any wrapper) the transport is not an ITCPTransport, and the
+        # TLS layer must never be bypassed; there getHandle() is the TLS connection anyway.
+        if ITCPTransport.providedBy(self.transport):
+            handle = self.transport.getHandle()
+            if isinstance(handle, socket.socket):
+                self._socket = handle
+        # Lines go out once per reactor turn already; Nagle would hold a small reply until the
+        # client's delayed ACK (~40 ms) whenever an earlier segment is still unacknowledged.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)  # TLS passes it to the TCP transport
+        if no_delay is not None:
+            try:
+                no_delay(True)
+            except OSError:
+                pass  # not a TCP socket (a UNIX socket)
         peer = self.transport.getPeer()
         if self._admit(getattr(peer, "host", "unknown")):
             self._start()
@@ -339,12 +471,14 @@ def _drop(data: bytes) -> None:
 class IRCFactory(Factory):
     """Makes :class:`IRCProtocol` instances for one listener; all listeners share the server and limiter."""
 
-    def __init__(self, server: IRCServer, limiter: ConnectionLimiter, clock: Any, secure: bool = False) -> None:
+    def __init__(self, server: IRCServer, limiter: ConnectionLimiter, clock: Any, secure: bool = False,
+                 reactor: Any = None, flusher: Optional[OutputFlusher] = None) -> None:
         self.server = server
         self.limiter = limiter
         self.clock = clock
         self.config = server.config
         self.secure = secure
+        self.flusher = flusher if flusher is not None else OutputFlusher(reactor)
 
     def buildProtocol(self, addr: Any) -> IRCProtocol:
         proto = IRCProtocol(self.secure)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional, Self
 
 from freeq.irc.names import fold
 from freeq.state.masks import compile_masks
@@ -39,7 +40,7 @@ class Channel:
     __slots__ = (
         "name", "folded", "members", "modes", "key", "limit", "topic", "topic_setter",
         "topic_time", "created", "lists", "_compiled", "founder", "did_ops", "persisted",
-        "invited_accounts",
+        "invited_accounts", "table",
     )
 
     def __init__(self, name: str, now: float) -> None:
@@ -59,6 +60,7 @@ class Channel:
         self.did_ops: dict[str, tuple[str, int]] = {}  # DID -> (granted by, when)
         self.persisted = False
         self.invited_accounts: set[str] = set()  # INVITEs that follow a DID (any of its connections)
+        self.table: Optional[ChannelTable] = None  # the server's table holding this channel, which counts it
 
     # -- persistence --------------------------------------------------------
     def has_state(self) -> bool:
@@ -93,12 +95,17 @@ class Channel:
     # -- membership -------------------------------------------------------
     def add(self, user: User, status: int = 0) -> None:
         """Add a member."""
-        self.members[user] = status
+        members = self.members
+        if not members and self.table is not None:
+            self.table.formed += 1
+        members[user] = status
         user.channels[self.folded] = self
 
     def remove(self, user: User) -> None:
         """Remove a member (no-op if absent)."""
-        self.members.pop(user, None)
+        members = self.members
+        if members.pop(user, _ABSENT) is not _ABSENT and not members and self.table is not None:
+            self.table.formed -= 1
         user.channels.pop(self.folded, None)
 
     def status(self, user: User) -> int:
@@ -166,3 +173,80 @@ class Channel:
 
     def __repr__(self) -> str:
         return f"<Channel {self.name} {len(self.members)}>"
+
+
+_ABSENT = object()
+
+
+class ChannelTable(dict[str, Channel]):
+    """The server's channels by folded name, counting those with members (``formed``, for LUSERS).
+
+    A channel in the table adjusts ``formed`` itself when its first member joins or its last
+    leaves (:meth:`Channel.add`, :meth:`Channel.remove`); persisted channels nobody is in stay
+    uncounted. Every way of putting a channel in or taking it out keeps the count.
+    """
+
+    __slots__ = ("formed",)
+
+    def __init__(self, items: Iterable[tuple[str, Channel]] = ()) -> None:
+        super().__init__()
+        self.formed = 0
+        for key, chan in items:
+            self[key] = chan
+
+    def _take(self, chan: Channel) -> None:
+        chan.table = self
+        if chan.members:
+            self.formed += 1
+
+    def _release(self, chan: Channel) -> None:
+        if chan.table is self:
+            chan.table = None
+            if chan.members:
+                self.formed -= 1
+
+    def __setitem__(self, key: str, chan: Channel) -> None:
+        old = self.get(key)
+        if old is chan:
+            return
+        if old is not None:
+            self._release(old)
+        super().__setitem__(key, chan)
+        self._take(chan)
+
+    def __delitem__(self, key: str) -> None:
+        chan = self[key]
+        super().__delitem__(key)
+        self._release(chan)
+
+    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
+        if key not in self:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        chan = super().pop(key)
+        self._release(chan)
+        return chan
+
+    def popitem(self) -> tuple[str, Channel]:
+        key, chan = super().popitem()
+        self._release(chan)
+        return key, chan
+
+    def setdefault(self, key: str, default: Channel) -> Channel:  # type: ignore[override]
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, chan in dict(*args, **kwargs).items():
+            self[key] = chan
+
+    def clear(self) -> None:
+        for chan in self.values():
+            self._release(chan)
+        super().clear()
+
+    def __ior__(self, other: Any) -> Self:  # type: ignore[override, misc]
+        self.update(other)
+        return self

@@ -15,17 +15,26 @@ TC_ACCOUNT = 4  # account-tag
 
 GUEST_HOST = "freeq/guest"
 
+#: What a user starts with: shared, so an idle connection carries no empty sets of its own.
+NO_MODES: frozenset[str] = frozenset()
+NO_CAPS: frozenset[str] = frozenset()
+
 
 class User:
     """One client session. Holds no transport: ``write`` is a callable that the
     connection layer installs (a byte sink), and ``conn`` is opaque to the model.
+
+    Most users never have modes, invites or MONITOR entries, so those cost nothing until used:
+    ``modes`` is a frozenset replaced on change (set it through ``IRCServer.set_user_mode``,
+    which keeps the LUSERS counts), and ``invites``/``monitoring`` are made on first access
+    (:meth:`invited_to`, :meth:`forget_invite` and :meth:`monitored_nicks` read without making them).
     """
 
     __slots__ = (
         "write", "conn", "nick", "folded", "username", "realname", "host", "ip",
         "account", "modes", "away", "caps", "tagclass", "channels", "registered",
         "signon", "last_active", "cap_version", "cap_negotiating", "nick_given",
-        "user_given", "pass_ok", "monitoring", "invites", "server", "hostmask", "sasl", "handle", "session_key",
+        "user_given", "pass_ok", "_monitoring", "_invites", "server", "hostmask", "sasl", "handle", "session_key",
         "__weakref__",
     )
 
@@ -39,9 +48,9 @@ class User:
         self.realname = ""
         self.host = GUEST_HOST
         self.account: Optional[str] = None
-        self.modes: set[str] = set()
+        self.modes: frozenset[str] | set[str] = NO_MODES
         self.away: Optional[str] = None
-        self.caps: frozenset[str] = frozenset()
+        self.caps: frozenset[str] = NO_CAPS
         self.tagclass = 0
         self.channels: dict[str, "Channel"] = {}
         self.registered = False
@@ -52,13 +61,53 @@ class User:
         self.nick_given = False
         self.user_given = False
         self.pass_ok = False
-        self.monitoring: set[str] = set()
-        self.invites: set[str] = set()
+        self._monitoring: Optional[set[str]] = None
+        self._invites: Optional[set[str]] = None
         self.server = server
         self.hostmask = "*!~u@" + GUEST_HOST
         self.sasl: Any = None  # freeq.auth.sasl.SaslExchange once AUTHENTICATE is used
         self.handle: Optional[str] = None  # AT Protocol handle of the account
         self.session_key: Optional[bytes] = None  # MSGSIG Ed25519 public key
+
+    @property
+    def monitoring(self) -> set[str]:
+        """The folded nicks this user MONITORs (made on first access)."""
+        watched = self._monitoring
+        if watched is None:
+            watched = self._monitoring = set()
+        return watched
+
+    @monitoring.setter
+    def monitoring(self, value: set[str]) -> None:
+        self._monitoring = value
+
+    def monitored_nicks(self) -> list[str]:
+        """A copy of :attr:`monitoring`, without making the set."""
+        return list(self._monitoring) if self._monitoring else []
+
+    @property
+    def invites(self) -> set[str]:
+        """The folded channels this user was INVITEd to (made on first access)."""
+        invites = self._invites
+        if invites is None:
+            invites = self._invites = set()
+        return invites
+
+    @invites.setter
+    def invites(self, value: set[str]) -> None:
+        self._invites = value
+
+    def invited_to(self, folded: str) -> bool:
+        """Whether an INVITE to channel ``folded`` is pending."""
+        return self._invites is not None and folded in self._invites
+
+    def forget_invite(self, folded: str) -> None:
+        """Drop a pending INVITE to channel ``folded`` (the set goes when it is empty)."""
+        invites = self._invites
+        if invites:
+            invites.discard(folded)
+            if not invites:
+                self._invites = None
 
     def set_nick(self, nick: str) -> None:
         """Change the nick (the registry's map is updated by :class:`ServerState`)."""

@@ -28,6 +28,11 @@ log = Logger()
 SCHEMA_VERSION = 1
 #: Queued writes kept while the disk refuses them, before the oldest are dropped (and logged).
 MAX_PENDING_WRITES = 200_000
+#: Per-target row counts kept in memory for the history cap; past this many targets they are re-read.
+MAX_COUNTED_TARGETS = 100_000
+
+_INSERT_MESSAGE = ("INSERT OR IGNORE INTO messages(target, msgid, time_ms, command, sender, account, shown_to, "
+                   "key_fp, payload) VALUES (?,?,?,?,?,?,?,?,?)")
 
 
 class StoreError(Exception):
@@ -85,6 +90,10 @@ class Store:
         self.reactor = reactor
         self.flush_interval = flush_interval
         self.max_messages_per_target = max_messages_per_target
+        # A target is trimmed back to the cap only once it is this far over it: trimming on every
+        # group commit cost a third of the DB thread (one DELETE per touched target per flush).
+        self.trim_slack = max_messages_per_target // 10
+        self._row_counts: dict[str, int] = {}  # target -> rows stored (an upper bound); DB thread only
         self.retention_days = retention_days
         self.cipher: Optional[MessageCipher] = None
         self.pool: Optional[ThreadPool] = None
@@ -314,23 +323,27 @@ class Store:
 
     def _apply(self, ops: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
         conn = self.conn
-        touched: set[str] = set()
+        added: dict[str, int] = {}
+        rows: list[tuple[Any, ...]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for kind, args in ops:
-                getattr(self, "_op_" + kind)(conn, *args)
                 if kind == "message":
-                    touched.add(args[0])
-            if self.max_messages_per_target:
-                for target in touched:
-                    conn.execute(
-                        "DELETE FROM messages WHERE target=? AND id <= (SELECT id FROM messages WHERE target=? "
-                        "ORDER BY id DESC LIMIT 1 OFFSET ?)", (target, target, self.max_messages_per_target))
+                    rows.append(self._message_row(*args))
+                    added[args[0]] = added.get(args[0], 0) + 1
+                else:
+                    getattr(self, "_op_" + kind)(conn, *args)
+            if rows:
+                conn.executemany(_INSERT_MESSAGE, rows)  # history has no ordering ties with the other tables
+            counts = self._trim(conn, added) if self.max_messages_per_target else {}
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # on SQLITE_FULL SQLite rolls back itself; keep the real error
                 conn.execute("ROLLBACK")
             raise
+        if len(self._row_counts) + len(counts) > MAX_COUNTED_TARGETS:
+            self._row_counts.clear()
+        self._row_counts.update(counts)  # only once committed: a rolled-back trim must not be believed
         if self._failing:
             self._failing = False
             self.reactor.callFromThread(log.info, "Database writes recovered")
@@ -382,13 +395,44 @@ class Store:
 
     def _op_message(self, conn: sqlite3.Connection, target: str, msgid: str, time_ms: int, command: str,
                     sender: str, account: Optional[str], shown_to: str, text: str, tags: dict[str, str]) -> None:
+        conn.execute(_INSERT_MESSAGE, self._message_row(target, msgid, time_ms, command, sender, account, shown_to,
+                                                        text, tags))
+
+    def _message_row(self, target: str, msgid: str, time_ms: int, command: str, sender: str,
+                     account: Optional[str], shown_to: str, text: str, tags: dict[str, str]) -> tuple[Any, ...]:
+        """The ``messages`` row of one queued message, its text and tags encrypted."""
         assert self.cipher is not None, "use_cipher() before storing messages"
         body = json.dumps({"text": text, "tags": tags}, separators=(",", ":")).encode()
         payload = self.cipher.encrypt(body, msgid, target)
-        conn.execute(
-            "INSERT OR IGNORE INTO messages(target, msgid, time_ms, command, sender, account, shown_to, key_fp, "
-            "payload) VALUES (?,?,?,?,?,?,?,?,?)",
-            (target, msgid, time_ms, command, sender, account, shown_to, self.cipher.fingerprint, payload))
+        return (target, msgid, time_ms, command, sender, account, shown_to, self.cipher.fingerprint, payload)
+
+    def _trim(self, conn: sqlite3.Connection, added: dict[str, int]) -> dict[str, int]:
+        """Cut each target that ``added`` took past the cap plus the slack back to its newest rows.
+
+        Returns the new row counts. A count is read once per target (``COUNT(*)``), then kept up to
+        date; it may run high (an ignored duplicate, a retention pass), which only makes the next
+        trim come early, and a trim that deletes nothing re-reads it.
+        """
+        cap = self.max_messages_per_target
+        limit = cap + self.trim_slack
+        known = self._row_counts
+        counts: dict[str, int] = {}
+        for target, n in added.items():
+            count = known.get(target)
+            if count is None:
+                count = conn.execute("SELECT COUNT(*) FROM messages WHERE target=?", (target,)).fetchone()[0]
+            else:
+                count += n
+            if count > limit:
+                deleted = conn.execute(
+                    "DELETE FROM messages WHERE target=? AND id <= (SELECT id FROM messages WHERE target=? "
+                    "ORDER BY id DESC LIMIT 1 OFFSET ?)", (target, target, cap)).rowcount
+                if deleted > 0:
+                    count = cap
+                else:
+                    count = conn.execute("SELECT COUNT(*) FROM messages WHERE target=?", (target,)).fetchone()[0]
+            counts[target] = count
+        return counts
 
     def _retention_guarded(self) -> Optional[defer.Deferred]:
         if self.pool is None:
@@ -397,6 +441,7 @@ class Store:
 
         def prune() -> None:
             self.conn.execute("DELETE FROM messages WHERE time_ms < ?", (cutoff,))
+            self._row_counts.clear()  # re-read on the next write to each target
 
         d = self._in_thread(prune)
         d.addErrback(lambda f: log.failure("retention pruning failed", f))

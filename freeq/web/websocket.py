@@ -25,7 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from freeq.core.server import IRCServer
-from freeq.irc.protocol import SERVER_FULL, ClientConnection, ConnectionLimiter, log_refusal
+from freeq.irc.protocol import SERVER_FULL, ClientConnection, ConnectionLimiter, OutputFlusher, log_refusal
 from freeq.web.http import error_response
 from freeq.web.proxy import ProxyPolicy
 
@@ -89,7 +89,7 @@ class IRCWebSocketProtocol(ClientConnection, WebSocketServerProtocol):  # type: 
             self.dropConnection(abort=False)
 
     def _send_lines(self, data: bytes) -> None:
-        """The byte sink the model writes to: each CRLF-terminated line becomes one message."""
+        """The sink of the buffered output (one or more CRLF-terminated lines): each line becomes one message."""
         if self.state != WebSocketServerProtocol.STATE_OPEN:
             return
         for line in data.split(b"\n"):
@@ -118,6 +118,8 @@ class IRCWebSocketFactory(WebSocketServerFactory):
         self.limiter = limiter
         self.clock = clock
         self.config = server.config
+        # A connection's lines of one reactor turn reach _send_lines together; each still gets its own frame.
+        self.flusher = OutputFlusher(reactor)
         # Bigger than any line we accept (those get 417 like on TCP), small enough to bound memory.
         hard_limit = 4 * (self.config.max_line_bytes + self.config.max_tag_bytes)
         self.setProtocolOptions(
