@@ -571,3 +571,24 @@ class LusersCountTests(ServerTestCase):
         self.send(alice, "PART #kept")
         self.assertIn("#kept", self.server.channels)
         self.assertEqual(self.server.channels.formed, 0)
+
+
+class IdleTimeTests(ServerTestCase):
+    """WHOIS idle time counts from the last message, not from keepalives."""
+
+    def idle_of(self, asker: User, sink: list[bytes], nick: str) -> int:
+        sink.clear()
+        self.send(asker, f"WHOIS {nick}")
+        line = next(parse(l.decode().rstrip("\r\n")) for l in sink if b" 317 " in l)
+        assert line is not None
+        return int(line.params[2])
+
+    def test_ping_does_not_reset_idle_but_privmsg_does(self) -> None:
+        """A PING keeps the connection alive without resetting 317; a PRIVMSG resets it."""
+        alice, _sa, _ca = self.register("alice")
+        bob, sb, _cb = self.register("bob")
+        self.clock.advance(100)
+        self.send(alice, "PING keepalive")
+        self.assertGreaterEqual(self.idle_of(bob, sb, "alice"), 100)
+        self.send(alice, "PRIVMSG bob :hi")
+        self.assertEqual(self.idle_of(bob, sb, "alice"), 0)

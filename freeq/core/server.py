@@ -1252,6 +1252,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
     def _message(self, user: User, msg: Message, command: str) -> None:
         notice = command == "NOTICE"
         tagmsg = command == "TAGMSG"
+        if not tagmsg:
+            user.last_spoke = user.last_active  # WHOIS idle counts from the last message, not PINGs
         params = msg.params
         if not params or not params[0]:
             if not notice:
@@ -1462,7 +1464,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             if other.away is not None:
                 self.num(user, "301", other.nick, other.away)
             now = self.clock.seconds()
-            self.num(user, "317", other.nick, str(int(now - other.last_active)), str(int(other.signon)),
+            self.num(user, "317", other.nick, str(int(now - other.last_spoke)), str(int(other.signon)),
                      "seconds idle, signon time")
             self.num(user, "318", other.nick, "End of /WHOIS list.")
 
@@ -1549,7 +1551,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
                     out.append({
                         "t": token or "0", "c": channame, "u": other.username, "i": "255.255.255.255",
                         "h": other.host, "s": other.server, "n": other.nick, "f": flags, "d": "0",
-                        "l": str(int(self.clock.seconds() - other.last_active)),
+                        "l": str(int(self.clock.seconds() - other.last_spoke)),
                         "a": other.account or "0", "o": "n/a", "r": other.realname,
                     }[f])
                 if out:

@@ -33,7 +33,7 @@ class User:
     __slots__ = (
         "write", "conn", "nick", "folded", "username", "realname", "host", "ip",
         "account", "modes", "away", "caps", "tagclass", "channels", "registered",
-        "signon", "last_active", "cap_version", "cap_negotiating", "nick_given",
+        "signon", "last_active", "last_spoke", "cap_version", "cap_negotiating", "nick_given",
         "user_given", "pass_ok", "_monitoring", "_invites", "server", "hostmask", "sasl", "handle", "session_key",
         "__weakref__",
     )
@@ -55,7 +55,8 @@ class User:
         self.channels: dict[str, "Channel"] = {}
         self.registered = False
         self.signon = now
-        self.last_active = now
+        self.last_active = now  # any line (keepalive, ping timeout)
+        self.last_spoke = now  # PRIVMSG/NOTICE only (WHOIS idle time)
         self.cap_version = 0
         self.cap_negotiating = False
         self.nick_given = False
