@@ -179,6 +179,9 @@ class Federation:
         self._pending_users: set[User] = set()
         self._flush_call: Any = None
         self._creating: Optional[str] = None
+        # (uid, folded channel) -> signature of the last join event we emitted for that local user: a
+        # ``refuse`` must quote it (only a server that really received that join knows it).
+        self.sent_joins: dict[tuple[str, str], str] = {}
 
     # ==========================================================================================
     # Helpers
@@ -268,15 +271,15 @@ class Federation:
             return
         self.transport.send(link.link_id, frame)
 
-    def _emit(self, kind: str, fields: dict[str, Any], to: Optional[str] = None) -> None:
-        """Sign and send one event originating here."""
+    def _emit(self, kind: str, fields: dict[str, Any], to: Optional[str] = None) -> Optional[dict[str, Any]]:
+        """Sign and send one event originating here (returns it, or ``None`` when nothing was sent)."""
         if to is None:
             targets = self.open_links()
         else:
             link = self._link_of_origin(to)
             targets = [link] if link is not None and link.state == "open" else []
         if not targets:
-            return
+            return None
         stream = to or "*"
         seq = self.out_seq[stream] = self.out_seq.get(stream, 0) + 1
         event = {"type": kind, "origin": self.me, "epoch": self.epoch, "seq": seq, "to": to,
@@ -287,9 +290,10 @@ class Federation:
             frame = P.encode_message(event, self.max_frame)
         except FrameError as e:
             log.error("S2S {kind} event not sent: {error}", kind=kind, error=str(e))
-            return
+            return None
         for link in targets:
             self.transport.send(link.link_id, frame)
+        return event
 
     def _warn_rejected(self, link: PeerLink, what: str, reason: str, **kw: Any) -> None:
         """Log (a burst of 20, then 2 per second per link) and count a rejected event."""
@@ -1037,6 +1041,9 @@ class Federation:
             reason = self._join_refusal(chan, user, key)
             if reason is not None:
                 self._warn_rejected(ctx.link, "join", f"unauthorized: {reason}", nick=user.nick, channel=chan.name)
+                # Tell the user's home server, which takes the user out everywhere (see _ev_refuse).
+                self._emit("refuse", {"uid": uid, "channel": chan.name, "reason": reason.split()[0],
+                                      "join": ctx.ev["sig"]}, to=ctx.origin)
                 return False
             if not fresh and creation is not None and ctx.link.trust == "full":
                 # Both sides created the channel while unaware of each other: the earlier creation wins
@@ -1092,6 +1099,37 @@ class Federation:
         if chan is None or user not in chan.members:
             return True
         self._remote_part(user, chan, reason)
+        return True
+
+    def _ev_refuse(self, ctx: "_Ctx") -> bool:
+        """A server refused the join of one of our users (+b/+i/+k/+l in its view): the user leaves the
+        channel here (local clients see a KICK from that server) and a ``part`` tells everyone else.
+
+        Only believed when routed to us, for a local user who is still in the channel, quoting the
+        signature of our latest join event for that user and channel (so the refuser really received
+        that join, and a stale refusal cannot undo a later rejoin). ``full`` links only (trust check)."""
+        uid = P.uid(ctx.ev, "uid")
+        name, chan = self._channel(ctx)
+        code = P.get(ctx.ev, "reason", str)
+        join_sig = P.get(ctx.ev, "join", str)
+        if code not in ("+b", "+i", "+k", "+l"):
+            raise ProtocolError("bad refusal reason")
+        user = self.local_user_by_uid(uid) if ctx.ev.get("to") == self.me else None
+        if (user is None or chan is None or user not in chan.members
+                or self.sent_joins.get((uid, chan.folded)) != join_sig):
+            self._warn_rejected(ctx.link, "refusal", "unauthorized: not for a current join of our user",
+                                origin=P.short_id(ctx.origin), uid=uid, channel=name)
+            return False
+        info = self.servers.get(ctx.origin)
+        where = info.name if info is not None else P.short_id(ctx.origin)
+        text = f"Cannot join channel ({code}) on {where}"
+        log.info("S2S join of {nick} to {channel} refused by {server} ({code}): removed here too",
+                 nick=user.nick, channel=chan.name, server=where, code=code)
+        self.server.broadcast(chan.members, build_text(where, "KICK", chan.name, user.nick, text))
+        for device in self.server.group(user):
+            if device in chan.members:
+                self.server._part_channel(chan, device)
+        self.local_part(user, chan, text)  # the rest of the network sees an ordinary part
         return True
 
     def _is_chanop(self, chan: Channel, user: User) -> bool:
@@ -1346,13 +1384,16 @@ class Federation:
                                   "status": _status_str(chan.members[user]), "ops": ops}
         if key is not None and chan.key is not None:
             fields["key"] = key
-        self._emit("join", fields)
+        event = self._emit("join", fields)
+        if event is not None:
+            self.sent_joins[(fields["uid"], chan.folded)] = event["sig"]
 
     def local_part(self, user: User, chan: Channel, reason: str = "") -> None:
         """A local user left ``chan``."""
         if not self._local(user):
             return
         self._emit("part", {"uid": self.uid(user), "channel": chan.name, "reason": reason[:400]})
+        self.sent_joins.pop((self.uid(user), chan.folded), None)
         self._forget_channel_if_gone(chan.folded)
 
     def local_kick(self, user: User, chan: Channel, victim: User, reason: str) -> None:
@@ -1419,6 +1460,11 @@ class Federation:
         now = self.clock.seconds()
         for folded in list(self.crdts):
             self._forget_channel_if_gone(folded)
+        for uid, folded in list(self.sent_joins):  # joins whose user has left (kicked, quit) since
+            user = self.local_user_by_uid(uid)
+            chan = self.server.channels.get(folded)
+            if user is None or chan is None or user not in chan.members:
+                del self.sent_joins[(uid, folded)]
         for link in list(self.links.values()):
             try:
                 if link.state == "hello" and now - link.opened > self.ping_timeout:

@@ -42,7 +42,9 @@ _HEADER = struct.Struct(">I")
 #: Event kinds (signed, sequenced, rate limited) and what they may change.
 PRESENCE_KINDS = frozenset({"user", "nick", "quit", "join", "part"})
 MESSAGE_KINDS = frozenset({"msg"})
-STATE_KINDS = frozenset({"topic", "mode", "kick", "invite"})
+#: ``refuse`` (routed to a joiner's home server: "your user's join was refused here") removes a member,
+#: like a kick, so it is channel state: only ``full`` links may deliver it.
+STATE_KINDS = frozenset({"topic", "mode", "kick", "invite", "refuse"})
 EVENT_KINDS = PRESENCE_KINDS | MESSAGE_KINDS | STATE_KINDS
 #: Control frames (not events): handshake, snapshot, keepalive, resync request.
 CONTROL_KINDS = frozenset({"hello", "burst", "ping", "pong", "resync"})
