@@ -439,9 +439,10 @@ class IRCProtocol(ClientConnection, Protocol):
 
     def connectionMade(self) -> None:
         self._sink = self.transport.write
-        # Plain TCP only: under TLS (or any wrapper) the transport is not an ITCPTransport, and the
-        # TLS layer must never be bypassed; there getHandle() is the TLS connection anyway.
-        if ITCPTransport.providedBy(self.transport):
+        # Plain TCP only: the TLS layer must never be bypassed. A TLS wrapper also claims
+        # ITCPTransport, so both the listener's own flag and the handle's type are checked (under
+        # TLS getHandle() is the OpenSSL connection, not a socket).
+        if not self.secure and ITCPTransport.providedBy(self.transport):
             handle = self.transport.getHandle()
             if isinstance(handle, socket.socket):
                 self._socket = handle
