@@ -122,8 +122,10 @@ class Config:
 
     def validate(self) -> "Config":
         """Check cross-field rules; raise :class:`ConfigError` with a one-line message."""
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,62}", self.server_name or ""):  # same rule as tap
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,62}", self.server_name or ""):
             raise ConfigError(f"--server-name: {self.server_name!r} must be one word (letters, digits, dots, dashes)")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-_]{0,62}", self.network_name or ""):
+            raise ConfigError(f"--network-name: {self.network_name!r} must be one word (letters, digits, dots, dashes)")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key must be given together")
         for name in ("max_connections_per_ip", "max_clients", "max_channels_per_user", "max_targets",

@@ -188,12 +188,6 @@ def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) 
     motd = _read_motd(options.get("motd"), options.get("motd-file"))
     values["motd"] = motd
     values["plugins"] = tuple(options.get("plugin") or ())
-    import re
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,62}", values["server_name"] or ""):
-        raise ConfigError(f"--server-name: {values['server_name']!r} must be letters, digits, dots and dashes")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-_]{0,62}", values["network_name"] or ""):
-        raise ConfigError(f"--network-name: {values['network_name']!r} must be letters, digits, dots and dashes")
     return Config(**values).validate()
 
 

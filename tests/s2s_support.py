@@ -240,6 +240,24 @@ async def start_raw_peer(case: unittest.TestCase, name: str = "mallory", key: Op
     return peer
 
 
+async def link_raw_peer(case: unittest.TestCase, name: str, nick: str, trust: Optional[str] = None,
+                        rate: float = 100.0) -> tuple[Node, RawPeer, Any]:
+    """Server ``name`` linked to mallory, a scripted peer, after the handshake and burst; ``nick`` is a
+    local client that has joined (and so is op of) ``#chan``. Returns (node, mallory, client)."""
+    (kn, _idn), (km, idm) = keys(2)
+    node = await start_node(case, name, allowed=[idm], key=kn, rate=rate, trust={idm: trust} if trust else None)
+    mallory = await start_raw_peer(case, "mallory", key=km)
+    mallory.bridge.add_peer(node.address())
+    await wait_for(lambda: mallory.links, what="mallory's link")
+    mallory.hello()
+    await wait_for(lambda: any(l.state == "open" for l in node.federation.links.values()), what="handshake")
+    await wait_for(lambda: any(f.get("part") == "end" for f in mallory.frames), what=f"{name}'s burst")
+    client = await node.client(nick)
+    client.send("JOIN #chan")
+    await client.expect("366")
+    return node, mallory, client
+
+
 def channel_view(node: Node, name: str) -> dict[str, Any]:
     """Everything about a channel that must converge across servers (empty if the channel is unknown)."""
     chan = node.server.channels.get(name.lower())

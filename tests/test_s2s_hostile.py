@@ -8,7 +8,7 @@ from typing import Any, Optional
 from twisted.trial import unittest
 
 from freeq.s2s.protocol import EventSigner
-from tests.s2s_support import LogCapture, Node, RawPeer, keys, start_node, start_raw_peer, wait_for
+from tests.s2s_support import LogCapture, Node, RawPeer, keys, link_raw_peer, start_node, start_raw_peer, wait_for
 from tests.support import asynctest
 
 
@@ -18,19 +18,7 @@ class HostileBase(unittest.TestCase):
     async def linked(self, trust: Optional[str] = None, rate: float = 100.0) -> tuple[Node, RawPeer, Any]:
         """Server B (bob is op of #chan) linked to mallory, a scripted peer; returns (b, mallory, bob)."""
         self.logs = LogCapture(self)
-        (kb, idb), (km, idm) = keys(2)
-        b = await start_node(self, "b.test", allowed=[idm], key=kb, rate=rate,
-                             trust={idm: trust} if trust else None)
-        mallory = await start_raw_peer(self, "mallory", key=km)
-        mallory.bridge.add_peer(b.address())
-        await wait_for(lambda: mallory.links, what="mallory's link")
-        mallory.hello()
-        await wait_for(lambda: any(l.state == "open" for l in b.federation.links.values()), what="handshake")
-        await wait_for(lambda: any(f.get("part") == "end" for f in mallory.frames), what="B's burst")
-        bob = await b.client("bob")
-        bob.send("JOIN #chan")
-        await bob.expect("366")
-        return b, mallory, bob
+        return await link_raw_peer(self, "b.test", "bob", trust, rate)
 
     async def intro(self, mallory: RawPeer, b: Node, n: int = 1, nick: str = "mal", channel: Optional[str] = "#chan",
                     **extra: Any) -> str:

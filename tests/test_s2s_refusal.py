@@ -12,11 +12,9 @@ from tests.s2s_support import (
     Node,
     RawPeer,
     channel_view,
-    keys,
+    link_raw_peer,
     settle,
     start_line,
-    start_node,
-    start_raw_peer,
     wait_for,
 )
 from tests.support import asynctest
@@ -90,18 +88,7 @@ class ForgedRefusalTests(unittest.TestCase):
     async def linked(self, trust: Optional[str] = None) -> tuple[Node, RawPeer, Any]:
         """Server A (alice in #chan) linked to mallory, a scripted peer that saw alice's join."""
         self.logs = LogCapture(self)
-        (ka, _ida), (km, idm) = keys(2)
-        a = await start_node(self, "a.test", allowed=[idm], key=ka, trust={idm: trust} if trust else None)
-        mallory = await start_raw_peer(self, "mallory", key=km)
-        mallory.bridge.add_peer(a.address())
-        await wait_for(lambda: mallory.links, what="mallory's link")
-        mallory.hello()
-        await wait_for(lambda: any(l.state == "open" for l in a.federation.links.values()), what="handshake")
-        await wait_for(lambda: any(f.get("part") == "end" for f in mallory.frames), what="A's burst")
-        alice = await a.client("alice")
-        alice.send("JOIN #chan")
-        await alice.expect("366")
-        return a, mallory, alice
+        return await link_raw_peer(self, "a.test", "alice", trust)
 
     async def join_of(self, mallory: RawPeer, a: Node, nick: str) -> dict[str, Any]:
         uid = a.federation.uid(a.server.users[nick])
