@@ -300,6 +300,3 @@ class IdentityCommands:
         if signer is None:
             return None
         return str(signer.sign(user.account, target, text, second))
-
-
-SIG = SIG_TAG

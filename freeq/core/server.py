@@ -155,11 +155,6 @@ class IRCServer(HistoryCommands, IdentityCommands):
         out.discard(user)
         return out
 
-    def _server_tags(self, target: User, now: float) -> Optional[dict[str, str]]:
-        if target.tagclass & TC_TIME:
-            return {"time": server_time(now)}
-        return None
-
     def broadcast(self, users: Iterable[User], data: bytes, cap: Optional[str] = None,
                   fallback: Optional[bytes] = None) -> None:
         """Write ``data`` to each user (to those with ``cap`` if given; others get ``fallback``)."""
