@@ -16,7 +16,7 @@ from freeq.auth.sasl import (
 )
 from freeq.irc.names import fold
 from freeq.irc.parser import Message, build, build_text
-from freeq.signing import SIG_TAG, verify as verify_signature
+from freeq.signing import verify as verify_signature
 
 if TYPE_CHECKING:
     from freeq.auth.verify import VerifyResult
