@@ -1247,6 +1247,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
     def _message(self, user: User, msg: Message, command: str) -> None:
         notice = command == "NOTICE"
         tagmsg = command == "TAGMSG"
+        now = self.clock.seconds()  # one time per message: the time tag, the signature and history agree
         if not tagmsg:
             user.last_spoke = user.last_active  # WHOIS idle counts from the last message, not PINGs
         params = msg.params
@@ -1291,15 +1292,14 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 name = target[1:]
             tags = client_tags
             if user.account and not tagmsg:
-                sig = self.signature_tag(user, fold(name) if is_channel(name) else name, name, text, client_sig,
-                                         self.clock.seconds())
+                sig = self.signature_tag(user, fold(name) if is_channel(name) else name, name, text, client_sig, now)
                 if sig:
                     tags = dict(client_tags)
                     tags[SIG_TAG] = sig
             if is_channel(name):
-                self._channel_message(user, command, target, name, status_min, text, tags, notice)
+                self._channel_message(user, command, target, name, status_min, text, tags, notice, now)
             else:
-                self._private_message(user, command, target, text, tags, notice)
+                self._private_message(user, command, target, text, tags, notice, now)
 
     def _hook_message(self, user: User, command: str, target: str, text: str) -> Optional[str]:
         for hook in self.hooks:
@@ -1313,7 +1313,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         return None
 
     def _channel_message(self, user: User, command: str, target: str, name: str, status_min: int,
-                         text: str, client_tags: dict[str, str], notice: bool) -> None:
+                         text: str, client_tags: dict[str, str], notice: bool, now: float) -> None:
         chan = self.channels.get(fold(name))
         if chan is None:
             if not notice:
@@ -1343,14 +1343,14 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 recipients = [m for m, s in chan.members.items() if s]
         else:
             recipients = chan.members
-        msgid = self.deliver(user, command, target_display, text, client_tags, recipients)
+        msgid = self.deliver(user, command, target_display, text, client_tags, recipients, now=now)
         self.s2s_notify("message", user, command, target_display, chan, text, client_tags, msgid)
         if self.store is not None and not status_min:
-            self.store.append_message(chan.folded, msgid, self.clock.seconds(), command, user.hostmask, user.account,
+            self.store.append_message(chan.folded, msgid, now, command, user.hostmask, user.account,
                                       chan.name, text, client_tags)
 
     def _private_message(self, user: User, command: str, target: str, text: str,
-                         client_tags: dict[str, str], notice: bool) -> None:
+                         client_tags: dict[str, str], notice: bool, now: float) -> None:
         nick = target.split("@", 1)[0] if "@" in target else target
         other = self.users.get(fold(nick))
         if other is None or not other.registered:
@@ -1362,22 +1362,26 @@ class IRCServer(HistoryCommands, IdentityCommands):
         # Every device of the recipient gets it, and so do the sender's other devices (the conversation
         # stays in sync); deliver() skips the sending connection itself unless it asked for echo-message.
         recipients = set(self.group(other)) | set(self.group(user))
-        msgid = self.deliver(user, command, other.nick, text, client_tags, recipients, to_self=other is user)
+        msgid = self.deliver(user, command, other.nick, text, client_tags, recipients, to_self=other is user,
+                             now=now)
         self.s2s_notify("dm", user, command, other, text, client_tags, msgid)
         if self.store is not None and user.account and other.account:
             # Only conversations between accounts are kept: a guest nick can be taken by anyone later.
-            self.store.append_message(dm_key(user.account, other.account), msgid, self.clock.seconds(), command,
+            self.store.append_message(dm_key(user.account, other.account), msgid, now, command,
                                       user.hostmask, user.account, other.nick, text, client_tags)
 
     def deliver(self, sender: User, command: str, target: str, text: str, client_tags: dict[str, str],
-                recipients: Iterable[User], to_self: bool = False, msgid: Optional[str] = None) -> str:
+                recipients: Iterable[User], to_self: bool = False, msgid: Optional[str] = None,
+                now: Optional[float] = None) -> str:
         """Fan one message out. Serialised once per distinct tag class, then one write per recipient.
 
         The sender is skipped unless it negotiated ``echo-message`` (then it gets
-        its own copy, with the same ``msgid``).
+        its own copy, with the same ``msgid``). ``now`` is the message's time: pass the one used
+        for its signature and its history row so that all three agree.
         """
         self.metric("messages")
-        now = self.clock.seconds()
+        if now is None:
+            now = self.clock.seconds()
         msgid = msgid or self.ulid.new()
         variants: list[Optional[bytes]] = [None] * 8
         tagmsg = command == "TAGMSG"
