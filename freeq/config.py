@@ -119,6 +119,7 @@ class Config:
     s2s_peer_trust: tuple[tuple[str, str], ...] = ()  # (endpoint id, full|relay|readonly)
     s2s_open_federation: bool = False  # accept links from any peer (default: closed, allowlist only)
     s2s_rate: float = 100.0  # events per second accepted from each peer
+    s2s_max_remote_users: int = 10000  # users one link may introduce (everything behind it)
 
     def validate(self) -> "Config":
         """Check cross-field rules; raise :class:`ConfigError` with a one-line message."""
@@ -178,6 +179,8 @@ class Config:
             raise ConfigError(f"--iroh-host: {self.iroh_host!r} is not an IP address") from None
         if self.s2s_rate <= 0:
             raise ConfigError(f"--s2s-rate: must be positive, got {self.s2s_rate}")
+        if self.s2s_max_remote_users < 1:
+            raise ConfigError(f"--s2s-max-remote-users: must be at least 1, got {self.s2s_max_remote_users}")
         for peer in self.s2s_allowed_peers:
             parse_endpoint_id("--s2s-allowed-peers", peer)
         if (self.s2s_peers or self.s2s_allowed_peers or self.s2s_open_federation) and not self.iroh:

@@ -99,6 +99,8 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
      "s2s-trust"),
     ("s2s-rate", _D.s2s_rate, "Events per second accepted from each peer (token bucket; excess dropped).", "s2s_rate",
      _FLOAT),
+    ("s2s-max-remote-users", _D.s2s_max_remote_users, "Most remote users one peer link may introduce (excess refused).",
+     "s2s_max_remote_users", _INT),
 ]
 
 

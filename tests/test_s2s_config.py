@@ -57,14 +57,16 @@ class FlagTests(unittest.TestCase):
         """Federation is off by default; the relay mode default is the n0 relays; 100 events/s per peer."""
         config = parse()
         self.assertEqual((config.iroh, config.s2s_peers, config.s2s_allowed_peers, config.s2s_open_federation,
-                          config.s2s_rate, config.iroh_relay_mode), (False, (), (), False, 100.0, "default"))
+                          config.s2s_rate, config.iroh_relay_mode, config.s2s_max_remote_users),
+                         (False, (), (), False, 100.0, "default", 10000))
 
     def test_full_set(self) -> None:
         """Peers with and without direct addresses, the allowlist and trust levels parse (ids lower-cased)."""
         config = parse("--iroh", "--iroh-port", "7700", "--iroh-relay-mode", "disabled",
                        "--s2s-peers", f"{A.upper()}@127.0.0.1:7701, {B}",
                        "--s2s-allowed-peers", f"{A},{B}", "--s2s-peer-trust", f"{A}=relay,{B}=READONLY",
-                       "--s2s-rate", "50")
+                       "--s2s-rate", "50", "--s2s-max-remote-users", "25")
+        self.assertEqual(config.s2s_max_remote_users, 25)
         self.assertEqual(config.s2s_peers, ((A, "127.0.0.1", 7701), (B, None, None)))
         self.assertEqual(config.s2s_allowed_peers, (A, B))
         self.assertEqual(config.s2s_peer_trust, ((A, "relay"), (B, "readonly")))
@@ -87,6 +89,7 @@ class FlagTests(unittest.TestCase):
         self.assertIn("ID=full|relay|readonly", self.error("--iroh", "--s2s-peer-trust", A))
         self.assertIn("--iroh-relay-mode", self.error("--iroh", "--iroh-relay-mode", "sometimes"))
         self.assertIn("--s2s-rate", self.error("--iroh", "--s2s-rate", "0"))
+        self.assertIn("--s2s-max-remote-users", self.error("--iroh", "--s2s-max-remote-users", "0"))
         self.assertIn("--iroh-port", self.error("--iroh", "--iroh-port", "70000"))
 
     def test_s2s_flags_need_iroh(self) -> None:

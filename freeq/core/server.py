@@ -1679,7 +1679,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
                     break
                 if not valid_nick(nick, self.config.nick_len):
                     continue
-                user.monitoring.add(folded)
+                user.monitoring[folded] = nick
                 self.monitors.setdefault(folded, set()).add(user)
                 other = self.users.get(folded)
                 if other is not None and other.registered:
@@ -1699,18 +1699,18 @@ class IRCServer(HistoryCommands, IdentityCommands):
         elif sub in ("C", "c"):
             self._unmonitor(user, list(user.monitoring))
         elif sub in ("L", "l"):
-            names = sorted(user.monitoring)
+            names = sorted(user.monitoring.values(), key=fold)
             for i in range(0, len(names), 20):
                 self.num(user, "732", ",".join(names[i:i + 20]))
             self.num(user, "733", "End of MONITOR list")
         elif sub in ("S", "s"):
             online, offline = [], []
-            for folded in sorted(user.monitoring):
+            for folded, nick in sorted(user.monitoring.items()):
                 other = self.users.get(folded)
                 if other is not None and other.registered:
                     online.append(other.hostmask)
                 else:
-                    offline.append(folded)
+                    offline.append(nick)
             if online:
                 self.num(user, "730", ",".join(online))
             if offline:
@@ -1721,7 +1721,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         for folded in folded_nicks:
             if folded not in user.monitoring:
                 continue
-            user.monitoring.discard(folded)
+            user.monitoring.pop(folded, None)
             watchers = self.monitors.get(folded)
             if watchers is not None:
                 watchers.discard(user)
@@ -1736,7 +1736,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             if online is not None:
                 self.num(w, "730", online.hostmask)
             else:
-                self.num(w, "731", folded)
+                self.num(w, "731", w.monitoring.get(folded, folded))
 
     # ------------------------------------------------------------------
     # Server information

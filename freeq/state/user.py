@@ -62,7 +62,7 @@ class User:
         self.nick_given = False
         self.user_given = False
         self.pass_ok = False
-        self._monitoring: Optional[set[str]] = None
+        self._monitoring: Optional[dict[str, str]] = None
         self._invites: Optional[set[str]] = None
         self.server = server
         self.hostmask = "*!~u@" + GUEST_HOST
@@ -71,19 +71,19 @@ class User:
         self.session_key: Optional[bytes] = None  # MSGSIG Ed25519 public key
 
     @property
-    def monitoring(self) -> set[str]:
-        """The folded nicks this user MONITORs (made on first access)."""
+    def monitoring(self) -> dict[str, str]:
+        """The nicks this user MONITORs: folded nick -> the spelling it gave (made on first access)."""
         watched = self._monitoring
         if watched is None:
-            watched = self._monitoring = set()
+            watched = self._monitoring = {}
         return watched
 
     @monitoring.setter
-    def monitoring(self, value: set[str]) -> None:
+    def monitoring(self, value: dict[str, str]) -> None:
         self._monitoring = value
 
     def monitored_nicks(self) -> list[str]:
-        """A copy of :attr:`monitoring`, without making the set."""
+        """The folded nicks of :attr:`monitoring`, without making the dict."""
         return list(self._monitoring) if self._monitoring else []
 
     @property
