@@ -287,6 +287,22 @@ class WhoisTests(unittest.TestCase):
         self.assertEqual(line.params[2], "@#sec")
 
     @asynctest
+    async def test_whois_invisible_user_shows_public_channels_only(self) -> None:
+        """User mode +i does not hide public channels from WHOIS; +s/+p ones stay hidden from strangers."""
+        srv = await start_server(self)
+        alice = await srv.client("alice")
+        bob = await srv.client("bob")
+        alice.send("MODE alice +i")
+        await alice.expect("MODE")
+        await join(alice, "#pub")
+        await join(alice, "#hidden")
+        alice.send("MODE #hidden +s")
+        await alice.expect("MODE")
+        bob.send("WHOIS alice")
+        lines = await bob.collect_until("318")
+        self.assertEqual([l.params[2] for l in lines if l.command == "319"], ["@#pub"])
+
+    @asynctest
     async def test_whois_oper_away_tls(self) -> None:
         """WHOIS of a TLS, oper, away user includes 313, 301 and 671."""
         srv = await start_server(self, tls=True, oper_password="pw")

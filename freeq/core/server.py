@@ -1445,7 +1445,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self.num(user, "311", other.nick, other.username, other.host, "*", other.realname)
             chans = []
             for chan in other.channels.values():
-                if user in chan.members or not (chan.modes & {"s", "p"}) and ("i" not in other.modes or other is user):
+                # As on Solanum/InspIRCd: +s/+p channels only to co-members; user mode +i hides a user from
+                # WHO and NAMES of strangers, but a nick looked up by name shows its public channels.
+                if user in chan.members or not (chan.modes & {"s", "p"}):
                     chans.append(_prefix_chars(chan.members[other], "multi-prefix" in user.caps) + chan.name)
             if chans:
                 self.num(user, "319", other.nick, " ".join(chans))
