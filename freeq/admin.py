@@ -1,8 +1,9 @@
 """``freeq-admin``: offline maintenance of a data directory.
 
 ``freeq-admin rekey --data-dir DIR`` rotates the database encryption key without losing
-history: every stored message is re-encrypted under a fresh key in batches, each committed on
-its own, so killing the command at any point and running it again finishes the job. Only when
+history: every stored history chunk is re-encrypted under a fresh key in batches of chunks, each
+committed on its own, so killing the command at any point and running it again finishes the job.
+Format-1 rows (messages carried over from schema v1) are rewritten as format-2 chunks on the way. Only when
 no row is left under the old key does the database record the new key's fingerprint, and then
 the new key file atomically replaces the old one.
 
@@ -11,7 +12,9 @@ the new key file atomically replaces the old one.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sqlite3
 import sys
 from typing import Optional, Sequence
 
@@ -40,9 +43,31 @@ def default_db_path(data_dir: str) -> str:
     return os.path.join(data_dir, "freeq.db")
 
 
+def reencrypt_chunk(row: sqlite3.Row, old: MessageCipher, new: MessageCipher) -> bytes:
+    """The payload of history chunk ``row`` (either format) re-encrypted under ``new`` as format 2.
+
+    A format-1 row (a v1 message) becomes a one-message format-2 chunk: its clear v1 columns move
+    into the encrypted payload. Raises :class:`DecryptionError` if the row does not decrypt.
+    """
+    if row["format"] == 2:
+        plain = old.decrypt_chunk(row["payload"], row["target"], row["msgids"])
+    else:
+        try:
+            body = json.loads(old.decrypt(row["payload"], row["msgids"], row["target"]))
+            command, sender, account, shown_to = json.loads(row["legacy"])
+            columns = [[row["first_ms"]], [command], [sender], [account], [shown_to], [body["text"]],
+                       [body.get("tags", {})]]
+        except (ValueError, KeyError, TypeError):
+            raise DecryptionError(f"history row {row['id']} is malformed") from None
+        plain = json.dumps(columns, separators=(",", ":")).encode()  # the format-2 layout, see freeq.store.db
+    return new.encrypt_chunk(plain, row["target"], row["msgids"])
+
+
 def rekey(data_dir: str, db_path: Optional[str] = None, batch_size: int = 500,
           max_batches: Optional[int] = None, out=sys.stdout) -> bool:
     """Re-encrypt every stored message under a new key; return True when the rotation is complete.
+
+    ``batch_size`` counts history chunks (rows) per transaction.
 
     With ``max_batches`` it stops early (returning False) so a rotation can be staged; running
     it again resumes where it stopped.
@@ -74,10 +99,13 @@ def rekey(data_dir: str, db_path: Optional[str] = None, batch_size: int = 500,
             if recorded is not None and recorded != old_cipher.fingerprint:
                 raise AdminError(f"{key_path} does not match the database; refusing to rotate")
             batches = 0
-            done = conn.execute("SELECT COUNT(*) FROM messages WHERE key_fp=?", (new_cipher.fingerprint,)).fetchone()[0]
+            done = conn.execute("SELECT COALESCE(SUM(count), 0) FROM message_chunks WHERE key_fp=?",
+                                (new_cipher.fingerprint,)).fetchone()[0]
+            after = 0  # rows are visited in id order; a rerun starts over, skipping rows already done
             while True:
-                rows = conn.execute("SELECT id, msgid, target, payload FROM messages WHERE key_fp=? LIMIT ?",
-                                    (old_cipher.fingerprint, batch_size)).fetchall()
+                rows = conn.execute("SELECT id, target, first_ms, count, msgids, format, legacy, payload "
+                                    "FROM message_chunks WHERE id>? AND key_fp=? ORDER BY id LIMIT ?",
+                                    (after, old_cipher.fingerprint, batch_size)).fetchall()
                 if not rows:
                     break
                 if max_batches is not None and batches >= max_batches:
@@ -86,14 +114,21 @@ def rekey(data_dir: str, db_path: Optional[str] = None, batch_size: int = 500,
                     conn.close()
                     return False
                 conn.execute("BEGIN IMMEDIATE")
-                for r in rows:
-                    plain = old_cipher.decrypt(r["payload"], r["msgid"], r["target"])
-                    conn.execute("UPDATE messages SET payload=?, key_fp=? WHERE id=?",
-                                 (new_cipher.encrypt(plain, r["msgid"], r["target"]), new_cipher.fingerprint, r["id"]))
-                conn.execute("COMMIT")
+                try:
+                    for r in rows:
+                        payload = reencrypt_chunk(r, old_cipher, new_cipher)
+                        conn.execute("UPDATE message_chunks SET payload=?, key_fp=?, format=2, legacy=NULL WHERE id=?",
+                                     (payload, new_cipher.fingerprint, r["id"]))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
                 batches += 1
-                done += len(rows)
-            left = conn.execute("SELECT COUNT(*) FROM messages WHERE key_fp<>?", (new_cipher.fingerprint,)).fetchone()[0]
+                done += sum(r["count"] for r in rows)
+                after = rows[-1]["id"]
+            left = conn.execute("SELECT COALESCE(SUM(count), 0) FROM message_chunks WHERE key_fp<>?",
+                                (new_cipher.fingerprint,)).fetchone()[0]
             if left:
                 raise AdminError(f"{left} messages are under a key that is neither the old nor the new one; "
                                  f"nothing was swapped")
@@ -128,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = sub.add_parser("rekey", help="rotate db-encryption-key.secret, re-encrypting all stored messages")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--db-path", default=None, help="default: DATA_DIR/freeq.db")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=500, help="history chunks per transaction")
     p.add_argument("--max-batches", type=int, default=None, help="stop after N batches (resume later)")
     s = sub.add_parser("signing-keys", help="list message-signing public keys on record")
     s.add_argument("--data-dir", required=True)

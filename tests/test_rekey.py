@@ -15,8 +15,10 @@ from twisted.trial import unittest
 from freeq import admin
 from freeq.config import Config, ConfigError
 from freeq.store import keys
+from freeq.store.crypto import MessageCipher
 from freeq.store.service import open_persistence
 from tests.support import asynctest, sleep
+from tests.test_store import make_v1_database
 
 DM = "dm:did:plc:a did:plc:b"
 
@@ -31,8 +33,9 @@ class RekeyTests(unittest.TestCase):
         self.key_path = os.path.join(self.data_dir, keys.DB_ENCRYPTION_KEY)
         self.config = Config(listen=None, tls_listen=None, data_dir=self.data_dir)
 
-    async def populate(self, n: int) -> dict[str, str]:
-        """Store ``n`` messages (a channel and a DM) through a real store; return msgid -> text."""
+    async def populate(self, n: int, per_flush: int = 1) -> dict[str, str]:
+        """Store ``n`` messages (a channel and a DM) through a real store, committing every ``per_flush``
+        messages (so with 1, each is its own history chunk); return msgid -> text."""
         p = open_persistence(self.config, reactor, time.time())
         p.store.start()
         expected = {}
@@ -43,6 +46,8 @@ class RekeyTests(unittest.TestCase):
             p.store.append_message(target, msgid, base + i / 1000, "PRIVMSG", "alice!u@h", None, shown,
                                    f"text number {i}", {"+example/n": str(i)})
             expected[msgid] = f"text number {i}"
+            if (i + 1) % per_flush == 0:
+                await p.store.flush()
         await p.store.stop()
         os.close(p.lock_fd)
         return expected
@@ -66,7 +71,7 @@ class RekeyTests(unittest.TestCase):
     def key_counts(self) -> dict[str, int]:
         conn = sqlite3.connect(self.db)
         try:
-            return dict(conn.execute("SELECT key_fp, COUNT(*) FROM messages GROUP BY key_fp").fetchall())
+            return dict(conn.execute("SELECT key_fp, SUM(count) FROM message_chunks GROUP BY key_fp").fetchall())
         finally:
             conn.close()
 
@@ -171,6 +176,79 @@ class RekeyTests(unittest.TestCase):
         self.assertEqual(keys.fingerprint(self.read_key()), new_fp)
         self.assertEqual(self.recorded_fp(), new_fp)
         self.assertFalse(os.path.exists(self.key_path + ".new"))
+        self.assertEqual(await self.read_all(), expected)
+
+    def formats(self) -> dict[int, int]:
+        conn = sqlite3.connect(self.db)
+        try:
+            return dict(conn.execute("SELECT format, COUNT(*) FROM message_chunks GROUP BY format").fetchall())
+        finally:
+            conn.close()
+
+    @asynctest
+    async def test_mixed_formats_interrupted_and_resumed(self) -> None:
+        """Over a database upgraded from v1 (format-1 rows) that then stored multi-message chunks (format 2),
+        a rotation stopped half-way, and then crashed mid-batch, is finished by a rerun: every message
+        reads back, all of it as format 2 under the new key."""
+        key = os.urandom(32)
+        keys.write_secret_atomically(self.key_path, key)
+        base = int(time.time() * 1000) - 7200_000
+        expected = {}
+        rows = []
+        for i in range(60):
+            target, shown = ("#chan", "#chan") if i % 3 else (DM, "bob")
+            msgid = f"01V1{i:06d}"
+            rows.append((target, msgid, base + i, "PRIVMSG", "alice!u@h", None, shown, f"text number {i}",
+                         {"+example/n": str(i)}))
+            expected[msgid] = f"text number {i}"
+        make_v1_database(self.db, MessageCipher(key, keys.fingerprint(key)), rows)
+        expected.update(await self.populate(300, per_flush=10))  # upgrades the database first
+        self.assertTrue(os.path.exists(self.db + ".v1.bak"))
+        self.assertEqual(self.formats(), {1: 60, 2: 60})  # 300 messages in 60 chunks (two per commit)
+        old_fp = keys.fingerprint(key)
+
+        self.assertFalse(admin.rekey(self.data_dir, batch_size=20, max_batches=2, out=io.StringIO()))
+        new_fp = keys.fingerprint(self.read_key(self.key_path + ".new"))
+        self.assertEqual(self.formats(), {1: 20, 2: 100})
+        self.assertEqual(self.key_counts(), {old_fp: 20 + 60 * 5, new_fp: 40})
+        # A crash in the middle of a batch of format-2 chunks (the process dies; SQLite drops the open
+        # transaction exactly as the rollback here does).
+        real = admin.reencrypt_chunk
+        calls = []
+
+        class Crash(BaseException):
+            pass
+
+        def crashing(row: sqlite3.Row, old: MessageCipher, new: MessageCipher) -> bytes:
+            calls.append(row["format"])
+            if len(calls) == 32:
+                raise Crash()
+            return real(row, old, new)
+
+        self.patch(admin, "reencrypt_chunk", crashing)
+        with self.assertRaises(Crash):
+            admin.rekey(self.data_dir, batch_size=3, out=io.StringIO())
+        self.assertEqual(calls[:20], [1] * 20)
+        self.assertEqual(calls[20:], [2] * 12)
+        counts = self.key_counts()
+        self.assertEqual(sum(counts.values()), 360)
+        self.assertEqual(self.formats(), {2: 120})
+        conn = sqlite3.connect(self.db)
+        chunk_sizes = [n for (n,) in conn.execute(
+            "SELECT count FROM message_chunks WHERE format=2 AND key_fp=? ORDER BY id", (new_fp,))]
+        conn.close()
+        # Whole batches only: 10 batches of 3 committed (20 format-1 rows, 10 chunks), the 11th not at all.
+        self.assertEqual(len(chunk_sizes), 40 + 20 + 10)
+        self.assertEqual(counts[new_fp], sum(chunk_sizes))
+        self.assertGreater(counts[old_fp], 0)
+        self.assertEqual(self.recorded_fp(), old_fp)
+        self.patch(admin, "reencrypt_chunk", real)
+
+        out = io.StringIO()
+        self.assertTrue(admin.rekey(self.data_dir, batch_size=7, out=out))
+        self.assertIn("re-encrypted 360 messages", out.getvalue())
+        self.assertEqual(self.formats(), {2: 120})
+        self.assertEqual(self.key_counts(), {new_fp: 360})
         self.assertEqual(await self.read_all(), expected)
 
     @asynctest

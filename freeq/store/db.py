@@ -6,10 +6,16 @@ reactor thread and committed together every ``flush_interval`` seconds (group co
 return Deferreds. SQLite in WAL mode with ``synchronous=NORMAL`` keeps every committed
 transaction across a crash of the process, so a message is durable within one flush interval
 (0.2 s by default) of being delivered.
+
+History is stored in chunks (schema v2): each group commit turns the new messages of one
+conversation into one ``message_chunks`` row, encrypted as a whole, which costs far less per
+message than a row each (see docs/persistence.md and bench/store_micro.py).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import heapq
 import json
 import os
 import sqlite3
@@ -25,14 +31,34 @@ from freeq.store.crypto import DecryptionError, MessageCipher
 
 log = Logger()
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Queued writes kept while the disk refuses them, before the oldest are dropped (and logged).
 MAX_PENDING_WRITES = 200_000
 #: Per-target row counts kept in memory for the history cap; past this many targets they are re-read.
 MAX_COUNTED_TARGETS = 100_000
 
-_INSERT_MESSAGE = ("INSERT OR IGNORE INTO messages(target, msgid, time_ms, command, sender, account, shown_to, "
-                   "key_fp, payload) VALUES (?,?,?,?,?,?,?,?,?)")
+#: A chunk holds at most this many messages (bigger batches of one conversation are split) ...
+CHUNK_MAX_MESSAGES = 256
+#: ... and messages at most this far apart in time, so a time bound maps to a short index range.
+CHUNK_MAX_SPAN_MS = 60_000
+#: How many of the newest msgids the duplicate check remembers (seeded from the database on start).
+RECENT_MSGIDS = 100_000
+#: A msgid lookup first searches chunks this close to the time in a ULID msgid, then this far.
+MSGID_NEAR_MS = 2_000
+MSGID_SKEW_MS = 120_000
+#: Tag on a history message whose stored row does not decrypt.
+UNDECRYPTABLE = "+freeq.at/undecryptable"
+
+#: A message's place in a conversation: (time in ms, chunk id, position in the chunk).
+Key = tuple[int, int, int]
+_INF = 1 << 62
+_CHUNK_COLS = "id, target, first_ms, last_ms, count, msgids, key_fp, format, legacy, payload"
+_INSERT_CHUNK = ("INSERT INTO message_chunks(target, first_ms, last_ms, count, msgids, key_fp, format, payload) "
+                 "VALUES (?,?,?,?,?,?,2,?)")
+#: Exact membership of one msgid in a chunk's space-separated list (no LIKE wildcards).
+_HAS_MSGID = "instr(' ' || msgids || ' ', ' ' || ? || ' ') > 0"
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD_SET = frozenset(_CROCKFORD)
 
 
 class StoreError(Exception):
@@ -58,7 +84,7 @@ class ChannelRecord:
 
 @dataclasses.dataclass
 class StoredMessage:
-    """One history row, decrypted."""
+    """One history message, decrypted."""
 
     msgid: str
     time_ms: int
@@ -93,7 +119,10 @@ class Store:
         # A target is trimmed back to the cap only once it is this far over it: trimming on every
         # group commit cost a third of the DB thread (one DELETE per touched target per flush).
         self.trim_slack = max_messages_per_target // 10
-        self._row_counts: dict[str, int] = {}  # target -> rows stored (an upper bound); DB thread only
+        self._row_counts: dict[str, int] = {}  # target -> messages stored (an upper bound); DB thread only
+        # Duplicate check (INSERT OR IGNORE of v1): the newest RECENT_MSGIDS msgids; DB thread only.
+        self._recent: set[str] = set()
+        self._recent_order: Optional[list[str]] = None  # the same, oldest first
         self.retention_days = retention_days
         self.cipher: Optional[MessageCipher] = None
         self.pool: Optional[ThreadPool] = None
@@ -173,7 +202,9 @@ class Store:
                 self.conn.backup(dest)
             dest.close()
             log.info("Backed up {path} to {backup} before upgrading the schema", path=self.path, backup=backup)
-        scripts = ["v1.sql"] if version == 0 else [f"upgrade-{v}.sql" for v in range(version + 1, SCHEMA_VERSION + 1)]
+        # A new database runs v1.sql and then every upgrade, so fresh and upgraded ones are the same.
+        scripts = (["v1.sql"] if version == 0 else []) + [
+            f"upgrade-{v}.sql" for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1)]
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             for name in scripts:
@@ -255,6 +286,10 @@ class Store:
         """DIDs granted server-operator status in the database."""
         return {r[0] for r in self.conn.execute("SELECT did FROM oper_dids")}
 
+    def load_channel_crdts(self) -> dict[str, str]:
+        """folded channel -> serialized CRDT state, as saved by :meth:`save_channel_crdt`."""
+        return {r[0]: r[1] for r in self.conn.execute("SELECT channel, state FROM channel_crdt")}
+
     # ------------------------------------------------------------------
     # The DB thread
     # ------------------------------------------------------------------
@@ -322,31 +357,60 @@ class Store:
                          n=excess, total=self._dropped)
 
     def _apply(self, ops: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+        """Commit one group of queued writes; the messages of each conversation become one chunk."""
         conn = self.conn
-        added: dict[str, int] = {}
-        rows: list[tuple[Any, ...]] = []
+        if self._recent_order is None:
+            self._load_recent_msgids(conn)
+        by_target: collections.defaultdict[str, list[tuple[Any, ...]]] = collections.defaultdict(list)
+        stored: list[Sequence[str]] = []  # the msgids this batch stores, per chunk
         conn.execute("BEGIN IMMEDIATE")
         try:
             for kind, args in ops:
                 if kind == "message":
-                    rows.append(self._message_row(*args))
-                    added[args[0]] = added.get(args[0], 0) + 1
+                    by_target[args[0]].append(args)
                 else:
                     getattr(self, "_op_" + kind)(conn, *args)
-            if rows:
-                conn.executemany(_INSERT_MESSAGE, rows)  # history has no ordering ties with the other tables
-            counts = self._trim(conn, added) if self.max_messages_per_target else {}
+            if by_target:
+                rows: list[tuple[Any, ...]] = []
+                added: dict[str, int] = {}
+                for target, msgs in by_target.items():
+                    n = self._chunk_rows(target, msgs, rows, stored)
+                    if n:
+                        added[target] = n
+                conn.executemany(_INSERT_CHUNK, rows)  # history has no ordering ties with the other tables
+            counts = self._trim(conn, added) if self.max_messages_per_target and by_target else {}
             conn.execute("COMMIT")
         except BaseException:
+            self._recent.difference_update(*stored)  # not stored after all: a retry must not see duplicates
             if conn.in_transaction:  # on SQLITE_FULL SQLite rolls back itself; keep the real error
                 conn.execute("ROLLBACK")
             raise
+        order = self._recent_order
+        assert order is not None
+        for ids in stored:
+            order.extend(ids)
+        excess = len(order) - RECENT_MSGIDS
+        if excess > RECENT_MSGIDS // 4:  # forget the oldest in bulk (set and list operations in C)
+            self._recent.difference_update(order[:excess])
+            del order[:excess]
         if len(self._row_counts) + len(counts) > MAX_COUNTED_TARGETS:
             self._row_counts.clear()
         self._row_counts.update(counts)  # only once committed: a rolled-back trim must not be believed
         if self._failing:
             self._failing = False
             self.reactor.callFromThread(log.info, "Database writes recovered")
+
+    def _load_recent_msgids(self, conn: sqlite3.Connection) -> None:
+        """Seed the duplicate check with the newest stored msgids (the first write after a start)."""
+        newest: list[str] = []
+        for (msgids,) in conn.execute("SELECT msgids FROM message_chunks ORDER BY id DESC"):
+            newest.extend(reversed(msgids.split(" ")))
+            if len(newest) >= RECENT_MSGIDS:
+                break
+        del newest[RECENT_MSGIDS:]
+        newest.reverse()
+        self._recent_order = newest
+        self._recent = set(newest)
 
     # ------------------------------------------------------------------
     # Writes (queued; reactor thread)
@@ -359,15 +423,17 @@ class Store:
         """Forget a channel (its history is kept until retention removes it)."""
         self._pending.append(("delete_channel", (name,)))
 
+    def save_channel_crdt(self, folded: str, state: str) -> None:
+        """Insert or replace the federation CRDT state of channel ``folded``."""
+        self._pending.append(("channel_crdt", (folded, state)))
+
+    def delete_channel_crdt(self, folded: str) -> None:
+        """Forget the federation CRDT state of channel ``folded``."""
+        self._pending.append(("delete_channel_crdt", (folded,)))
+
     def bind_nick(self, folded: str, display: str, did: str, now: float) -> None:
         """Record that ``did`` owns ``display`` (replacing its previous nick)."""
         self._pending.append(("bind_nick", (folded, display, did, int(now))))
-
-    def append_message(self, target: str, msgid: str, now: float, command: str, sender: str,
-                       account: Optional[str], shown_to: str, text: str, tags: dict[str, str]) -> None:
-        """Queue one message for history; it is encrypted on the DB thread."""
-        self._pending.append(("message", (target, msgid, int(now * 1000), command, sender, account, shown_to,
-                                          text, tags)))
 
     def _op_channel(self, conn: sqlite3.Connection, rec: ChannelRecord) -> None:
         from freeq.irc.names import fold
@@ -388,30 +454,158 @@ class Store:
     def _op_delete_channel(self, conn: sqlite3.Connection, name: str) -> None:
         conn.execute("DELETE FROM channels WHERE name=?", (name,))
 
+    def _op_channel_crdt(self, conn: sqlite3.Connection, folded: str, state: str) -> None:
+        conn.execute("INSERT OR REPLACE INTO channel_crdt(channel, state) VALUES (?,?)", (folded, state))
+
+    def _op_delete_channel_crdt(self, conn: sqlite3.Connection, folded: str) -> None:
+        conn.execute("DELETE FROM channel_crdt WHERE channel=?", (folded,))
+
     def _op_bind_nick(self, conn: sqlite3.Connection, folded: str, display: str, did: str, ts: int) -> None:
         conn.execute("DELETE FROM nick_owners WHERE did=? OR nick=?", (did, folded))
         conn.execute("INSERT INTO nick_owners(nick, display, did, bound_at) VALUES (?,?,?,?)",
                      (folded, display, did, ts))
 
-    def _op_message(self, conn: sqlite3.Connection, target: str, msgid: str, time_ms: int, command: str,
-                    sender: str, account: Optional[str], shown_to: str, text: str, tags: dict[str, str]) -> None:
-        conn.execute(_INSERT_MESSAGE, self._message_row(target, msgid, time_ms, command, sender, account, shown_to,
-                                                        text, tags))
 
-    def _message_row(self, target: str, msgid: str, time_ms: int, command: str, sender: str,
-                     account: Optional[str], shown_to: str, text: str, tags: dict[str, str]) -> tuple[Any, ...]:
-        """The ``messages`` row of one queued message, its text and tags encrypted."""
-        assert self.cipher is not None, "use_cipher() before storing messages"
-        body = json.dumps({"text": text, "tags": tags}, separators=(",", ":")).encode()
-        payload = self.cipher.encrypt(body, msgid, target)
-        return (target, msgid, time_ms, command, sender, account, shown_to, self.cipher.fingerprint, payload)
+    def append_message(self, target: str, msgid: str, now: float, command: str, sender: str,
+                       account: Optional[str], shown_to: str, text: str, tags: dict[str, str]) -> None:
+        """Queue one message for history; it is encrypted, with its conversation's others, on the DB thread."""
+        self._pending.append(("message", (target, msgid, int(now * 1000), command, sender, account, shown_to,
+                                          text, tags)))
+
+    # ------------------------------------------------------------------
+    # History chunks (DB thread)
+    # ------------------------------------------------------------------
+    def _chunk_rows(self, target: str, msgs: list[tuple[Any, ...]], out: list[tuple[Any, ...]],
+                    stored: list[Sequence[str]]) -> int:
+        """Append to ``out`` the chunk rows of ``msgs`` (queued message tuples of one conversation, in
+        order) and to ``stored`` their msgids; return how many messages they hold.
+
+        A msgid already stored (among the newest ``RECENT_MSGIDS``) or repeated is skipped, as
+        v1's ``INSERT OR IGNORE`` did. Normally one row; more when there are over
+        ``CHUNK_MAX_MESSAGES`` or they span more than ``CHUNK_MAX_SPAN_MS`` (a batch held back by
+        a failing disk, a clock step).
+        """
+        recent = self._recent
+        cols = list(zip(*msgs))  # columns: target, msgid, time_ms, command, sender, account, shown_to, text, tags
+        ids = cols[1]
+        size = len(recent)
+        if recent.isdisjoint(ids):
+            recent.update(ids)
+            if len(recent) - size < len(ids):  # repeated within the batch: keep the first of each
+                seen: set[str] = set()
+                unique = []
+                for m in msgs:
+                    if m[1] not in seen:
+                        seen.add(m[1])
+                        unique.append(m)
+                msgs, cols = unique, list(zip(*unique))
+        else:
+            kept = []
+            for m in msgs:
+                if m[1] not in recent:
+                    recent.add(m[1])
+                    kept.append(m)
+            if not kept:
+                return 0
+            msgs, cols = kept, list(zip(*kept))
+        stored.append(cols[1])
+        times = cols[2]
+        lo, hi = min(times), max(times)
+        if len(msgs) <= CHUNK_MAX_MESSAGES and hi - lo <= CHUNK_MAX_SPAN_MS:
+            out.append(self._seal_chunk(target, cols, lo, hi))
+            return len(msgs)
+        part: list[tuple[Any, ...]] = []
+        for m in msgs:
+            t = m[2]
+            if part and (len(part) >= CHUNK_MAX_MESSAGES or max(hi, t) - min(lo, t) > CHUNK_MAX_SPAN_MS):
+                out.append(self._seal_chunk(target, list(zip(*part)), lo, hi))
+                part = []
+            if not part:
+                lo = hi = t
+            part.append(m)
+            lo, hi = min(lo, t), max(hi, t)
+        out.append(self._seal_chunk(target, list(zip(*part)), lo, hi))
+        return len(msgs)
+
+    def _seal_chunk(self, target: str, cols: Sequence[Sequence[Any]], lo: int, hi: int) -> tuple[Any, ...]:
+        """The ``message_chunks`` row (format 2) of messages of ``target`` from ``lo`` to ``hi`` ms, given
+        as the columns of their queued tuples (target, msgid, time_ms, command, ..., tags)."""
+        cipher = self.cipher
+        assert cipher is not None, "use_cipher() before storing messages"
+        msgids = " ".join(cols[1])
+        # The payload is the columns time_ms, command, sender, account, shown_to, text, tags (JSON
+        # arrays, in chunk order); target and msgids are bound as associated data instead.
+        plain = json.dumps(cols[2:], separators=(",", ":")).encode()
+        return (target, lo, hi, len(cols[1]), msgids, cipher.fingerprint, cipher.encrypt_chunk(plain, target, msgids))
+
+    def _open_chunk(self, row: sqlite3.Row) -> tuple[list[tuple[Key, StoredMessage]], bool]:
+        """Decrypt one chunk row: its messages with their sort keys, and whether it decrypted.
+
+        A row that does not decrypt is logged and stands for placeholder messages (no text, the
+        ``+freeq.at/undecryptable`` tag) so a client still sees that something is missing.
+        """
+        cipher = self.cipher
+        assert cipher is not None
+        cid, target, msgids = row["id"], row["target"], row["msgids"]
+        try:
+            if row["format"] == 2:
+                ids = msgids.split(" ")
+                cols = json.loads(cipher.decrypt_chunk(row["payload"], target, msgids))
+                if not isinstance(cols, list) or len(cols) != 7 or any(len(c) != len(ids) for c in cols):
+                    raise ValueError("chunk shape")
+                out = []
+                for idx, (msgid, t, command, sender, account, shown_to, text, tags) in enumerate(zip(ids, *cols)):
+                    out.append(((t, cid, idx), StoredMessage(msgid, t, command, sender, account, shown_to, text, tags)))
+                return out, True
+            command, sender, account, shown_to = json.loads(row["legacy"])
+        except (DecryptionError, ValueError, TypeError):
+            log.error("History chunk {chunk} in {target} ({count} messages) does not decrypt; skipped",
+                      chunk=cid, target=target, count=row["count"])
+            first, last = row["first_ms"], row["last_ms"]
+            out = []
+            for idx, msgid in enumerate(msgids.split(" ")):
+                hint = _ulid_ms(msgid)
+                t = hint if hint is not None and first <= hint <= last else first
+                out.append(((t, cid, idx), StoredMessage(msgid, t, "NOTICE", "*", None, "*", "", {UNDECRYPTABLE: ""})))
+            return out, False
+        # Format 1: one v1 message, its clear columns in `legacy`.
+        t = row["first_ms"]
+        try:
+            body = json.loads(cipher.decrypt(row["payload"], msgids, target))
+            text, tags, ok = body["text"], body.get("tags", {}), True
+        except (DecryptionError, ValueError, KeyError, TypeError):
+            log.error("History row {msgid} in {target} does not decrypt; skipped", msgid=msgids, target=target)
+            text, tags, ok = "", {UNDECRYPTABLE: ""}, False
+        return [((t, cid, 0), StoredMessage(msgids, t, command, sender, account, shown_to, text, tags))], ok
+
+    def _rewrite_chunk(self, conn: sqlite3.Connection, row: sqlite3.Row, keep: Callable[[Key], bool]) -> int:
+        """Keep only the messages of chunk ``row`` whose key ``keep`` accepts (re-encrypting it under the
+        current key as format 2, same id, so order is unchanged); return how many it holds now.
+
+        A chunk that does not decrypt cannot be split and is left whole.
+        """
+        entries, ok = self._open_chunk(row)
+        if not ok:
+            return int(row["count"])
+        kept = [(row["target"], m.msgid, m.time_ms, m.command, m.sender, m.account, m.shown_to, m.text, m.tags)
+                for key, m in entries if keep(key)]
+        if len(kept) == len(entries):
+            return len(kept)
+        if not kept:
+            conn.execute("DELETE FROM message_chunks WHERE id=?", (row["id"],))
+            return 0
+        cols = list(zip(*kept))
+        target, lo, hi, count, msgids, key_fp, payload = self._seal_chunk(row["target"], cols, min(cols[2]),
+                                                                          max(cols[2]))
+        conn.execute("UPDATE message_chunks SET first_ms=?, last_ms=?, count=?, msgids=?, key_fp=?, format=2, "
+                     "legacy=NULL, payload=? WHERE id=?", (lo, hi, count, msgids, key_fp, payload, row["id"]))
+        return count
 
     def _trim(self, conn: sqlite3.Connection, added: dict[str, int]) -> dict[str, int]:
-        """Cut each target that ``added`` took past the cap plus the slack back to its newest rows.
+        """Cut each target that ``added`` took past the cap plus the slack back to its newest messages.
 
-        Returns the new row counts. A count is read once per target (``COUNT(*)``), then kept up to
-        date; it may run high (an ignored duplicate, a retention pass), which only makes the next
-        trim come early, and a trim that deletes nothing re-reads it.
+        Returns the new message counts. A count is read once per target (``SUM(count)``), then kept
+        up to date; it may run high (a retention pass), which only makes the next trim come early.
         """
         cap = self.max_messages_per_target
         limit = cap + self.trim_slack
@@ -420,19 +614,38 @@ class Store:
         for target, n in added.items():
             count = known.get(target)
             if count is None:
-                count = conn.execute("SELECT COUNT(*) FROM messages WHERE target=?", (target,)).fetchone()[0]
+                count = conn.execute("SELECT COALESCE(SUM(count), 0) FROM message_chunks WHERE target=?",
+                                     (target,)).fetchone()[0]
             else:
                 count += n
             if count > limit:
-                deleted = conn.execute(
-                    "DELETE FROM messages WHERE target=? AND id <= (SELECT id FROM messages WHERE target=? "
-                    "ORDER BY id DESC LIMIT 1 OFFSET ?)", (target, target, cap)).rowcount
-                if deleted > 0:
-                    count = cap
-                else:
-                    count = conn.execute("SELECT COUNT(*) FROM messages WHERE target=?", (target,)).fetchone()[0]
+                count = self._cut(conn, target, cap)
             counts[target] = count
         return counts
+
+    def _cut(self, conn: sqlite3.Connection, target: str, keep: int) -> int:
+        """Keep the newest ``keep`` messages of ``target`` (by insertion order, as v1 did); return the count.
+
+        Whole older chunks are deleted; the chunk the cut falls in is re-encrypted without its
+        older messages, so the cap is exact.
+        """
+        total = 0
+        cut: Optional[tuple[int, int]] = None
+        for cid, n in conn.execute("SELECT id, count FROM message_chunks WHERE target=? ORDER BY id DESC",
+                                   (target,)).fetchall():
+            if total + n >= keep:
+                cut = (cid, n)
+                break
+            total += n
+        if cut is None:
+            return total
+        cid, n = cut
+        conn.execute("DELETE FROM message_chunks WHERE target=? AND id<?", (target, cid))
+        need = keep - total
+        if need >= n:
+            return total + n
+        row = conn.execute(f"SELECT {_CHUNK_COLS} FROM message_chunks WHERE id=?", (cid,)).fetchone()
+        return total + self._rewrite_chunk(conn, row, lambda key: key[2] >= n - need)
 
     def _retention_guarded(self) -> Optional[defer.Deferred]:
         if self.pool is None:
@@ -440,7 +653,20 @@ class Store:
         cutoff = int((time.time() - self.retention_days * 86400) * 1000)
 
         def prune() -> None:
-            self.conn.execute("DELETE FROM messages WHERE time_ms < ?", (cutoff,))
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM message_chunks WHERE last_ms < ?", (cutoff,))
+                # Chunks straddling the cutoff lose their expired messages (re-encrypted without them).
+                for row in conn.execute(f"SELECT {_CHUNK_COLS} FROM message_chunks WHERE last_ms >= ? AND "
+                                        f"last_ms <= ? AND first_ms < ?",
+                                        (cutoff, cutoff + CHUNK_MAX_SPAN_MS, cutoff)).fetchall():
+                    self._rewrite_chunk(conn, row, lambda key: key[0] >= cutoff)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
             self._row_counts.clear()  # re-read on the next write to each target
 
         d = self._in_thread(prune)
@@ -451,38 +677,130 @@ class Store:
     # Reads (Deferreds; DB thread)
     # ------------------------------------------------------------------
     def history(self, target: str, query: str, args: tuple[Any, ...], limit: int) -> defer.Deferred:
-        """Run a history query (see :func:`history_sql`) after flushing queued writes."""
+        """Run a CHATHISTORY query (LATEST, BEFORE, AFTER, AROUND, BETWEEN) after flushing queued writes.
+
+        ``args`` are bounds: Unix ms, ``("msgid", id)``, or None (LATEST ``*``). The result is a list
+        of :class:`StoredMessage`, ascending by (time, insertion order).
+        """
         self.flush()
         return self._in_thread(lambda: self._history(target, query, args, limit))
 
-    def _row_time(self, conn: sqlite3.Connection, target: str, msgid: str) -> Optional[tuple[int, int]]:
-        row = conn.execute("SELECT time_ms, id FROM messages WHERE target=? AND msgid=?", (target, msgid)).fetchone()
-        return (row[0], row[1]) if row else None
+    def _find_chunk(self, conn: sqlite3.Connection, msgid: str, target: Optional[str]) -> Optional[sqlite3.Row]:
+        """The chunk holding ``msgid`` (in ``target``, or any conversation), found without decrypting.
+
+        A ULID msgid carries its creation time: chunks within ``MSGID_NEAR_MS``, then
+        ``MSGID_SKEW_MS`` (a federated message's ULID comes from the sender's clock) of it are
+        searched through the time index. Otherwise, and for a ULID not found there, the whole
+        conversation's msgids are searched (bounded by the cap); across all conversations only a
+        non-ULID msgid is searched table-wide (msgids only, never decrypting).
+        """
+        if not msgid or " " in msgid:
+            return None
+        where, params = ("target=? AND ", [target]) if target is not None else ("", [])
+        base = f"SELECT {_CHUNK_COLS} FROM message_chunks WHERE {where}"
+        hint = _ulid_ms(msgid)
+        if hint is not None:
+            for slack in (MSGID_NEAR_MS, MSGID_SKEW_MS):
+                row = conn.execute(
+                    base + f"last_ms >= ? AND last_ms <= ? AND first_ms <= ? AND {_HAS_MSGID} LIMIT 1",
+                    (*params, hint - slack, hint + slack + CHUNK_MAX_SPAN_MS, hint + slack, msgid)).fetchone()
+                if row is not None:
+                    return row
+            if target is None:
+                return None
+        return conn.execute(base + f"{_HAS_MSGID} LIMIT 1", (*params, msgid)).fetchone()
+
+    def _locate(self, conn: sqlite3.Connection, target: str, msgid: str) -> Optional[tuple[Key, StoredMessage]]:
+        row = self._find_chunk(conn, msgid, target)
+        if row is None:
+            return None
+        entries, _ = self._open_chunk(row)
+        return entries[row["msgids"].split(" ").index(msgid)]
 
     def _history(self, target: str, query: str, args: tuple[Any, ...], limit: int) -> list[StoredMessage]:
         conn = self.conn
-        resolved: list[Any] = []
+        # A timestamp bound excludes that millisecond; as a key, it sits before or after every message of it.
+        bounds: list[Any] = []
         for a in args:
             if isinstance(a, tuple) and a[0] == "msgid":
-                pos = self._row_time(conn, target, a[1])
-                if pos is None:
+                found = self._locate(conn, target, a[1])
+                if found is None:
                     return []
-                resolved.append(pos)
+                bounds.append(found[0])
             else:
-                resolved.append(a)
-        rows = _run_history_query(conn, target, query, resolved, limit)
-        return [self._decrypt_row(target, r) for r in rows]
+                bounds.append(a)
 
-    def _decrypt_row(self, target: str, r: sqlite3.Row) -> StoredMessage:
-        assert self.cipher is not None
-        try:
-            body = json.loads(self.cipher.decrypt(r["payload"], r["msgid"], target))
-            text, tags = body["text"], body.get("tags", {})
-        except (DecryptionError, ValueError, KeyError):
-            log.error("History row {msgid} in {target} does not decrypt; skipped", msgid=r["msgid"], target=target)
-            text, tags = "", {"+freeq.at/undecryptable": ""}
-        return StoredMessage(r["msgid"], r["time_ms"], r["command"], r["sender"], r["account"], r["shown_to"],
-                             text, tags)
+        def after(b: Any) -> Key:  # key > after(b): later than the bound
+            return b if isinstance(b, tuple) else (int(b), _INF, 0)
+
+        def before(b: Any) -> Key:  # key < before(b): earlier than the bound
+            return b if isinstance(b, tuple) else (int(b), -1, 0)
+
+        if query == "LATEST":
+            lo = after(bounds[0]) if bounds and bounds[0] is not None else None
+            return self._select(conn, target, lo, None, limit, True)[::-1]
+        if query == "BEFORE":
+            return self._select(conn, target, None, before(bounds[0]), limit, True)[::-1]
+        if query == "AFTER":
+            return self._select(conn, target, after(bounds[0]), None, limit, False)
+        if query == "AROUND":
+            b = bounds[0]
+            half = max(limit // 2, 1)
+            # Before: up to and including the bound's millisecond (a timestamp), or strictly before the
+            # message; after: the message itself onwards, or strictly after the millisecond.
+            hi = b if isinstance(b, tuple) else (int(b), _INF, 0)
+            lo = (b[0], b[1], b[2] - 1) if isinstance(b, tuple) else (int(b), _INF, 0)
+            older = self._select(conn, target, None, hi, half, True)[::-1]
+            return older + self._select(conn, target, lo, None, limit - len(older), False)
+        if query == "BETWEEN":
+            a, b = (before(x) for x in bounds[:2])  # a timestamp compares as the start of its millisecond
+            ascending = a <= b
+            first, second = (bounds[0], bounds[1]) if ascending else (bounds[1], bounds[0])
+            rows = self._select(conn, target, after(first), before(second), limit, not ascending)
+            return rows if ascending else rows[::-1]
+        raise ValueError(query)
+
+    def _select(self, conn: sqlite3.Connection, target: str, lo: Optional[Key], hi: Optional[Key], limit: int,
+                newest: bool) -> list[StoredMessage]:
+        """The ``limit`` newest (or oldest) messages of ``target`` with ``lo < key < hi``, in that order.
+
+        Chunks are read in order of their latest (or earliest) time, so every chunk not yet read is
+        known to hold only older (newer) messages: reading stops as soon as ``limit`` messages beat it.
+        """
+        if limit <= 0:
+            return []
+        clauses: list[str] = ["target=?"]
+        params: list[Any] = [target]
+        if hi is not None:
+            clauses.append("first_ms <= ?")
+            params.append(hi[0])
+            if newest:
+                clauses.append("last_ms <= ?")  # chunks span at most CHUNK_MAX_SPAN_MS: an index range
+                params.append(hi[0] + CHUNK_MAX_SPAN_MS)
+        if lo is not None:
+            clauses.append("last_ms >= ?")
+            params.append(lo[0])
+            if not newest:
+                clauses.append("first_ms >= ?")
+                params.append(lo[0] - CHUNK_MAX_SPAN_MS)
+        order = "last_ms DESC" if newest else "first_ms"  # index order; ties are sorted out below
+        heap: list[tuple[Key, StoredMessage]] = []  # the best `limit` so far; heap[0] the worst of them
+        for row in conn.execute(f"SELECT {_CHUNK_COLS} FROM message_chunks WHERE {' AND '.join(clauses)} "
+                                f"ORDER BY {order}", params):
+            if len(heap) >= limit:
+                worst = heap[0][0][0]
+                if (worst > row["last_ms"]) if newest else (-worst < row["first_ms"]):
+                    break
+            for key, m in self._open_chunk(row)[0]:
+                if (lo is not None and key <= lo) or (hi is not None and key >= hi):
+                    continue
+                k = key if newest else (-key[0], -key[1], -key[2])
+                if len(heap) < limit:
+                    heapq.heappush(heap, (k, m))
+                elif k > heap[0][0]:
+                    heapq.heapreplace(heap, (k, m))
+        heap.sort(key=lambda e: e[0], reverse=True)
+        return [m for _, m in heap]
 
     def targets(self, targets: Iterable[str], start_ms: int, end_ms: int, limit: int,
                 dm_account: Optional[str] = None) -> defer.Deferred:
@@ -508,93 +826,69 @@ class Store:
                 params.extend([dm_account, dm_account, dm_account, dm_account])
             if not clauses:
                 return []
-            rows = self.conn.execute(
-                f"SELECT target, MAX(time_ms) AS t FROM messages WHERE ({' OR '.join(clauses)}) "
-                f"AND time_ms > ? AND time_ms < ? GROUP BY target ORDER BY t DESC LIMIT ?",
-                (*params, lo, hi, limit)).fetchall()
+            where = " OR ".join(clauses)
+            latest: dict[str, int] = dict(self.conn.execute(
+                f"SELECT target, MAX(last_ms) FROM message_chunks WHERE ({where}) AND last_ms > ? AND last_ms < ? "
+                f"GROUP BY target", (*params, lo, hi)).fetchall())
+            # Chunks reaching past `hi` may still hold messages before it.
+            for row in self.conn.execute(
+                    f"SELECT {_CHUNK_COLS} FROM message_chunks WHERE ({where}) AND last_ms >= ? AND last_ms <= ? "
+                    f"AND first_ms < ?", (*params, hi, hi + CHUNK_MAX_SPAN_MS, hi)).fetchall():
+                times = [k[0] for k, _ in self._open_chunk(row)[0] if lo < k[0] < hi]
+                if times:
+                    latest[row["target"]] = max(latest.get(row["target"], lo), max(times))
             out = []
-            for key, t in rows:
+            for key, t in sorted(latest.items(), key=lambda kv: kv[1], reverse=True)[:limit]:
                 name = key
                 if key.startswith("dm:"):
-                    last = self.conn.execute(
-                        "SELECT sender, shown_to, account FROM messages WHERE target=? ORDER BY time_ms DESC, id DESC "
-                        "LIMIT 1", (key,)).fetchone()
+                    last = self.conn.execute(f"SELECT {_CHUNK_COLS} FROM message_chunks WHERE target=? "
+                                             f"ORDER BY last_ms DESC, id DESC LIMIT 1", (key,)).fetchone()
                     if last is not None:
-                        name = last["shown_to"] if last["account"] == dm_account else last["sender"].split("!")[0]
+                        entries, ok = self._open_chunk(last)
+                        if ok:
+                            m = max(entries, key=lambda e: e[0])[1]
+                            name = m.shown_to if m.account == dm_account else m.sender.split("!")[0]
                 out.append((key, name, t))
             return out
 
         return self._in_thread(run)
 
     def count_messages(self) -> defer.Deferred:
-        """How many history rows there are (for tests and admin)."""
+        """How many messages history holds (for tests and admin)."""
         self.flush()
-        return self._in_thread(lambda: self.conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        return self._in_thread(
+            lambda: self.conn.execute("SELECT COALESCE(SUM(count), 0) FROM message_chunks").fetchone()[0])
 
     def message(self, msgid: str) -> defer.Deferred:
-        """The history row with ``msgid`` as ``(target, StoredMessage)``, or ``None`` (REST verify)."""
+        """The stored message ``msgid`` as ``(target, StoredMessage)``, or ``None`` (REST verify).
+
+        See :meth:`_find_chunk` for which msgids are found.
+        """
         self.flush()
 
         def run() -> Optional[tuple[str, StoredMessage]]:
-            row = self.conn.execute("SELECT target, msgid, time_ms, command, sender, account, shown_to, payload "
-                                    "FROM messages WHERE msgid=?", (msgid,)).fetchone()
-            return None if row is None else (row["target"], self._decrypt_row(row["target"], row))
+            row = self._find_chunk(self.conn, msgid, None)
+            if row is None:
+                return None
+            entries, _ = self._open_chunk(row)
+            return row["target"], entries[row["msgids"].split(" ").index(msgid)][1]
 
         return self._in_thread(run)
 
 
-def _bound(value: Any) -> tuple[int, int]:
-    """A history bound as (time_ms, id): msgid references resolve to their row; timestamps get an id edge."""
-    if isinstance(value, tuple):
-        return value
-    return (int(value), -1)
-
-
-def _run_history_query(conn: sqlite3.Connection, target: str, query: str, args: list[Any],
-                       limit: int) -> list[sqlite3.Row]:
-    cols = "msgid, time_ms, command, sender, account, shown_to, payload"
-    if query == "LATEST":
-        if args and args[0] is not None:
-            t, i = _bound(args[0])
-            rows = conn.execute(
-                f"SELECT {cols}, id FROM messages WHERE target=? AND (time_ms > ? OR (time_ms = ? AND id > ?)) "
-                f"ORDER BY time_ms DESC, id DESC LIMIT ?", (target, t, t, i if i >= 0 else 1 << 62, limit)).fetchall()
-        else:
-            rows = conn.execute(f"SELECT {cols}, id FROM messages WHERE target=? ORDER BY time_ms DESC, id DESC "
-                                f"LIMIT ?", (target, limit)).fetchall()
-        return rows[::-1]
-    if query == "BEFORE":
-        t, i = _bound(args[0])
-        rows = conn.execute(
-            f"SELECT {cols}, id FROM messages WHERE target=? AND (time_ms < ? OR (time_ms = ? AND id < ?)) "
-            f"ORDER BY time_ms DESC, id DESC LIMIT ?", (target, t, t, i if i >= 0 else -1, limit)).fetchall()
-        return rows[::-1]
-    if query == "AFTER":
-        t, i = _bound(args[0])
-        return conn.execute(
-            f"SELECT {cols}, id FROM messages WHERE target=? AND (time_ms > ? OR (time_ms = ? AND id > ?)) "
-            f"ORDER BY time_ms, id LIMIT ?", (target, t, t, i if i >= 0 else 1 << 62, limit)).fetchall()
-    if query == "AROUND":
-        t, i = _bound(args[0])
-        half = max(limit // 2, 1)
-        before = conn.execute(
-            f"SELECT {cols}, id FROM messages WHERE target=? AND (time_ms < ? OR (time_ms = ? AND id < ?)) "
-            f"ORDER BY time_ms DESC, id DESC LIMIT ?", (target, t, t, i if i >= 0 else 1 << 62, half)).fetchall()
-        after = conn.execute(
-            f"SELECT {cols}, id FROM messages WHERE target=? AND (time_ms > ? OR (time_ms = ? AND id >= ?)) "
-            f"ORDER BY time_ms, id LIMIT ?", (target, t, t, i if i >= 0 else 1 << 62, limit - len(before))).fetchall()
-        return before[::-1] + after
-    if query == "BETWEEN":
-        a, b = _bound(args[0]), _bound(args[1])
-        lo, hi = (a, b) if a <= b else (b, a)
-        order = "ASC" if a <= b else "DESC"
-        rows = conn.execute(
-            f"SELECT {cols}, id FROM messages WHERE target=? AND (time_ms > ? OR (time_ms = ? AND id > ?)) "
-            f"AND (time_ms < ? OR (time_ms = ? AND id < ?)) ORDER BY time_ms {order}, id {order} LIMIT ?",
-            (target, lo[0], lo[0], lo[1] if lo[1] >= 0 else 1 << 62, hi[0], hi[0], hi[1] if hi[1] >= 0 else -1,
-             limit)).fetchall()
-        return rows if order == "ASC" else rows[::-1]
-    raise ValueError(query)
+def _ulid_ms(msgid: str) -> Optional[int]:
+    """The millisecond time encoded in a ULID msgid (its first 10 characters), or None if not a ULID."""
+    if len(msgid) != 26 or msgid[0] > "7":
+        return None
+    value = 0
+    for c in msgid[:10]:
+        digit = _CROCKFORD.find(c)
+        if digit < 0:
+            return None
+        value = value * 32 + digit
+    if not set(msgid[10:]) <= _CROCKFORD_SET:
+        return None
+    return value
 
 
 def _split_sql(script: str) -> list[str]:
