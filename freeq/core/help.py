@@ -3,9 +3,9 @@ from __future__ import annotations
 
 HELP: dict[str, str] = {
     "*": """freeq help
-Commands: ADMIN AWAY CAP HELP INFO INVITE ISON JOIN KICK KILL LINKS LIST
-LUSERS MODE MONITOR MOTD NAMES NICK NOTICE OPER PART PING PRIVMSG QUIT
-SETNAME TAGMSG TIME TOPIC USER USERHOST VERSION WALLOPS WHO WHOIS WHOWAS
+Commands: ADMIN AWAY CAP CONNECT HELP INFO INVITE ISON JOIN KICK KILL LINKS
+LIST LUSERS MODE MONITOR MOTD NAMES NICK NOTICE OPER PART PING PRIVMSG QUIT
+SETNAME SQUIT TAGMSG TIME TOPIC USER USERHOST VERSION WALLOPS WHO WHOIS WHOWAS
 Type HELP <command> for details.""",
     "JOIN": """JOIN <#channel>[,<#channel>...] [<key>[,<key>...]]
 Joins channels, with keys for +k channels. JOIN 0 leaves every channel.""",
@@ -32,6 +32,14 @@ Shows information about users.""",
 Tells you when nicks come online or go offline.""",
     "OPER": """OPER <name> <password>
 Makes you a server operator.""",
+    "LINKS": """LINKS [[<server>] <mask>]
+Lists the servers of the federation matching <mask>: name, the server it is linked
+through, and hop count. Operators also see endpoint ids, link trust and held peers.""",
+    "SQUIT": """SQUIT <server|endpoint id> [:<reason>]
+Operators only: drops the federation link to a directly linked server and holds it
+(neither dialled nor accepted) until CONNECT.""",
+    "CONNECT": """CONNECT <server|endpoint id>
+Operators only: releases a link held by SQUIT; configured peers are dialled at once.""",
     "AWAY": """AWAY [:<message>]
 Marks you away (with a message) or back (without).""",
     "LIST": """LIST [<#channel>|<filters>]

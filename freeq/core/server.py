@@ -33,6 +33,7 @@ from freeq.state.masks import glob_match, normalize_mask
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
 
 if TYPE_CHECKING:
+    from freeq.s2s.federation import Federation, LinkControl
     from freeq.store.db import ChannelRecord, Store
 
 log = Logger()
@@ -110,6 +111,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
         self.name = config.server_name
         self.hooks = list(hooks)
         self.s2s: list[Any] = []  # federation observers (freeq.s2s.federation.Federation), told of local changes
+        # freeq.s2s.federation.Federation when federation is on (set by the wiring): LINKS, SQUIT, CONNECT
+        self.federation: Optional["Federation"] = None
         self.users: dict[str, User] = {}  # folded nick -> user (registered or holding a nick)
         self.channels: ChannelTable = ChannelTable()  # counts the channels with members itself
         self.connections: set[User] = set()
@@ -1771,10 +1774,35 @@ class IRCServer(HistoryCommands, IdentityCommands):
         self.num(user, "374", "End of /INFO list")
 
     def irc_LINKS(self, user: User, msg: Message) -> None:
-        mask = msg.params[-1] if msg.params else "*"
-        if glob_match(mask, self.name):
-            self.num(user, "364", self.name, self.name, f"0 {self.config.network_name} IRC server")
+        """``LINKS [[<remote>] <mask>]``: every server of the federation (364 each, then 365).
+
+        Every server of the tree has the same view, so ``<remote>`` is answered here (402 when no known
+        server matches it). Operators also get each server's endpoint id (and a direct link's trust) in
+        the info field, and after 365 a NOTICE per peer held with SQUIT; others never see endpoint ids.
+        """
+        federation = self.federation
+        rows: list[tuple[str, str, int, str, Optional[str]]] = [(self.name, self.name, 0, "", None)]
+        if federation is not None:
+            rows = [(v.name, v.uplink, v.hops, v.server_id, v.trust) for v in federation.links_view()]
+        mask = msg.params[-1] if msg.params and msg.params[-1] else "*"
+        if len(msg.params) > 1 and not any(glob_match(msg.params[0], row[0]) for row in rows):
+            self.num(user, "402", msg.params[0], "No such server")
+            return
+        description = f"{self.config.network_name} IRC server"
+        for name, uplink, hops, server_id, trust in rows:
+            if not glob_match(mask, name):
+                continue
+            text = f"{hops} {description}"
+            if user.is_oper and server_id:
+                text += f" [{server_id}" + (f", trust {trust}" if trust else "") + "]"
+            self.num(user, "364", name, uplink, text)
         self.num(user, "365", mask, "End of /LINKS list.")
+        if user.is_oper and federation is not None:
+            now = self.clock.seconds()
+            for held in federation.held_view():
+                if glob_match(mask, held.name) or glob_match(mask, held.peer_id):
+                    self.notice(user, f"Held S2S peer {held.name} ({held.peer_id}) by {held.by} "
+                                      f"{int(now - held.since)}s ago: {held.reason}; CONNECT {held.name} releases it")
 
     def irc_HELP(self, user: User, msg: Message) -> None:
         from freeq.core.help import HELP
@@ -1832,6 +1860,41 @@ class IRCServer(HistoryCommands, IdentityCommands):
         victim.write(build_text(user.hostmask, "KILL", victim.nick, reason))
         log.info("{oper} killed {nick}: {reason}", oper=user.nick, nick=victim.nick, reason=reason)
         self.close(victim, f"Killed ({user.nick} ({reason}))")
+
+    def irc_SQUIT(self, user: User, msg: Message) -> None:
+        """``SQUIT <server> [:<reason>]``: an operator drops the S2S link to a direct neighbour (server name
+        or endpoint id) and holds it, neither dialled nor accepted, until ``CONNECT``."""
+        federation = self._link_command(user, msg, "SQUIT")
+        if federation is None:
+            return
+        reason = truncate(msg.params[1], self.config.kick_len) if len(msg.params) > 1 and msg.params[1] else ""
+        self._link_reply(user, msg.params[0], federation.hold(msg.params[0], reason or "no reason given", user))
+
+    def irc_CONNECT(self, user: User, msg: Message) -> None:
+        """``CONNECT <server>``: an operator releases a peer held by ``SQUIT`` (by name or endpoint id)."""
+        federation = self._link_command(user, msg, "CONNECT")
+        if federation is None:
+            return
+        self._link_reply(user, msg.params[0], federation.release(msg.params[0], user))
+
+    def _link_command(self, user: User, msg: Message, command: str) -> Optional["Federation"]:
+        """The federation for an operator's SQUIT/CONNECT, or ``None`` once 461, 481 or 402 is answered."""
+        if not msg.params or not msg.params[0]:
+            self.num(user, "461", command, "Not enough parameters")
+            return None
+        if not user.is_oper:
+            self.num(user, "481", "Permission Denied- You're not an IRC operator")
+            return None
+        if self.federation is None:
+            self.num(user, "402", msg.params[0], "No such server")
+        return self.federation
+
+    def _link_reply(self, user: User, target: str, result: "LinkControl") -> None:
+        """Answer SQUIT/CONNECT: 402 for an unknown server, otherwise a NOTICE saying what happened."""
+        if result.no_such_server:
+            self.num(user, "402", target, "No such server")
+        else:
+            self.notice(user, result.text)
 
     def irc_WALLOPS(self, user: User, msg: Message) -> None:
         if not msg.params or not msg.params[0]:

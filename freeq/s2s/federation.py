@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from twisted.application import service
@@ -41,6 +43,14 @@ SPLIT_REASON = "*.net *.split"
 ORIGIN_TAG = "+freeq.at/origin"
 _MSGID_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_")
 _STATUS = {"": 0, "v": VOICE, "o": OP, "ov": OP | VOICE}
+#: Remote memberships remembered as accepted (their join signature and last status), across netsplits.
+ACCEPTED_JOINS_MAX = 100000
+#: The largest join event (canonical JSON bytes) carried as a membership's proof in bursts.
+PROOF_MAX = 24000
+#: The largest invite event (canonical JSON bytes) kept as the proof that admitted a member to a +i channel.
+INVITE_PROOF_MAX = 2000
+#: Signed invite events kept for pending invites (oldest forgotten first).
+INVITES_MAX = 100000
 
 
 def _status_str(bits: int) -> str:
@@ -152,7 +162,7 @@ class Federation:
 
     def __init__(self, server: Any, transport: Any, signer: EventSigner, clock: Any, *,
                  trust: Optional[dict[str, str]] = None, rate: float = 100.0, max_frame: int = P.MAX_FRAME,
-                 ping_interval: float = 15.0, ping_timeout: float = 45.0) -> None:
+                 ping_interval: float = 15.0, ping_timeout: float = 45.0, max_remote_users: int = 10000) -> None:
         self.server = server
         self.transport = transport
         self.signer = signer
@@ -163,6 +173,21 @@ class Federation:
         self.max_frame = max_frame
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.max_remote_users = max_remote_users  # users behind one link (excess refused)
+        self.users_by_origin: dict[str, int] = {}  # origin -> how many of its users are known here
+        # (uid, folded channel) -> the origin-signed ``join`` event behind a current membership (local and
+        # remote users): bursts carry it, so every server can check a membership it did not see live.
+        self.member_joins: dict[tuple[str, str], dict[str, Any]] = {}
+        # (uid, folded channel) -> [join sig, status bits] of remote memberships accepted here. Kept across
+        # netsplits (a relink re-bursts the same join, which is then not checked again, with the status
+        # it had) and dropped when the membership really ends (part, kick, quit). Oldest evicted first.
+        self.accepted_joins: OrderedDict[tuple[str, str], list[Any]] = OrderedDict()
+        # (target uid, folded channel) -> the origin-signed ``invite`` event of a pending invite (emitted
+        # here or received); a join that needs it moves it to ``member_invites``. Oldest evicted first.
+        self.invite_events: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        # (uid, folded channel) -> the invite event that admitted a current member to a +i channel: bursts
+        # carry it with the join, so a server that never saw the invite (a split, a restart) can check it.
+        self.member_invites: dict[tuple[str, str], dict[str, Any]] = {}
         self.epoch = max(1, int(clock.seconds() * 1000))
         self.hlc = HybridClock(self.me[:16], clock.seconds)
         self.marks = SequenceTracker()
@@ -174,6 +199,11 @@ class Federation:
         self.local_by_uid: dict[str, User] = {}
         self.nick_ts: dict[str, int] = {}  # uid -> when it took its nick (ms, origin's clock)
         self.crdts: dict[str, ChannelCRDT] = {}
+        # Persistence of the CRDTs (see load_state/persist): the store, channels whose state may have
+        # changed since the last write, and a digest of what the store holds for each channel.
+        self.store: Any = None
+        self._dirty: set[str] = set()
+        self._saved: dict[str, bytes] = {}
         self.stats: dict[str, int] = {}
         self._uid_counter = 0
         self._pending_users: set[User] = set()
@@ -182,6 +212,9 @@ class Federation:
         # (uid, folded channel) -> signature of the last join event we emitted for that local user: a
         # ``refuse`` must quote it (only a server that really received that join knows it).
         self.sent_joins: dict[tuple[str, str], str] = {}
+        # Peers an operator held with SQUIT (endpoint id -> entry): remembered by name too, since a
+        # dropped link's name is otherwise forgotten and CONNECT <name> must still find it.
+        self.held: dict[str, HeldPeer] = {}
 
     # ==========================================================================================
     # Helpers
@@ -252,6 +285,9 @@ class Federation:
         return info.link_id if info is not None else None
 
     def _crdt(self, chan: Channel) -> ChannelCRDT:
+        # Every change of a CRDT (local capture, merged event or burst) goes through here or
+        # _fresh_crdt, so marking here is enough; persist() writes only states that really changed.
+        self._dirty.add(chan.folded)
         crdt = self.crdts.get(chan.folded)
         if crdt is None:
             crdt = self.crdts[chan.folded] = ChannelCRDT.adopt(chan)
@@ -262,6 +298,7 @@ class Federation:
         crdt = self.crdts.get(folded)
         if crdt is not None and folded not in self.server.channels and not any(crdt.tombs.values()):
             del self.crdts[folded]
+            self._dirty.add(folded)  # persist() deletes its stored state
 
     def _send(self, link: PeerLink, obj: dict[str, Any]) -> None:
         try:
@@ -308,6 +345,125 @@ class Federation:
         log.warn("S2S {what} from peer {peer} rejected: {reason}{extra}", what=what, peer=link.peer_id,
                  reason=reason, extra=extra)
 
+    def _users_behind(self, link_id: int) -> int:
+        """How many remote users live behind a link (on every server reached through it)."""
+        return sum(n for origin, n in self.users_by_origin.items()
+                   if (info := self.servers.get(origin)) is not None and info.link_id == link_id)
+
+    # -- membership proofs: the origin-signed join behind each membership -----------------------
+    def _sign_proof(self, uid: str, chan: Channel, status: str, ops: list[Any], key: Optional[str]) -> dict[str, Any]:
+        """A signed ``join`` event that is never sent live (``seq`` 0 fails every envelope check): the
+        proof of a local membership whose join was not sent (no link, no hook) or is too large for a burst."""
+        event: dict[str, Any] = {"type": "join", "origin": self.me, "epoch": self.epoch, "seq": 0, "to": None,
+                                 "hlc": list(self.hlc.tick()), "uid": uid, "channel": chan.name, "status": status,
+                                 "ops": ops}
+        if key is not None:
+            event["key"] = key
+        return self.signer.sign(event)
+
+    def _local_proof(self, user: User, chan: Channel) -> dict[str, Any]:
+        """The proof of a local member's membership (signed now if it joined without the join hook)."""
+        uid = self.uid(user)
+        proof = self.member_joins.get((uid, chan.folded))
+        if proof is None:
+            crdt = self.crdts.get(chan.folded)
+            ops: list[Any] = []
+            if crdt is not None and crdt.creator is not None and crdt.creator[1] == uid:
+                ops.append(["created", uid, list(crdt.creator[0])])
+            proof = self._sign_proof(uid, chan, _status_str(chan.members.get(user, 0)), ops, chan.key)
+            self.member_joins[(uid, chan.folded)] = proof
+        return proof
+
+    def _remember_join(self, uid: str, folded: str, proof: dict[str, Any], bits: int) -> None:
+        """A remote membership was accepted here: keep its proof (for our bursts) and remember the join."""
+        if len(P.canonical(proof)) <= PROOF_MAX:
+            self.member_joins[(uid, folded)] = proof
+        else:  # cannot travel in a burst frame: the membership is listed without proof
+            self.member_joins.pop((uid, folded), None)
+        key = (uid, folded)
+        self.accepted_joins[key] = [proof["sig"], bits]
+        self.accepted_joins.move_to_end(key)
+        while len(self.accepted_joins) > ACCEPTED_JOINS_MAX:
+            self.accepted_joins.popitem(last=False)
+
+    def _forget_join(self, uid: str, folded: str) -> None:
+        """A membership really ended (part, kick, quit): a later burst must not restore it unchecked."""
+        self.member_joins.pop((uid, folded), None)
+        self.member_invites.pop((uid, folded), None)
+        self.accepted_joins.pop((uid, folded), None)
+
+    def _keep_invite(self, event: dict[str, Any]) -> None:
+        """Keep the signed ``invite`` event of a pending invite (emitted here, or received and accepted)."""
+        if len(P.canonical(event)) > INVITE_PROOF_MAX:
+            return  # too large to travel in a burst entry: the invite only works where it is known
+        key = (str(event["target"]), fold(str(event["channel"])))
+        self.invite_events[key] = event
+        self.invite_events.move_to_end(key)
+        while len(self.invite_events) > INVITES_MAX:
+            self.invite_events.popitem(last=False)
+
+    def _needs_invite(self, chan: Channel, user: User) -> bool:
+        """Whether joining ``chan`` takes an invite for ``user`` (+i, not passed by a DID op or an +I mask)."""
+        return "i" in chan.modes and not self._is_did_op(chan, user) and not chan.list_matches("I", user)
+
+    def _admitting_invite(self, uid: str, chan: Channel, user: User) -> None:
+        """``user`` just joined ``chan``: if it took an invite, the invite event becomes the membership's
+        second proof (carried in bursts next to the join); otherwise the membership has none."""
+        event = self.invite_events.pop((uid, chan.folded), None)
+        if event is not None and self._needs_invite(chan, user):
+            self.member_invites[(uid, chan.folded)] = event
+        else:
+            self.member_invites.pop((uid, chan.folded), None)
+
+    def _check_invite(self, invite: Any, user: User, chan: Channel, link: PeerLink,
+                      authority: bool = True) -> Optional[str]:
+        """Why ``invite`` (from a burst over ``link``) does not admit remote ``user`` to ``chan`` here (``None``:
+        it does): it must be an ``invite`` event signed by its origin, for this channel and user, by an inviter
+        known here who is a channel operator (or founder/DID operator) here, i.e. who could have invited the
+        user here; a peer not trusted with invite events (``relay``) can only bring back our own. Without
+        ``authority``, only the event itself is checked (not who the inviter is here)."""
+        if not isinstance(invite, dict) or invite.get("type") != "invite":
+            return "no invite event"
+        if "invite" not in P.TRUST_ALLOWS[link.trust] and invite.get("origin") != self.me:
+            return f"invite events are not accepted from a {link.trust} peer"
+        if len(P.canonical(invite)) > INVITE_PROOF_MAX:
+            return "invite event too large"
+        name = invite.get("channel")
+        if not isinstance(name, str) or fold(name) != chan.folded:
+            return "invite event of another channel"
+        if invite.get("target") != user.conn.uid:
+            return "invite event for another user"
+        if not P.verify_event(invite):
+            return "bad signature on the invite event"
+        origin, inviter_uid = str(invite["origin"]), invite.get("uid")
+        if not isinstance(inviter_uid, str) or inviter_uid[:16] != origin[:16]:
+            return "inviter does not belong to the invite's origin"
+        if not authority:
+            return None
+        inviter = self.user_by_uid(inviter_uid)
+        if inviter is None:
+            return "inviter unknown here"
+        if (inviter.conn.origin if self.is_remote(inviter) else self.me) != origin:
+            return "inviter does not belong to the invite's origin"
+        if not (chan.is_op(inviter) or self._is_did_op(chan, inviter)):
+            return "inviter is not a channel operator here"
+        return None
+
+    def _check_proof(self, proof: Any, user: User, folded: str) -> Optional[str]:
+        """Why ``proof`` is not ``user``'s join of channel ``folded`` signed by its origin (``None``: it is)."""
+        if not isinstance(proof, dict):
+            return "no join event"
+        if proof.get("type") != "join" or proof.get("origin") != user.conn.origin or proof.get("uid") != user.conn.uid:
+            return "join event of another user"
+        name = proof.get("channel")
+        if not isinstance(name, str) or fold(name) != folded:
+            return "join event of another channel"
+        if not isinstance(proof.get("key"), (str, type(None))) or not isinstance(proof.get("ops", []), list):
+            return "malformed join event"
+        if not P.verify_event(proof):
+            return "bad signature on the join event"
+        return None
+
     # ==========================================================================================
     # Link events (from the bridge, in the reactor thread)
     # ==========================================================================================
@@ -334,7 +490,7 @@ class Federation:
             del self.servers[sid]
         gone = [u for u in self.remote.values() if u.conn.origin in behind]
         for user in gone:
-            self._remove_remote_user(user, SPLIT_REASON)
+            self._remove_remote_user(user, SPLIT_REASON, split=True)
         self._set_peer_gauge()
         if was_open:
             log.info("S2S netsplit: lost {servers} server(s) and {users} user(s) behind {peer} ({reason})",
@@ -456,13 +612,23 @@ class Federation:
         for chan in list(self.server.channels.values()):
             crdt = self._crdt(chan)
             crdt.capture(chan, self.hlc)  # local changes made without a hook (plugins, tools) are not lost
-            members = [[self.uid(u), _status_str(st)] for u, st in chan.members.items() if u in included]
+            members = [self._member_entry(u, st, chan) for u, st in chan.members.items() if u in included]
             if not members and crdt.is_trivial():
                 continue
             for key, chunk in [("ops", c) for c in _chunks(crdt.dump())] + [("members", c) for c in _chunks(members)]:
                 self._send(link, {"type": "burst", "part": "channel", "name": chan.name, "created": int(chan.created),
                                   key: chunk})
         self._send(link, {"type": "burst", "part": "end"})
+
+    def _member_entry(self, user: User, bits: int, chan: Channel) -> list[Any]:
+        """A burst member entry: ``[uid, status, join event, invite event]`` (the origin-signed join, when
+        known, and the signed invite that admitted the member, only when the membership relied on one)."""
+        uid = self.uid(user)
+        proof = self.member_joins.get((uid, chan.folded)) if self.is_remote(user) else self._local_proof(user, chan)
+        if proof is None:
+            return [uid, _status_str(bits)]
+        invite = self.member_invites.get((uid, chan.folded))
+        return [uid, _status_str(bits), proof] if invite is None else [uid, _status_str(bits), proof, invite]
 
     def _reburst(self, except_link: Optional[int] = None) -> None:
         for link in self.open_links():
@@ -551,7 +717,7 @@ class Federation:
             if origin in burst_servers:
                 self.marks.record(origin, stream, epoch, seq)
         # 2. Users: the burst is the complete set of users behind this link.
-        seen: set[str] = set()
+        records: list[dict[str, Any]] = []
         for rec in acc.users:
             try:
                 rec = self._check_user_record(rec)
@@ -561,12 +727,27 @@ class Federation:
             if rec["origin"] not in burst_servers:
                 self._warn_rejected(link, "burst user", "origin not behind this link", uid=rec["uid"])
                 continue
-            seen.add(rec["uid"])
-            self._upsert_user(rec, announce=True)
-        for uid, user in list(self.remote.items()):
+            records.append(rec)
+        seen = {rec["uid"] for rec in records}
+        for uid, user in list(self.remote.items()):  # those gone first: their nicks and places are free
             route = self._route_of_user(user)
             if (route is None or route == link.link_id) and uid not in seen:
-                self._remove_remote_user(user, SPLIT_REASON)
+                self._remove_remote_user(user, SPLIT_REASON, split=True)
+        count = self._users_behind(link.link_id)
+        over = 0
+        for rec in records:
+            if rec["uid"] not in self.remote:
+                if count >= self.max_remote_users:  # users already known here are kept
+                    over += 1
+                    seen.discard(rec["uid"])
+                    continue
+                count += 1
+            self._upsert_user(rec, announce=True)
+        if over:
+            for _ in range(over - 1):
+                self._count("rejected:limit", "s2s_events_rejected")
+            self._warn_rejected(link, "user", f"limit: {over} user(s) of a burst over the cap of "
+                                f"{self.max_remote_users} remote users behind this link")
         # 3. Channels: state (full trust) and the memberships of users behind this link.
         listed: set[str] = set()
         for folded, entry in acc.channels.items():
@@ -588,18 +769,22 @@ class Federation:
         name = entry["name"]
         folded = fold(name)
         chan = server.channels.get(folded)
-        members: dict[str, int] = {}
+        # uid -> (status bits, the origin-signed join event, the signed invite that admitted the member)
+        members: dict[str, tuple[int, Any, Any]] = {}
         for item in entry["members"]:
-            if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
+            if (not isinstance(item, list) or len(item) not in (2, 3, 4) or not isinstance(item[0], str)
                     or item[1] not in _STATUS):
                 raise ProtocolError("bad member")
             if item[0] in seen:
-                members[item[0]] = _STATUS[item[1]]
+                members[item[0]] = (_STATUS[item[1]], item[2] if len(item) > 2 else None,
+                                    item[3] if len(item) > 3 else None)
         ops = entry["ops"] if link.trust == "full" else []
+        known = chan is not None  # a channel new here has no local state to check memberships against
         if chan is None:
             if not members and not ops:
                 return
             chan = self._create_channel(name, entry.get("created") or int(self.clock.seconds()))
+        fresh = not chan.members and chan.founder is None
         crdt = self._crdt(chan)
         creator = crdt.creator
         if ops:
@@ -607,22 +792,88 @@ class Federation:
             merge_ops(crdt, ops, self.hlc)
             if crdt.dump() != before:
                 self._show_state(chan, crdt, link.name)
+        won = crdt.creator if crdt.creator != creator else None  # a creation race decided by this burst
         for member in [m for m in chan.members if self._route_of_user(m) == link.link_id]:
             if self.uid(member) not in members:
                 self._remote_part(member, chan, "")
-        for uid, bits in members.items():
+        # Memberships that rely on an invite come last: their inviter's own membership (and operator
+        # status) in this burst must be in place to check the invite against.
+        for uid, (bits, proof, invite) in sorted(members.items(), key=lambda item: item[1][2] is not None):
             user = self.remote.get(uid)
             if user is None:
                 continue
             if user in chan.members:
                 if chan.members[user] != bits:
                     self._set_status(chan, user, bits, link.name)
+                stored = self.member_joins.get((uid, folded))
+                if (isinstance(proof, dict) and (stored is None or stored.get("sig") != proof.get("sig"))
+                        and self._check_proof(proof, user, folded) is None):
+                    self._remember_join(uid, folded, proof, chan.members[user])
+                    self._remember_invite(link, uid, chan, user, invite)
             else:
-                self._add_member(chan, user, bits, source=link.name)
+                self._burst_join(link, chan, user, bits, proof, invite, known, fresh, won)
         if creator is not None and crdt.creator != creator:
             self._demote_creator(chan, creator[1])
         if folded in server.channels:
             server.channel_changed(chan)
+
+    def _remember_invite(self, link: PeerLink, uid: str, chan: Channel, user: User, invite: Any) -> None:
+        """Keep the invite of a bursted membership for our own bursts if it is a proper signed invite of that
+        member (each server that needs it checks the inviter against its own view); else forget it."""
+        if invite is not None and self._check_invite(invite, user, chan, link, authority=False) is None:
+            self.member_invites[(uid, chan.folded)] = invite
+        else:
+            self.member_invites.pop((uid, chan.folded), None)
+
+    def _burst_join(self, link: PeerLink, chan: Channel, user: User, bits: int, proof: Any, invite: Any,
+                    check: bool, fresh: bool, won: Optional[tuple[Any, str]]) -> None:
+        """A membership new here, from a burst. Its join event must be signed by the user's origin; unless
+        this very join was accepted here before (a relink), it is checked like a live join (refused ones
+        are undone at the home server), and operator status follows the live-join rules. When +i is the
+        only obstacle, the signed invite that admitted the member on its side (``invite``) can stand for
+        an invite given here, if its inviter could have invited here (see :meth:`_check_invite`)."""
+        uid = user.conn.uid
+        problem = self._check_proof(proof, user, chan.folded)
+        if problem is not None:
+            self._warn_rejected(link, "burst membership", f"forged: {problem}", nick=user.nick, channel=chan.name)
+            return
+        accepted = self.accepted_joins.get((uid, chan.folded))
+        known_bits = accepted[1] if accepted is not None and accepted[0] == proof["sig"] else None
+        by_invite = False
+        if known_bits is None and check:
+            reason = self._join_refusal(chan, user, proof.get("key"))
+            if reason is not None and reason.startswith("+i ") and invite is not None:
+                # +k, +l and +b are checked first: +i is the only reason left, which an invite answers.
+                invalid = self._check_invite(invite, user, chan, link)
+                if invalid is None:
+                    log.debug("S2S burst membership of {nick} in {channel} accepted by the invite of {inviter}",
+                              nick=user.nick, channel=chan.name, inviter=invite["uid"])
+                    reason = None
+                    by_invite = True
+                else:
+                    reason = f"{reason} and its invite event is refused: {invalid}"
+            if reason is not None:
+                self._warn_rejected(link, "burst membership", f"unauthorized: {reason}", nick=user.nick,
+                                    channel=chan.name)
+                self._emit("refuse", {"uid": uid, "channel": chan.name, "reason": reason.split()[0],
+                                      "join": proof["sig"]}, to=user.conn.origin)
+                return
+        if bits & OP and not ((known_bits or 0) & OP or fresh or self._is_did_op(chan, user)
+                              or (won is not None and won[1] == uid
+                                  and ["created", uid, list(won[0])] in proof.get("ops", []))):
+            self._warn_rejected(link, "burst membership", "unauthorized: operator status not granted "
+                                "(channel not new here)", nick=user.nick, channel=chan.name)
+            bits &= ~OP
+        if known_bits is None:
+            user.invites.discard(chan.folded)
+            if user.account is not None:
+                chan.invited_accounts.discard(user.account)
+        self._add_member(chan, user, bits, source=link.name)
+        self._remember_join(uid, chan.folded, proof, bits)
+        if by_invite:
+            self.member_invites[(uid, chan.folded)] = invite
+        else:
+            self._remember_invite(link, uid, chan, user, invite)
 
     # ==========================================================================================
     # Events
@@ -743,6 +994,7 @@ class Federation:
             user.set_nick(nick)
             server.users[user.folded] = user
             self.remote[rec["uid"]] = user
+            self.users_by_origin[rec["origin"]] = self.users_by_origin.get(rec["origin"], 0) + 1
             server._monitor_notify(user.folded, user)
             self._adopt_ownership(user, rec["owns"])
             return user
@@ -870,15 +1122,30 @@ class Federation:
             self._rename(user, final)
         self.nick_ts[self.uid(user)] = nick_ts
 
-    def _remove_remote_user(self, user: User, reason: str) -> None:
+    def _remove_remote_user(self, user: User, reason: str, split: bool = False) -> None:
+        """``user`` quit (``split``: is no longer reachable; its accepted joins and statuses are kept, so
+        the memberships a relink brings back are not checked again)."""
         server = self.server
         uid = user.conn.uid
         if self.remote.get(uid) is not user:
             return
         del self.remote[uid]
+        origin = user.conn.origin
+        left = self.users_by_origin.get(origin, 0) - 1
+        if left > 0:
+            self.users_by_origin[origin] = left
+        else:
+            self.users_by_origin.pop(origin, None)
         server.broadcast(server.co_members(user), build_text(user.hostmask, "QUIT", reason))
         server.whowas.append((user.nick, user.username, user.host, user.realname, self.clock.seconds()))
         for chan in list(user.channels.values()):
+            accepted = self.accepted_joins.get((uid, chan.folded))
+            if split and accepted is not None:
+                accepted[1] = chan.members.get(user, 0)  # the status it had, for a relink
+                self.member_joins.pop((uid, chan.folded), None)
+                self.member_invites.pop((uid, chan.folded), None)
+            else:
+                self._forget_join(uid, chan.folded)
             server._part_channel(chan, user)
             self._forget_channel_if_gone(chan.folded)
         if server.users.get(user.folded) is user:
@@ -904,6 +1171,10 @@ class Federation:
         rec = dict(ctx.ev)
         rec["origin"] = ctx.origin
         rec = self._check_user_record(rec)
+        if rec["uid"] not in self.remote and self._users_behind(ctx.link.link_id) >= self.max_remote_users:
+            self._warn_rejected(ctx.link, "user", f"limit: over the cap of {self.max_remote_users} remote users "
+                                "behind this link", uid=rec["uid"])
+            return False
         self._upsert_user(rec, announce=True)
         return True
 
@@ -945,6 +1216,7 @@ class Federation:
         old = self.crdts.get(folded)
         if old is not None:
             crdt.tombs = old.tombs
+        self._dirty.add(folded)
         return crdt
 
     def _add_member(self, chan: Channel, user: User, bits: int, source: str) -> None:
@@ -978,6 +1250,7 @@ class Federation:
         data = build_text(user.hostmask, "PART", chan.name, reason) if reason else build(user.hostmask, "PART", chan.name)
         self.server.broadcast(chan.members, data)
         self.server._part_channel(chan, user)
+        self._forget_join(self.uid(user), chan.folded)
         self._forget_channel_if_gone(chan.folded)
 
     def _show_state(self, chan: Channel, crdt: ChannelCRDT, source: str) -> None:
@@ -1016,6 +1289,7 @@ class Federation:
         if not isinstance(ops, list) or len(ops) > 50:
             raise ProtocolError("bad ops")
         if chan is not None and user in chan.members:
+            self._remember_join(self.uid(user), chan.folded, ctx.ev, chan.members[user])  # its latest join
             return True
         bits = _STATUS[status]
         uid = self.uid(user)
@@ -1068,6 +1342,8 @@ class Federation:
         if user.account is not None:
             chan.invited_accounts.discard(user.account)
         self._add_member(chan, user, bits, source=self.server.name)
+        self._remember_join(uid, chan.folded, ctx.ev, bits)
+        self._admitting_invite(uid, chan, user)
         if allowed:
             self.server.channel_changed(chan)
         return True
@@ -1116,7 +1392,8 @@ class Federation:
             raise ProtocolError("bad refusal reason")
         user = self.local_user_by_uid(uid) if ctx.ev.get("to") == self.me else None
         if (user is None or chan is None or user not in chan.members
-                or self.sent_joins.get((uid, chan.folded)) != join_sig):
+                or join_sig not in (self.sent_joins.get((uid, chan.folded)),
+                                    self.member_joins.get((uid, chan.folded), {}).get("sig"))):
             self._warn_rejected(ctx.link, "refusal", "unauthorized: not for a current join of our user",
                                 origin=P.short_id(ctx.origin), uid=uid, channel=name)
             return False
@@ -1150,6 +1427,7 @@ class Federation:
             return False
         self.server.broadcast(chan.members, build_text(actor.hostmask, "KICK", chan.name, target.nick, reason))
         self.server._part_channel(chan, target)
+        self._forget_join(self.uid(target), chan.folded)
         self._forget_channel_if_gone(chan.folded)
         return True
 
@@ -1240,6 +1518,7 @@ class Federation:
         target.invites.add(chan.folded)
         if target.account is not None and len(chan.invited_accounts) < 500:
             chan.invited_accounts.add(target.account)
+        self._keep_invite(ctx.ev)  # the proof, should the target's join reach a server that missed this
         line = build(actor.hostmask, "INVITE", target.nick, chan.name)
         if not self.is_remote(target):
             target.write(line)
@@ -1387,6 +1666,12 @@ class Federation:
         event = self._emit("join", fields)
         if event is not None:
             self.sent_joins[(fields["uid"], chan.folded)] = event["sig"]
+        if event is None or len(P.canonical(event)) > PROOF_MAX:
+            # Not sent (no link) or too large for a burst: a proof of its own (a creation decides races).
+            event = self._sign_proof(fields["uid"], chan, fields["status"], [op for op in ops if op[0] == "created"],
+                                     fields.get("key"))
+        self.member_joins[(fields["uid"], chan.folded)] = event
+        self._admitting_invite(fields["uid"], chan, user)
 
     def local_part(self, user: User, chan: Channel, reason: str = "") -> None:
         """A local user left ``chan``."""
@@ -1394,6 +1679,8 @@ class Federation:
             return
         self._emit("part", {"uid": self.uid(user), "channel": chan.name, "reason": reason[:400]})
         self.sent_joins.pop((self.uid(user), chan.folded), None)
+        self.member_joins.pop((self.uid(user), chan.folded), None)
+        self.member_invites.pop((self.uid(user), chan.folded), None)
         self._forget_channel_if_gone(chan.folded)
 
     def local_kick(self, user: User, chan: Channel, victim: User, reason: str) -> None:
@@ -1402,6 +1689,7 @@ class Federation:
             return
         self._emit("kick", {"uid": self.uid(user), "channel": chan.name, "target": self.uid(victim),
                             "reason": reason[:400]})
+        self._forget_join(self.uid(victim), chan.folded)
         self._forget_channel_if_gone(chan.folded)
 
     def local_topic(self, user: User, chan: Channel) -> None:
@@ -1434,7 +1722,14 @@ class Federation:
         """A local user invited ``target`` to ``chan`` (every server learns it, for +i checks)."""
         if not self._local(user):
             return
-        self._emit("invite", {"uid": self.uid(user), "channel": chan.name, "target": self.uid(target)})
+        fields = {"uid": self.uid(user), "channel": chan.name, "target": self.uid(target)}
+        event = self._emit("invite", fields)
+        if event is None:  # no link now: a signed invite of its own (seq 0), the proof should the target join
+            event = {"type": "invite", "origin": self.me, "epoch": self.epoch, "seq": 0, "to": None,
+                     "hlc": list(self.hlc.tick())}
+            event.update(fields)
+            self.signer.sign(event)
+        self._keep_invite(event)
 
     def local_message(self, user: User, command: str, target: str, chan: Channel, text: str,
                       tags: dict[str, str], msgid: str) -> None:
@@ -1453,8 +1748,213 @@ class Federation:
                    to=other.conn.origin)
 
     # ==========================================================================================
+    # Operator control (LINKS, SQUIT, CONNECT): plain values in and out; the IRC layer words replies
+    # ==========================================================================================
+    def links_view(self) -> list["LinkView"]:
+        """Every server of the federation as seen from here: this one first, then nearest first.
+
+        ``uplink`` is this server for direct links; further away it is the neighbour the server is
+        reached through (bursts carry hop counts, not parents, so in a tree deeper than two hops this
+        is the first hop of the path, not necessarily the server's own uplink).
+        """
+        out = [LinkView(self.server.name, self.me, self.server.name, 0, None)]
+        for info in sorted(self.servers.values(), key=lambda i: (i.hops, i.name.lower(), i.server_id)):
+            link = self.links.get(info.link_id)
+            if link is not None and link.peer_id == info.server_id:
+                out.append(LinkView(info.name, info.server_id, self.server.name, info.hops, link.trust))
+                continue
+            via = self.servers.get(link.peer_id) if link is not None else None
+            out.append(LinkView(info.name, info.server_id, via.name if via is not None else "*", info.hops, None))
+        return out
+
+    def held_view(self) -> list["HeldPeer"]:
+        """The peers held by an operator, oldest first."""
+        return sorted(self.held.values(), key=lambda h: h.since)
+
+    def _direct_peers(self) -> dict[str, str]:
+        """Endpoint id -> name of every peer SQUIT can act on: configured, held or linked (any state)."""
+        peers = {pid: P.short_id(pid) for pid in getattr(self.transport, "peers", {})}
+        peers.update((pid, h.name) for pid, h in self.held.items())
+        for link in self.links.values():
+            if link.state != "closed":
+                info = self.servers.get(link.peer_id)
+                peers[link.peer_id] = info.name if info is not None else link.name
+        return peers
+
+    @staticmethod
+    def _match(target: str, candidates: dict[str, str]) -> list[str]:
+        """Ids in ``candidates`` (id -> name) that ``target`` names: the id, the name, or a unique id prefix."""
+        wanted = target.lower()
+        if wanted in candidates:
+            return [wanted]
+        found = [pid for pid, name in candidates.items() if name.lower() == wanted]
+        if found or len(wanted) < 8 or any(c not in "0123456789abcdef" for c in wanted):
+            return found
+        return [pid for pid in candidates if pid.startswith(wanted)]
+
+    def _is_me(self, target: str) -> bool:
+        return target.lower() in (self.me, self.server.name.lower())
+
+    def hold(self, target: str, reason: str, by: User) -> "LinkControl":
+        """An operator's SQUIT: drop the direct link to ``target`` (server name or endpoint id) and
+        neither dial nor accept that peer until :meth:`release`. Only direct neighbours can be held."""
+        if self._is_me(target):
+            return LinkControl(False, f"{self.server.name} is this server: SQUIT drops the link to a neighbour")
+        direct = self._direct_peers()
+        matches = self._match(target, direct)
+        if not matches:
+            far = self._match(target, {sid: info.name for sid, info in self.servers.items()})
+            if not far:
+                return LinkControl(False, "No such server", no_such_server=True)
+            info = self.servers[far[0]]
+            link = self.links.get(info.link_id)
+            via = direct.get(link.peer_id, link.name) if link is not None else "?"
+            return LinkControl(False, f"{info.name} is not linked directly to {self.server.name} (it is {info.hops} "
+                                      f"hops away, through {via}); SQUIT only applies to direct links")
+        if len(matches) > 1:
+            return LinkControl(False, f"{target} names several peers ({', '.join(sorted(matches))}): "
+                                      "give the endpoint id")
+        peer_id = matches[0]
+        name = direct[peer_id]
+        if peer_id in self.held:
+            return LinkControl(False, f"The link to {name} ({peer_id}) is already held: CONNECT {name} releases it")
+        linked = any(link.peer_id == peer_id and link.state != "closed" for link in self.links.values())
+        self.held[peer_id] = HeldPeer(peer_id, name, reason, by.nick, self.clock.seconds())
+        # The bridge hands this to its own loop thread; the link's end comes back as link_down (netsplit).
+        self.transport.hold_peer(peer_id, f"link held: {reason}")
+        log.info("S2S link to {name} ({peer}) held by operator {nick} ({account}): {reason}", name=name,
+                 peer=peer_id, nick=by.nick, account=by.account or "no account", reason=reason)
+        done = "dropped and held" if linked else "held (it was not linked)"
+        return LinkControl(True, f"Link to {name} ({peer_id}) {done}: it is neither dialled nor accepted "
+                                 f"until CONNECT {name}")
+
+    def release(self, target: str, by: User) -> "LinkControl":
+        """An operator's CONNECT: release a peer held by :meth:`hold`, so the link can come back (the bridge
+        dials it at once if it is in ``--s2s-peers``; otherwise it is accepted when it dials here)."""
+        configured = getattr(self.transport, "peers", {})
+        matches = self._match(target, {pid: h.name for pid, h in self.held.items()})
+        if len(matches) > 1:
+            return LinkControl(False, f"{target} names several held peers ({', '.join(sorted(matches))}): "
+                                      "give the endpoint id")
+        if matches:
+            entry = self.held.pop(matches[0])
+            self.transport.release_peer(entry.peer_id)
+            log.info("S2S link to {name} ({peer}) released by operator {nick} ({account})", name=entry.name,
+                     peer=entry.peer_id, nick=by.nick, account=by.account or "no account")
+            how = ("dialling it now" if entry.peer_id in configured else
+                   "it is not in --s2s-peers, so the link comes back when it dials this server")
+            return LinkControl(True, f"Link to {entry.name} ({entry.peer_id}) released: {how}")
+        if self._is_me(target):
+            return LinkControl(False, f"{self.server.name} is this server")
+        known = self._direct_peers()
+        known.update((sid, info.name) for sid, info in self.servers.items())
+        found = self._match(target, known)
+        if not found:
+            return LinkControl(False, "No such server", no_such_server=True)
+        peer_id = found[0]
+        name = known[peer_id]
+        if peer_id in self.servers:
+            return LinkControl(False, f"{name} ({peer_id}) is not held: it is linked")
+        if peer_id in configured:
+            self.transport.release_peer(peer_id)  # not held: this only cuts the dialling back-off short
+            return LinkControl(False, f"{name} ({peer_id}) is not held; dialling it now")
+        return LinkControl(False, f"{name} ({peer_id}) is not held")
+
+    # ==========================================================================================
+    # Persistence of the channel CRDTs (table channel_crdt; docs/federation.md, "Restarts")
+    # ==========================================================================================
+    def load_state(self, store: Any) -> None:
+        """Start-up: use the channel states saved in ``store`` instead of re-adopting the channels.
+
+        Each row is validated like peer input; a corrupt one is logged and ignored (that channel is
+        adopted from its persisted record, as without saved state). A persisted channel that differs
+        from its saved state (changed while federation was off, or a crash lost the last state write)
+        gets the differences captured with fresh stamps, so they still reach the peers. The clock is
+        moved past every loaded stamp first, so it never goes backwards across a restart.
+        """
+        self.store = store
+        if store is None:
+            return
+        try:
+            rows = store.load_channel_crdts()
+        except Exception:
+            log.failure("S2S saved channel states could not be read; channels are adopted from their records")
+            return
+        loaded: dict[str, ChannelCRDT] = {}
+        for folded, text in rows.items():
+            try:
+                if not isinstance(folded, str) or not is_channel(folded) or fold(folded) != folded:
+                    raise ProtocolError("bad channel name")
+                loaded[folded] = ChannelCRDT.deserialize(text, self.hlc)
+            except ProtocolError as e:
+                log.warn("S2S saved state of channel {channel} is unusable ({error}); adopting the persisted "
+                         "channel instead", channel=str(folded)[:64], error=str(e))
+                self._saved[folded] = b""  # replaced (or deleted) by the next persist()
+                self._dirty.add(folded)
+                continue
+            self._saved[folded] = hashlib.sha256(text.encode("utf-8")).digest()
+        for crdt in loaded.values():
+            self.hlc.observe(crdt.max_stamp())
+        recaptured = 0
+        for folded, crdt in loaded.items():
+            self.crdts[folded] = crdt
+            chan = self.server.channels.get(folded)
+            if chan is not None and crdt.capture(chan, self.hlc):
+                recaptured += 1
+                self._dirty.add(folded)
+        for folded in self._dirty:  # corrupt rows of persisted channels: adopt now (and save)
+            chan = self.server.channels.get(folded)
+            if chan is not None and folded not in self.crdts:
+                self.crdts[folded] = ChannelCRDT.adopt(chan)
+        log.info("S2S restored the saved state of {n} channel(s) ({changed} changed since, re-stamped)",
+                 n=len(loaded), changed=recaptured)
+
+    def persist(self) -> None:
+        """Periodic (once per store flush interval): queue the states of changed channels for the store.
+
+        Channels are marked dirty when their state may have changed; only states that really differ
+        from what the store holds are written, and the state of a forgotten channel is deleted.
+        """
+        dirty, self._dirty = self._dirty, set()
+        store = self.store
+        if store is None:
+            return
+        for folded in dirty:
+            try:
+                crdt = self.crdts.get(folded)
+                if crdt is None:
+                    if self._saved.pop(folded, None) is not None:
+                        store.delete_channel_crdt(folded)
+                    continue
+                text = crdt.serialize()
+                digest = hashlib.sha256(text.encode("utf-8")).digest()
+                if self._saved.get(folded) != digest:
+                    store.save_channel_crdt(folded, text)
+                    self._saved[folded] = digest
+            except Exception:
+                log.failure("S2S state of channel {channel} not saved", channel=folded)
+
+    # ==========================================================================================
     # Keepalive
     # ==========================================================================================
+    def _prune_joins(self) -> None:
+        """Forget the joins of memberships that ended by a path without a hook (kept: users split away)."""
+        channels = self.server.channels
+        for uid, folded in list(self.member_joins):
+            user = self.user_by_uid(uid)
+            chan = channels.get(folded)
+            if user is None or chan is None or user not in chan.members:
+                del self.member_joins[(uid, folded)]
+        for uid, folded in list(self.accepted_joins):
+            user = self.remote.get(uid)
+            if user is not None and ((chan := channels.get(folded)) is None or user not in chan.members):
+                del self.accepted_joins[(uid, folded)]
+        for key in [k for k in self.member_invites if k not in self.member_joins]:
+            del self.member_invites[key]
+        for uid, folded in list(self.invite_events):  # invites whose target or channel is gone
+            if folded not in channels or self.user_by_uid(uid) is None:
+                del self.invite_events[(uid, folded)]
+
     def tick(self) -> None:
         """Periodic: ping open links, drop silent or stuck ones, forget the state of vanished channels."""
         now = self.clock.seconds()
@@ -1465,6 +1965,10 @@ class Federation:
             chan = self.server.channels.get(folded)
             if user is None or chan is None or user not in chan.members:
                 del self.sent_joins[(uid, folded)]
+        try:
+            self._prune_joins()
+        except Exception:
+            log.failure("S2S pruning of membership joins failed")
         for link in list(self.links.values()):
             try:
                 if link.state == "hello" and now - link.opened > self.ping_timeout:
@@ -1478,6 +1982,38 @@ class Federation:
                         self._send(link, {"type": "ping"})
             except Exception:
                 log.failure("S2S keepalive failed for {peer}", peer=link.peer_id)
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """One server in the LINKS view: its name and endpoint id, the server it is linked through, its distance
+    in hops (0: this server) and, for a direct link, the local trust level of that link."""
+
+    name: str
+    server_id: str
+    uplink: str
+    hops: int
+    trust: Optional[str]
+
+
+@dataclass(frozen=True)
+class HeldPeer:
+    """A peer an operator held with SQUIT: not dialled nor accepted until CONNECT."""
+
+    peer_id: str
+    name: str
+    reason: str
+    by: str
+    since: float
+
+
+@dataclass(frozen=True)
+class LinkControl:
+    """The outcome of SQUIT or CONNECT: what to tell the operator, and whether the target is unknown (402)."""
+
+    ok: bool
+    text: str
+    no_such_server: bool = False
 
 
 class _Ctx:
@@ -1496,9 +2032,10 @@ class _Ctx:
 # Wiring
 # ==============================================================================================
 class FederationService(service.MultiService):
-    """The bridge and the keepalive timer, started and stopped with the server."""
+    """The bridge, the keepalive timer and the state writer, started and stopped with the server."""
 
-    def __init__(self, federation: Federation, bridge: IrohBridgeService, clock: Any) -> None:
+    def __init__(self, federation: Federation, bridge: IrohBridgeService, clock: Any,
+                 persist_interval: float = 0.2) -> None:
         super().__init__()
         self.federation = federation
         self.bridge = bridge
@@ -1506,12 +2043,26 @@ class FederationService(service.MultiService):
         timer = TimerService(federation.ping_interval, federation.tick)
         timer.clock = clock
         timer.setServiceParent(self)
+        writer = TimerService(persist_interval, federation.persist)
+        writer.clock = clock
+        writer.setServiceParent(self)
+
+    def stopService(self) -> Any:
+        """Queue the last changed channel states first: the store (stopped after us) flushes them."""
+        try:
+            self.federation.persist()
+        except Exception:
+            log.failure("S2S channel states not saved at shutdown")
+        return super().stopService()
 
 
 def make_federation(config: Any, server: Any, reactor: Any, secret_key: bytes, *, clock: Any = None,
-                    backoff_min: float = 1.0, ping_interval: float = 15.0) -> FederationService:
+                    backoff_min: float = 1.0, ping_interval: float = 15.0,
+                    max_remote_users: Optional[int] = None) -> FederationService:
     """Build the S2S bridge and federation for ``server`` from a validated config."""
     clock = clock if clock is not None else reactor
+    if max_remote_users is None:
+        max_remote_users = getattr(config, "s2s_max_remote_users", 10000)
     signer = EventSigner(secret_key)
     if config.s2s_open_federation:
         allowed: Optional[frozenset[str]] = None
@@ -1521,12 +2072,16 @@ def make_federation(config: Any, server: Any, reactor: Any, secret_key: bytes, *
     bridge = IrohBridgeService(reactor, secret_key, peers=peers, allowed=allowed, bind_host=config.iroh_host,
                                port=config.iroh_port, relay_mode=config.iroh_relay_mode, backoff_min=backoff_min)
     federation = Federation(server, bridge, signer, clock, trust=dict(config.s2s_peer_trust), rate=config.s2s_rate,
-                            ping_interval=ping_interval, ping_timeout=ping_interval * 3)
+                            ping_interval=ping_interval, ping_timeout=ping_interval * 3,
+                            max_remote_users=max_remote_users)
     bridge.listener = federation
+    federation.load_state(getattr(server, "store", None))
     server.s2s.append(federation)
+    server.federation = federation  # LINKS, SQUIT and CONNECT call through it
     if allowed is not None and not allowed:
         log.warn("S2S federation is closed: no --s2s-allowed-peers, so every incoming peer is refused "
                  "(give --s2s-allowed-peers, or --s2s-open-federation to accept anyone)")
     elif allowed is None:
         log.warn("S2S open federation: any iroh endpoint may link to this server (--s2s-open-federation)")
-    return FederationService(federation, bridge, clock)
+    return FederationService(federation, bridge, clock,
+                             persist_interval=getattr(federation.store, "flush_interval", 0.2))

@@ -26,6 +26,7 @@ server, and are not part of this module.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any, Callable, Iterable, Optional
 
 from freeq.irc.names import fold
@@ -40,6 +41,8 @@ MAX_LIST = 500  # live elements kept per list (local MAXLIST is lower; this boun
 MAX_TOMBSTONES = 4000  # removed tags remembered per list
 #: Stamps further than this in the future are refused (a peer cannot pin a register forever).
 MAX_DRIFT_MS = 300_000
+STATE_VERSION = 1  # format of :meth:`ChannelCRDT.serialize`
+MAX_STATE_CHARS = 8_000_000  # a stored state larger than this is refused as corrupt
 
 
 class HybridClock:
@@ -321,6 +324,37 @@ class ChannelCRDT:
         for m in FLAG_MODES:
             crdt.regs["mode:" + m] = (ZERO, m in "nt")
         return crdt
+
+    # -- persistence ----------------------------------------------------------------------------
+    def serialize(self) -> str:
+        """The whole state (registers with stamps, adds with tags, tombstones) as compact JSON for the store."""
+        return json.dumps({"v": STATE_VERSION, "ops": self.dump()}, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def deserialize(cls, text: Any, clock: HybridClock) -> "ChannelCRDT":
+        """Rebuild a state saved by :meth:`serialize`, validated like peer input.
+
+        Raises :class:`ProtocolError` on anything malformed (including stamps too far in the future,
+        which would otherwise pin our clock), so a corrupt row can never become channel state.
+        """
+        if not isinstance(text, str) or len(text) > MAX_STATE_CHARS:
+            raise ProtocolError("bad stored state")
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            raise ProtocolError("stored state is not JSON") from None
+        if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION or not isinstance(doc.get("ops"), list):
+            raise ProtocolError("unknown stored state format")
+        crdt = cls()
+        for op in doc["ops"]:
+            crdt.apply(op, clock)
+        return crdt
+
+    def max_stamp(self) -> Stamp:
+        """The highest stamp in this state (a restarted clock must not go below it)."""
+        stamps = [stamp for stamp, _value in self.regs.values()]
+        stamps += [reg[0] for reg in (self.founder, self.creator) if reg is not None]
+        return max(stamps, default=ZERO)
 
     def is_trivial(self) -> bool:
         """Whether nothing distinguishes this state from a fresh default channel."""
