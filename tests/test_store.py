@@ -446,6 +446,27 @@ class StoredDataTests(unittest.TestCase):
         self.assertEqual(again.load_nick_owners(), {"nick": ("Nick", "did:plc:n")})
 
 
+class PackTests(unittest.TestCase):
+    """The chunk payload's column packing (pure)."""
+
+    def test_round_trip_and_json_fallback(self) -> None:
+        """NUL-joined columns round-trip (tags, no account, empty and non-ASCII text); a NUL in a field
+        falls back to JSON, which reads back the same; a payload of the wrong shape is refused."""
+        cols = [[1, 2, 3], ["PRIVMSG", "NOTICE", "PRIVMSG"], ["a!u@h", "b!u@h", "c!u@h"],
+                ["did:plc:abc", None, None], ["#c", "#c", "#c"], ["hi", "", "h\u00e9 \u2603 :x"],
+                [{}, {"+draft/reply": "01J"}, {}]]
+        packed = dbmod.pack_columns(cols)
+        self.assertTrue(packed.startswith("\x01"))
+        self.assertEqual(dbmod.unpack_columns(packed, 3), cols)
+        evil = [c[:] for c in cols]
+        evil[5][0] = "a\x00b"
+        fallback = dbmod.pack_columns(evil)
+        self.assertTrue(fallback.startswith("["))
+        self.assertEqual(dbmod.unpack_columns(fallback, 3), evil)
+        with self.assertRaises(ValueError):
+            dbmod.unpack_columns(packed, 2)
+
+
 class ChunkTests(unittest.TestCase):
     """Schema v2's chunked history: migration from v1, tamper-evidence, lookups, duplicates, cap, retention."""
 
