@@ -208,6 +208,56 @@ class BurstLimitTests(BurstBase):
         self.assertFalse(b.knows("mal1"))
 
 
+    @asynctest
+    async def test_remote_user_held_to_chanlimit(self) -> None:
+        """A remote user may be in at most --max-channels-per-user channels here, whether it joins live or
+        by burst, in channels old or new here: the excess join is refused (logged, answered with a
+        ``refuse`` of reason ``limit``) and no channel is made for it."""
+        b, mallory, bob = await self.linked(max_channels_per_user=2)
+        mallory.send(mallory.user(1, "mal"))
+        await wait_for(lambda: b.knows("mal"), what="mal on B")
+        for name in ("#one", "#two", "#three"):
+            mallory.send(mallory.event("join", {"uid": mallory.uid(1), "channel": name, "status": "", "ops": []}))
+        line = await self.logs.wait("join from peer", "unauthorized: limit", "#three")
+        self.assertIn("in 2 channels already", line)
+        self.assertEqual(sorted(c.name for c in b.server.users["mal"].channels.values()), ["#one", "#two"])
+        self.assertNotIn("#three", b.server.channels)
+        refusal = await wait_for(lambda: next((f for f in mallory.frames if f.get("type") == "refuse"
+                                               and f.get("channel") == "#three"), None), what="refuse #three")
+        self.assertEqual((refusal["reason"], refusal["to"], refusal["uid"]), ("limit", mallory.id, mallory.uid(1)))
+        # By burst: mal2 is listed in three channels new here; only two take it.
+        burst(mallory, [record(mallory, 1, "mal"), record(mallory, 2, "mal2")],
+              {name: [[mallory.uid(1), "", join_event(mallory, 1, name)]] if name != "#new3" else []
+               for name in ("#one", "#two")}
+              | {name: [[mallory.uid(2), "", join_event(mallory, 2, name)]] for name in ("#new1", "#new2", "#new3")})
+        await self.logs.wait("burst membership from peer", "unauthorized: limit", "#new3")
+        await wait_for(lambda: b.knows("mal2"), what="mal2 on B")
+        self.assertEqual(sorted(c.name for c in b.server.users["mal2"].channels.values()), ["#new1", "#new2"])
+        self.assertNotIn("#new3", b.server.channels)
+
+    @asynctest
+    async def test_memberless_channels_from_bursts_are_capped(self) -> None:
+        """State-only channel entries (no member here) make at most MAX_MEMBERLESS_CHANNELS channels."""
+        from freeq.s2s import federation as fedmod
+
+        self.patch(fedmod, "MAX_MEMBERLESS_CHANNELS", 2)
+        b, mallory, bob = await self.linked()
+        before = len(b.server.channels) - b.server.channels.formed
+        self.assertEqual(before, 0)
+        mallory.send({"type": "burst", "part": "servers",
+                      "servers": [{"id": mallory.id, "name": mallory.name, "epoch": mallory.epoch, "hops": 0}],
+                      "marks": []})
+        mallory.send({"type": "burst", "part": "users", "users": []})
+        stamp = [int(time.time() * 1000), 0, mallory.id[:16]]
+        for n in range(1, 5):
+            mallory.send({"type": "burst", "part": "channel", "name": f"#empty{n}", "created": int(time.time()),
+                          "ops": [["set", "topic", [f"topic {n}", "mal", int(time.time())], stamp]], "members": []})
+        mallory.send({"type": "burst", "part": "end"})
+        await self.logs.wait("burst channel from peer", "limit: 2 channels without members")
+        made = sorted(n for n in b.server.channels if n.startswith("#empty"))
+        self.assertEqual(len(made), 2)
+
+
 class RelinkTests(unittest.TestCase):
     """Memberships accepted before a netsplit come back with their status, unchecked."""
 

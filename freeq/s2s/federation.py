@@ -45,6 +45,8 @@ _MSGID_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 _STATUS = {"": 0, "v": VOICE, "o": OP, "ov": OP | VOICE}
 #: Remote memberships remembered as accepted (their join signature and last status), across netsplits.
 ACCEPTED_JOINS_MAX = 100000
+#: Channels with no member here that bursts may create (state only: founder, bans, topic of empty channels).
+MAX_MEMBERLESS_CHANNELS = 10000
 #: The largest join event (canonical JSON bytes) carried as a membership's proof in bursts.
 PROOF_MAX = 24000
 #: The largest invite event (canonical JSON bytes) kept as the proof that admitted a member to a +i channel.
@@ -783,6 +785,10 @@ class Federation:
         if chan is None:
             if not members and not ops:
                 return
+            if not members and len(server.channels) - server.channels.formed >= MAX_MEMBERLESS_CHANNELS:
+                self._warn_rejected(link, "burst channel", f"limit: {MAX_MEMBERLESS_CHANNELS} channels without "
+                                    f"members here already", channel=name)
+                return
             chan = self._create_channel(name, entry.get("created") or int(self.clock.seconds()))
         fresh = not chan.members and chan.founder is None
         crdt = self._crdt(chan)
@@ -814,6 +820,9 @@ class Federation:
                 self._burst_join(link, chan, user, bits, proof, invite, known, fresh, won)
         if creator is not None and crdt.creator != creator:
             self._demote_creator(chan, creator[1])
+        if not chan.members and not chan.has_state():  # e.g. every membership refused: keep no empty shell
+            server.channels.pop(folded, None)
+            self._forget_channel_if_gone(folded)
         if folded in server.channels:
             server.channel_changed(chan)
 
@@ -840,7 +849,8 @@ class Federation:
         accepted = self.accepted_joins.get((uid, chan.folded))
         known_bits = accepted[1] if accepted is not None and accepted[0] == proof["sig"] else None
         by_invite = False
-        if known_bits is None and check:
+        if known_bits is None and (check or len(user.channels) >= self.server.config.max_channels_per_user):
+            # A channel new here has no state to check against, but CHANLIMIT still holds.
             reason = self._join_refusal(chan, user, proof.get("key"))
             if reason is not None and reason.startswith("+i ") and invite is not None:
                 # +k, +l and +b are checked first: +i is the only reason left, which an invite answers.
@@ -1262,7 +1272,13 @@ class Federation:
             self.server.broadcast(chan.members, build_text(source, "TOPIC", chan.name, chan.topic))
 
     def _join_refusal(self, chan: Channel, user: User, key: Optional[str]) -> Optional[str]:
-        """Why ``user`` may not join ``chan`` in the local view (the same rules as a local JOIN)."""
+        """Why ``user`` may not join ``chan`` in the local view (the same rules as a local JOIN).
+
+        A remote user is also held to this server's CHANLIMIT (``--max-channels-per-user``), which
+        with ``--s2s-max-remote-users`` bounds the channels a peer can make here by joining."""
+        limit = self.server.config.max_channels_per_user
+        if len(user.channels) >= limit:
+            return f"limit (in {limit} channels already)"
         if self._is_did_op(chan, user):
             return None
         if chan.key is not None and key != chan.key:
@@ -1329,6 +1345,12 @@ class Federation:
                 if won and before is not None:
                     self._demote_creator(chan, before[1])
         else:
+            if len(user.channels) >= self.server.config.max_channels_per_user:
+                reason = f"limit (in {self.server.config.max_channels_per_user} channels already)"
+                self._warn_rejected(ctx.link, "join", f"unauthorized: {reason}", nick=user.nick, channel=name)
+                self._emit("refuse", {"uid": uid, "channel": name, "reason": "limit", "join": ctx.ev["sig"]},
+                           to=ctx.origin)
+                return False
             chan = self._create_channel(name, int(self.clock.seconds()))
         if bits & OP and not (fresh or won) and not self._is_did_op(chan, user):
             log.info("S2S join of {nick} to {channel}: operator status not granted here (channel not new)",
@@ -1388,7 +1410,7 @@ class Federation:
         name, chan = self._channel(ctx)
         code = P.get(ctx.ev, "reason", str)
         join_sig = P.get(ctx.ev, "join", str)
-        if code not in ("+b", "+i", "+k", "+l"):
+        if code not in ("+b", "+i", "+k", "+l", "limit"):
             raise ProtocolError("bad refusal reason")
         user = self.local_user_by_uid(uid) if ctx.ev.get("to") == self.me else None
         if (user is None or chan is None or user not in chan.members
