@@ -2084,7 +2084,7 @@ def make_federation(config: Any, server: Any, reactor: Any, secret_key: bytes, *
     """Build the S2S bridge and federation for ``server`` from a validated config."""
     clock = clock if clock is not None else reactor
     if max_remote_users is None:
-        max_remote_users = getattr(config, "s2s_max_remote_users", 10000)
+        max_remote_users = config.s2s_max_remote_users
     signer = EventSigner(secret_key)
     if config.s2s_open_federation:
         allowed: Optional[frozenset[str]] = None
