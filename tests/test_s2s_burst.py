@@ -12,7 +12,7 @@ from typing import Any, Optional
 from twisted.trial import unittest
 
 from freeq.s2s.protocol import EventSigner
-from freeq.state.channel import OP
+from freeq.state.channel import OP, VOICE
 from tests.s2s_support import (
     LogCapture,
     Node,
@@ -171,7 +171,7 @@ class BurstMembershipTests(BurstBase):
         self.assertEqual(names(b, "#chan")["mal"], 0)
         self.assertEqual(names(b, "#fresh")["mal"], OP)
         await self.logs.wait("S2S burst membership from peer", mallory.id,
-                             "rejected: unauthorized: operator status not granted", "#chan")
+                             "rejected: unauthorized: status +o not proven: no status proof", "#chan")
         self.assertEqual(await names_seen(bob, "#chan"), ["@bob", "mal"])
         await bob.expect_not(r"MODE #chan \+o", wait=0.1)
 
@@ -506,3 +506,192 @@ class InviteDuringSplitTests(unittest.TestCase):
         self.assertEqual(names(a, "#c"), {"alice": OP, "bob": 0})
         self.assertEqual(logs.find("burst membership from peer"), [])
         self.assertEqual(len(logs.find("burst membership of bob in #c accepted by the invite of")), 2)  # B and C
+
+
+def mode_event(mallory: RawPeer, actor: int, channel: str, status: list[list[str]],
+               signer: Optional[EventSigner] = None) -> dict[str, Any]:
+    """A mode event by mallory's user ``actor`` with member status changes ``status``, signed (by mallory unless
+    ``signer``) but never sent live: a status proof."""
+    return mallory.event("mode", {"uid": mallory.uid(actor), "channel": channel, "ops": [], "status": status},
+                         seq=0, signer=signer)
+
+
+class StatusProofTests(BurstBase):
+    """Status a burst gives beyond what this server granted needs a signed grant by an operator here."""
+
+    async def own_channel(self, b: Node, mallory: RawPeer, n: int) -> dict[int, dict[str, Any]]:
+        """mal0 creates #own here by a burst (op: the channel is new here); mal1..mal<n> are plain members.
+        Returns their join events by user number."""
+        joins = {i: join_event(mallory, i, "#own") for i in range(n + 1)}
+        burst(mallory, [record(mallory, i, f"mal{i}") for i in range(n + 1)],
+              {"#own": [[mallory.uid(i), "o" if i == 0 else "", joins[i]] for i in range(n + 1)]})
+        await wait_for(lambda: len(names(b, "#own")) == n + 1, what="mallory's users in #own")
+        self.assertEqual(names(b, "#own"), {f"mal{i}": OP if i == 0 else 0 for i in range(n + 1)})
+        return joins
+
+    @asynctest
+    async def test_status_not_raised_without_proof(self) -> None:
+        """mal1 and mal2, plain members of #chan here, re-bursted as "o" and "ov" without a status proof stay
+        plain (logged); status the burst no longer lists is still taken away."""
+        b, mallory, bob = await self.linked()
+        joins = {n: join_event(mallory, n, "#chan") for n in (1, 2, 3)}
+        users = [record(mallory, n, f"mal{n}") for n in (1, 2, 3)]
+        burst(mallory, users, {"#chan": [[mallory.uid(n), "", joins[n]] for n in (1, 2, 3)]})
+        await wait_for(lambda: len(names(b, "#chan")) == 4, what="mal1..3 in #chan")
+        bob.send("MODE #chan +v mal3")
+        await bob.expect(r"MODE #chan \+v mal3")
+        burst(mallory, users, {"#chan": [[mallory.uid(1), "o", joins[1]], [mallory.uid(2), "ov", joins[2]],
+                                         [mallory.uid(3), "", joins[3]]]})
+        await self.logs.wait("S2S burst membership from peer", mallory.id,
+                             "rejected: unauthorized: status +o not proven: no status proof", "mal1", "#chan")
+        await self.logs.wait("S2S burst membership from peer", mallory.id,
+                             "rejected: unauthorized: status +ov not proven: no status proof", "mal2", "#chan")
+        await wait_for(lambda: names(b, "#chan")["mal3"] == 0, what="mal3's voice taken away")
+        self.assertEqual(names(b, "#chan"), {"bob": OP, "mal1": 0, "mal2": 0, "mal3": 0})
+        self.assertEqual(await names_seen(bob, "#chan"), ["@bob", "mal1", "mal2", "mal3"])
+        await bob.expect_not(r"MODE #chan \+", wait=0.1)
+
+    @asynctest
+    async def test_status_proven_by_an_operator_here(self) -> None:
+        """mal0 is op of #own here (it created it here). A burst giving "o" to mal1 (a member), mal2 (new here)
+        and mal3 (granted by mal1, who is op only by his own proof in the same burst) with mode events by their
+        granters is accepted; the proofs are kept and carried on in this server's bursts, as is the mode
+        event of a local grant."""
+        b, mallory, bob = await self.linked()
+        joins = await self.own_channel(b, mallory, 1)
+        joins[2], joins[3] = join_event(mallory, 2, "#own"), join_event(mallory, 3, "#own")
+        proofs = {1: mode_event(mallory, 0, "#own", [["+", "o", mallory.uid(1)]]),
+                  2: mode_event(mallory, 0, "#own", [["+", "v", mallory.uid(2)], ["+", "o", mallory.uid(2)]]),
+                  3: mode_event(mallory, 1, "#own", [["+", "o", mallory.uid(3)]])}
+        status = {0: "o", 1: "o", 2: "ov", 3: "o"}
+        order = (0, 3, 2, 1)  # mal3's granter comes after him
+        burst(mallory, [record(mallory, n, f"mal{n}") for n in order],
+              {"#own": [[mallory.uid(n), status[n], joins[n], None, proofs[n]] if n in proofs
+                        else [mallory.uid(n), status[n], joins[n]] for n in order]})
+        await wait_for(lambda: len(names(b, "#own")) == 4, what="mal2 and mal3 in #own")
+        self.assertEqual(names(b, "#own"), {"mal0": OP, "mal1": OP, "mal2": OP | VOICE, "mal3": OP})
+        self.assertEqual(self.logs.find("burst membership from peer"), [])
+        chan = b.server.channels["#own"]
+        for n, proof in proofs.items():
+            self.assertEqual(b.federation.member_status.get((mallory.uid(n), "#own")), proof)
+            user = b.server.users[f"mal{n}"]
+            self.assertEqual(b.federation._member_entry(user, chan.members[user], chan)[4], proof)
+        # A local grant: the mode event B sent is carol's status proof in B's bursts.
+        carol = await b.client("carol")
+        carol.send("JOIN #chan")
+        await carol.expect("366")
+        bob.send("MODE #chan +o carol")
+        await carol.expect(r"MODE #chan \+o carol")
+        carol_uid = b.federation.uid(b.server.users["carol"])
+        sent = await wait_for(lambda: next((f for f in mallory.frames if f.get("type") == "mode"
+                                            and ["+", "o", carol_uid] in f.get("status", [])), None), what="mode")
+        entry = b.federation._member_entry(b.server.users["carol"], OP, b.server.channels["#chan"])
+        self.assertEqual(entry[3:], [None, sent])
+
+    @asynctest
+    async def test_bad_status_proofs_refused(self) -> None:
+        """Status proofs by a non-operator, an unknown granter, signed by another key, for another uid or
+        channel, granting other status, or that are not mode events, raise nothing (logged with the reason)."""
+        b, mallory, bob = await self.linked()
+        joins = await self.own_channel(b, mallory, 8)
+        (k_other, _id), = keys(1)
+        cases = {  # n -> (status proof, why it is refused)
+            1: (mode_event(mallory, 2, "#own", [["+", "o", mallory.uid(1)]]), "granter is not a channel operator here"),
+            2: (mode_event(mallory, 9, "#own", [["+", "o", mallory.uid(2)]]), "granter unknown here"),
+            3: (mode_event(mallory, 0, "#own", [["+", "o", mallory.uid(3)]], signer=EventSigner(k_other)),
+                "bad signature on the status proof"),
+            4: (mode_event(mallory, 0, "#own", [["+", "o", mallory.uid(1)]]), "status proof for another user"),
+            5: (mode_event(mallory, 0, "#chan", [["+", "o", mallory.uid(5)]]), "status proof of another channel"),
+            6: (mode_event(mallory, 0, "#own", [["+", "v", mallory.uid(6)]]), "the status proof grants other status"),
+            7: (mode_event(mallory, 0, "#own", [["+", "o", mallory.uid(7)], ["-", "o", mallory.uid(7)]]),
+                "status proof for another user"),
+            8: (join_event(mallory, 8, "#own"), "status proof is not a mode event"),
+        }
+        members: list[list[Any]] = [[mallory.uid(0), "o", joins[0]]]
+        for n, (proof, _why) in cases.items():
+            members.append([mallory.uid(n), "o", joins[n], None, proof])
+        burst(mallory, [record(mallory, n, f"mal{n}") for n in range(9)], {"#own": members})
+        for n, (_proof, why) in cases.items():
+            await self.logs.wait("S2S burst membership from peer", mallory.id,
+                                 f"rejected: unauthorized: status +o not proven: {why}", f"nick=mal{n} ")
+        self.assertEqual(names(b, "#own"), {f"mal{i}": OP if i == 0 else 0 for i in range(9)})
+        self.assertEqual([k for k in b.federation.member_status if k[1] == "#own"], [])
+
+    @asynctest
+    async def test_status_not_raised_by_a_relay_peer(self) -> None:
+        """Over a ``relay`` link a status proof by an operator here counts only if this server signed it: mal1 is
+        not opped by mal0's grant, nor voiced without proof; a grant B itself made and signed does count."""
+        logs = LogCapture(self)
+        b, mallory, bob = await link_raw_peer(self, "b.test", "bob", trust="relay")
+        joins = {n: join_event(mallory, n, "#chan") for n in (0, 1, 2)}
+        users = [record(mallory, n, f"mal{n}") for n in (0, 1, 2)]
+        burst(mallory, users, {"#chan": [[mallory.uid(n), "", joins[n]] for n in (0, 1, 2)]})
+        await wait_for(lambda: len(names(b, "#chan")) == 4, what="mal0..2 in #chan")
+        bob.send("MODE #chan +oo mal0 mal2")
+        await bob.expect(r"MODE #chan \+oo mal0 mal2")
+        own = b.federation.member_status[(mallory.uid(2), "#chan")]
+        self.assertEqual(own["origin"], b.id)
+        bob.send("MODE #chan -o mal2")
+        await bob.expect(r"MODE #chan -o mal2")
+        burst(mallory, users, {"#chan": [[mallory.uid(0), "o", joins[0]],
+                                         [mallory.uid(1), "ov", joins[1], None,
+                                          mode_event(mallory, 0, "#chan", [["+", "o", mallory.uid(1)]])],
+                                         [mallory.uid(2), "o", joins[2], None, own]]})
+        await logs.wait("S2S burst membership from peer", mallory.id, "rejected: unauthorized: status +ov not proven: "
+                        "status proofs are not accepted from a relay peer", "mal1")
+        await wait_for(lambda: names(b, "#chan")["mal2"] == OP, what="mal2 re-opped by B's own grant")
+        self.assertEqual(names(b, "#chan"), {"bob": OP, "mal0": OP, "mal1": 0, "mal2": OP})
+
+
+class StatusDuringSplitTests(unittest.TestCase):
+    """A status given during a netsplit travels with the membership, proven by the grant's signed event."""
+
+    timeout = 40
+
+    async def split_and_op(self, a: Node, b: Node, *others: Node) -> tuple[Any, Any]:
+        """alice creates #c on A, bob (on A) joins, and a user of each other server (so #c stays there during
+        the split); during a split of A and B alice gives bob +o; then the split heals."""
+        alice = await a.client("alice")
+        bob = await a.client("bob")
+        alice.send("JOIN #c")
+        await alice.expect("366")
+        # #c must reach every server before anyone joins there, or that join creates it too (a creation race).
+        await wait_for(lambda: all("alice" in names(node, "#c") for node in (b,) + others), what="#c created")
+        for client in [bob] + [await node.client(f"user{i}") for i, node in enumerate((b,) + others)]:
+            client.send("JOIN #c")
+            await client.expect("366")
+        expected = {"alice": OP, "bob": 0} | {f"user{i}": 0 for i in range(1 + len(others))}
+        await wait_for(lambda: all(names(node, "#c") == expected for node in (a, b) + others), what="#c everywhere")
+        a.bridge.hold_peer(b.id)
+        b.bridge.hold_peer(a.id)
+        await wait_for(lambda: not a.linked(b) and not b.linked(a), what="split")
+        alice.send("MODE #c +o bob")
+        await bob.expect(r"MODE #c \+o bob")
+        stand_in = a.federation.member_status[(a.federation.uid(a.server.users["bob"]), "#c")]
+        self.assertEqual((stand_in["type"], stand_in["seq"]), ("mode", 0))  # no link: signed for the purpose
+        b.bridge.release_peer(a.id)
+        a.bridge.release_peer(b.id)
+        await wait_for(lambda: a.linked(b) and b.linked(a), what="relink")
+        return alice, bob
+
+    @asynctest
+    async def test_op_given_during_a_split_kept_after_the_heal(self) -> None:
+        """After the heal bob is op of #c on B too: alice, his granter, is op there."""
+        logs = LogCapture(self)
+        a, b = await start_line(self, "a.test", "b.test")
+        await self.split_and_op(a, b)
+        await settle(a, b)
+        await wait_for(lambda: names(b, "#c") == {"alice": OP, "bob": OP, "user0": 0}, what="bob op on B")
+        self.assertEqual(names(a, "#c"), {"alice": OP, "bob": OP, "user0": 0})
+        self.assertEqual(logs.find("burst membership from peer"), [])
+
+    @asynctest
+    async def test_op_given_during_a_split_carried_through_a_line(self) -> None:
+        """In a line A-B-C, A splits from B and alice ops bob: after the heal B's burst carries the proof on to C."""
+        logs = LogCapture(self)
+        a, b, c = await start_line(self, "a.test", "b.test", "c.test")
+        await self.split_and_op(a, b, c)
+        await settle(a, b, c)
+        await wait_for(lambda: names(b, "#c") == names(c, "#c") == {"alice": OP, "bob": OP, "user0": 0, "user1": 0},
+                       what="bob op on B, C")
+        self.assertEqual(logs.find("burst membership from peer"), [])

@@ -53,10 +53,32 @@ PROOF_MAX = 24000
 INVITE_PROOF_MAX = 2000
 #: Signed invite events kept for pending invites (oldest forgotten first).
 INVITES_MAX = 100000
+#: The largest ``user`` or ``nick`` event (canonical JSON bytes) kept as the proof of a user record in bursts.
+USER_PROOF_MAX = 4000
+#: The fields of a user record (a burst entry, a ``user`` event), besides ``origin``.
+_USER_FIELDS = ("uid", "nick", "nick_ts", "user", "host", "real", "account", "handle", "away", "modes", "signon",
+                "owns")
+#: The largest ``mode`` event (canonical JSON bytes) kept as the proof of a member's status (larger: not kept).
+STATUS_PROOF_MAX = 4000
 
 
 def _status_str(bits: int) -> str:
     return ("o" if bits & OP else "") + ("v" if bits & VOICE else "")
+
+
+def _granted_bits(event: Any, uid: str) -> int:
+    """The status bits a ``mode`` event leaves granted to ``uid`` (its last change of each bit for that uid
+    is a ``+``); 0 for anything that is not such an event."""
+    changes = event.get("status") if isinstance(event, dict) and event.get("type") == "mode" else None
+    if not isinstance(changes, list):
+        return 0
+    bits = 0
+    for item in changes[:50]:
+        if (isinstance(item, list) and len(item) == 3 and item[2] == uid and item[0] in ("+", "-")
+                and item[1] in ("o", "v")):
+            bit = OP if item[1] == "o" else VOICE
+            bits = bits | bit if item[0] == "+" else bits & ~bit
+    return bits
 
 
 def _b36(n: int) -> str:
@@ -190,6 +212,15 @@ class Federation:
         # (uid, folded channel) -> the invite event that admitted a current member to a +i channel: bursts
         # carry it with the join, so a server that never saw the invite (a split, a restart) can check it.
         self.member_invites: dict[tuple[str, str], dict[str, Any]] = {}
+        # (uid, folded channel) -> the origin-signed ``mode`` event that granted a current member its status
+        # (absent when the status is empty or came with the join): bursts carry it, so a server that did not
+        # see the grant (a split, a dropped event) can check it against its own operators.
+        self.member_status: dict[tuple[str, str], dict[str, Any]] = {}
+        # uid -> the latest origin-signed ``user`` event and the latest ``nick`` event of each user (local: what we
+        # emitted, or a stand-in with seq 0; remote: accepted live or from a burst). Bursts carry them with the
+        # records of users of other origins, so a neighbour cannot speak for the servers behind it.
+        self.user_proofs: dict[str, dict[str, Any]] = {}
+        self.nick_proofs: dict[str, dict[str, Any]] = {}
         self.epoch = max(1, int(clock.seconds() * 1000))
         self.hlc = HybridClock(self.me[:16], clock.seconds)
         self.marks = SequenceTracker()
@@ -353,15 +384,21 @@ class Federation:
                    if (info := self.servers.get(origin)) is not None and info.link_id == link_id)
 
     # -- membership proofs: the origin-signed join behind each membership -----------------------
-    def _sign_proof(self, uid: str, chan: Channel, status: str, ops: list[Any], key: Optional[str]) -> dict[str, Any]:
-        """A signed ``join`` event that is never sent live (``seq`` 0 fails every envelope check): the
-        proof of a local membership whose join was not sent (no link, no hook) or is too large for a burst."""
-        event: dict[str, Any] = {"type": "join", "origin": self.me, "epoch": self.epoch, "seq": 0, "to": None,
-                                 "hlc": list(self.hlc.tick()), "uid": uid, "channel": chan.name, "status": status,
-                                 "ops": ops}
-        if key is not None:
-            event["key"] = key
+    def _stand_in(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """A signed event of ours that is never sent live (``seq`` 0 fails every envelope check): the proof,
+        carried in bursts, of a local change whose event was not sent (no link, no hook) or is too large."""
+        event: dict[str, Any] = {"type": kind, "origin": self.me, "epoch": self.epoch, "seq": 0, "to": None,
+                                 "hlc": list(self.hlc.tick())}
+        event.update(fields)
         return self.signer.sign(event)
+
+    def _sign_proof(self, uid: str, chan: Channel, status: str, ops: list[Any], key: Optional[str]) -> dict[str, Any]:
+        """A stand-in ``join`` event: the proof of a local membership whose join was not sent (no link, no
+        hook) or is too large for a burst."""
+        fields: dict[str, Any] = {"uid": uid, "channel": chan.name, "status": status, "ops": ops}
+        if key is not None:
+            fields["key"] = key
+        return self._stand_in("join", fields)
 
     def _local_proof(self, user: User, chan: Channel) -> dict[str, Any]:
         """The proof of a local member's membership (signed now if it joined without the join hook)."""
@@ -392,6 +429,7 @@ class Federation:
         """A membership really ended (part, kick, quit): a later burst must not restore it unchecked."""
         self.member_joins.pop((uid, folded), None)
         self.member_invites.pop((uid, folded), None)
+        self.member_status.pop((uid, folded), None)
         self.accepted_joins.pop((uid, folded), None)
 
     def _keep_invite(self, event: dict[str, Any]) -> None:
@@ -465,6 +503,185 @@ class Federation:
         if not P.verify_event(proof):
             return "bad signature on the join event"
         return None
+
+    # -- status proofs: the origin-signed mode event behind each member's status -----------------
+    def _keep_status(self, uid: str, folded: str, bits: int, event: Optional[dict[str, Any]] = None) -> None:
+        """Member ``uid`` of channel ``folded`` now has status ``bits``, and ``event`` (if given) is a signed
+        ``mode`` event that granted some of it. Keep as the membership's status proof the event that proves
+        its operator status if any (else the latest grant), and forget one that no longer proves anything."""
+        key = (uid, folded)
+        old = self.member_status.get(key)
+        covers = _granted_bits(event, uid) & bits
+        if event is not None and covers and len(P.canonical(event)) <= STATUS_PROOF_MAX:
+            if covers & OP or old is None or not _granted_bits(old, uid) & bits & OP:
+                self.member_status[key] = event
+                return
+        if old is not None and not _granted_bits(old, uid) & bits:
+            del self.member_status[key]
+
+    def _status_stand_in(self, actor_uid: str, chan: Channel, status: list[Any]) -> dict[str, Any]:
+        """A signed ``mode`` event that is never sent live (``seq`` 0), carrying only member status changes:
+        the status proof of a local grant whose event was not sent (no link) or is too large for a burst."""
+        event: dict[str, Any] = {"type": "mode", "origin": self.me, "epoch": self.epoch, "seq": 0, "to": None,
+                                 "hlc": list(self.hlc.tick()), "uid": actor_uid, "channel": chan.name, "ops": [],
+                                 "status": status}
+        return self.signer.sign(event)
+
+    def _check_status(self, proof: Any, user: User, chan: Channel, link: PeerLink,
+                      authority: bool = True) -> Optional[str]:
+        """Why ``proof`` (a burst entry's status proof, over ``link``) does not prove the status it grants remote
+        ``user`` in ``chan`` (``None``: it does): it must be a ``mode`` event signed by its origin, for this
+        channel, granting status to this user, by a granter known here who is a channel operator (or founder/
+        DID operator) here, i.e. who could have given that status here; a peer not trusted with mode events
+        (``relay``) can only bring back our own. Without ``authority``, only the event itself is checked."""
+        if proof is None:
+            return "no status proof"
+        if not isinstance(proof, dict) or proof.get("type") != "mode":
+            return "status proof is not a mode event"
+        if "mode" not in P.TRUST_ALLOWS[link.trust] and proof.get("origin") != self.me:
+            return f"status proofs are not accepted from a {link.trust} peer"
+        if len(P.canonical(proof)) > STATUS_PROOF_MAX:
+            return "status proof too large"
+        name = proof.get("channel")
+        if not isinstance(name, str) or fold(name) != chan.folded:
+            return "status proof of another channel"
+        if not _granted_bits(proof, user.conn.uid):
+            return "status proof for another user"
+        if not P.verify_event(proof):
+            return "bad signature on the status proof"
+        origin, granter_uid = str(proof["origin"]), proof.get("uid")
+        if not isinstance(granter_uid, str) or granter_uid[:16] != origin[:16]:
+            return "granter does not belong to the status proof's origin"
+        if not authority:
+            return None
+        granter = self.user_by_uid(granter_uid)
+        if granter is None:
+            return "granter unknown here"
+        if (granter.conn.origin if self.is_remote(granter) else self.me) != origin:
+            return "granter does not belong to the status proof's origin"
+        if not (chan.is_op(granter) or self._is_did_op(chan, granter)):
+            return "granter is not a channel operator here"
+        return None
+
+    def _remember_status(self, link: PeerLink, chan: Channel, user: User, proof: Any) -> None:
+        """Keep the status proof of a bursted membership for our own bursts if it is a proper signed grant of
+        that member's current status (each server that needs it checks the granter against its own view)."""
+        bits = chan.members.get(user, 0)
+        if proof is not None and self._check_status(proof, user, chan, link, authority=False) is None:
+            self._keep_status(user.conn.uid, chan.folded, bits, proof)
+        else:
+            self._keep_status(user.conn.uid, chan.folded, bits)
+
+    # -- user proofs: the origin-signed user and nick events behind each user record -------------
+    @staticmethod
+    def _hlc_order(event: dict[str, Any]) -> tuple[int, int]:
+        """Where an event stands on its origin's hybrid clock (which orders all events of one run of it)."""
+        hlc = event.get("hlc")
+        if (isinstance(hlc, list) and len(hlc) == 3 and isinstance(hlc[0], int) and isinstance(hlc[1], int)
+                and not isinstance(hlc[0], bool) and not isinstance(hlc[1], bool)):
+            return (hlc[0], hlc[1])
+        return (-1, -1)
+
+    def _newer(self, old: Optional[dict[str, Any]], new: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        """The later of two events of one origin (``old`` on a tie)."""
+        if old is None or (new is not None and self._hlc_order(new) > self._hlc_order(old)):
+            return new
+        return old
+
+    def _proven_record(self, proof: dict[str, Any], nick_proof: Optional[dict[str, Any]]) -> dict[str, Any]:
+        """The user record that a ``user`` event states, with the nick of ``nick_proof`` if that is later."""
+        rec = {key: proof.get(key) for key in _USER_FIELDS}
+        rec["origin"] = proof.get("origin")
+        if nick_proof is not None and self._hlc_order(nick_proof) > self._hlc_order(proof):
+            rec["nick"], rec["nick_ts"] = nick_proof.get("nick"), nick_proof.get("nick_ts")
+            rec["owns"] = bool(nick_proof.get("owns"))
+        return rec
+
+    def _keep_user_proof(self, event: dict[str, Any]) -> None:
+        """Keep an accepted (or emitted) ``user`` or ``nick`` event as the proof of its user's record, unless
+        an event of that kind stored already is later. Too large to travel in a burst: nothing is kept (a
+        local user's proof is then signed anew when bursting; a relayed user is left out of bursts)."""
+        store = self.user_proofs if event["type"] == "user" else self.nick_proofs
+        uid = str(event["uid"])
+        if len(P.canonical(event)) > USER_PROOF_MAX:
+            store.pop(uid, None)
+            return
+        current = store.get(uid)
+        if (current is not None and current.get("origin") == event.get("origin")
+                and self._hlc_order(current) > self._hlc_order(event)):
+            return
+        store[uid] = event
+        nick_proof = self.nick_proofs.get(uid)
+        if event["type"] == "user" and nick_proof is not None and self._hlc_order(nick_proof) < self._hlc_order(event):
+            del self.nick_proofs[uid]  # the user event states the current nick
+
+    def _forget_user_proofs(self, uid: str) -> None:
+        self.user_proofs.pop(uid, None)
+        self.nick_proofs.pop(uid, None)
+
+    def _emitted(self, kind: str, fields: dict[str, Any], event: Optional[dict[str, Any]]) -> None:
+        """A ``user`` or ``nick`` event about a local user was emitted (``None``: not sent, no link): keep it,
+        or a stand-in signed now, as the proof of the user's record."""
+        self._keep_user_proof(event if event is not None else self._stand_in(kind, fields))
+
+    def _local_user_proofs(self, rec: dict[str, Any]) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+        """The proofs of a local user's current record ``rec``: what we emitted, or a stand-in signed now if
+        that no longer states the record (a change made without a hook) or was too large to keep."""
+        uid = rec["uid"]
+        proof, nick_proof = self.user_proofs.get(uid), self.nick_proofs.get(uid)
+        if proof is None or self._proven_record(proof, nick_proof) != rec:
+            proof = self._stand_in("user", {k: v for k, v in rec.items() if k != "origin"})
+            self.nick_proofs.pop(uid, None)
+            nick_proof = None
+            self._keep_user_proof(proof)
+        if nick_proof is not None and self._newer(proof, nick_proof) is proof:
+            nick_proof = None
+        return proof, nick_proof
+
+    def _user_proof_problem(self, event: Any, kind: str, rec: dict[str, Any]) -> Optional[str]:
+        """Why ``event`` is not a ``kind`` (``user``/``nick``) event about the user of ``rec`` signed by its
+        origin (``None``: it is)."""
+        if not isinstance(event, dict):
+            return f"no {kind} event"
+        if event.get("type") != kind or event.get("origin") != rec["origin"] or event.get("uid") != rec["uid"]:
+            return f"{kind} event of another user"
+        if len(P.canonical(event)) > USER_PROOF_MAX:
+            return f"{kind} event too large"
+        stored = (self.user_proofs if kind == "user" else self.nick_proofs).get(rec["uid"])
+        if stored != event and not P.verify_event(event):  # one verified and kept already needs no new check
+            return f"bad signature on the {kind} event"
+        return None
+
+    def _prove_user(self, link: PeerLink, raw: dict[str, Any], rec: dict[str, Any]) -> Optional[
+            tuple[dict[str, Any], Optional[dict[str, Any]], Optional[dict[str, Any]]]]:
+        """The record to apply for a burst user entry (``rec``, validated from ``raw``), with the proofs to keep
+        for it: the peer's own users are vouched by the peer (their proofs, if sound, are kept for our own
+        bursts); a user of a server behind the peer is what its origin-signed ``user`` event (``proof``) and
+        later ``nick`` event (``nick_proof``), or newer ones kept here, state. ``None``: rejected (logged)."""
+        proof, nick_proof = raw.get("proof"), raw.get("nick_proof")
+        if rec["origin"] == link.peer_id:
+            sound = self._user_proof_problem(proof, "user", rec) is None
+            sound_nick = nick_proof is not None and self._user_proof_problem(nick_proof, "nick", rec) is None
+            return rec, proof if sound else None, nick_proof if sound_nick else None
+        problem = self._user_proof_problem(proof, "user", rec)
+        if problem is None and nick_proof is not None:
+            problem = self._user_proof_problem(nick_proof, "nick", rec)
+        if problem is not None:
+            self._warn_rejected(link, "user", f"forged: {problem}", uid=rec["uid"])
+            return None
+        assert isinstance(proof, dict)
+        # A neighbour may present proofs older than some accepted here: the latest of each kind counts.
+        kept, kept_nick = self.user_proofs.get(rec["uid"]), self.nick_proofs.get(rec["uid"])
+        if kept is not None and kept.get("origin") == rec["origin"] and self._hlc_order(kept) > self._hlc_order(proof):
+            proof = kept
+        if kept_nick is not None and kept_nick.get("origin") == rec["origin"]:
+            nick_proof = self._newer(kept_nick, nick_proof)
+        try:
+            proven = self._check_user_record(self._proven_record(proof, nick_proof))
+        except ProtocolError as e:
+            self._warn_rejected(link, "user", f"malformed: its signed events: {e}", uid=rec["uid"])
+            return None
+        return proven, proof, nick_proof
 
     # ==========================================================================================
     # Link events (from the bridge, in the reactor thread)
@@ -596,6 +813,33 @@ class Federation:
             "owns": bool(owner and owner == user.account),
         }
 
+    def _burst_records(self, users: list[User], link: PeerLink) -> tuple[list[dict[str, Any]], set[User]]:
+        """The burst records of ``users`` with their proofs (``proof``: the origin-signed ``user`` event,
+        ``nick_proof``: a later signed ``nick`` event or null), and the users they cover. A relayed user whose
+        proof is not kept here (its event was too large) is left out: the receiver would refuse it."""
+        records: list[dict[str, Any]] = []
+        included: set[User] = set()
+        left_out = 0
+        for user in users:
+            rec = self._user_record(user)
+            nick_proof: Optional[dict[str, Any]]
+            if self.is_remote(user):
+                proof, nick_proof = self.user_proofs.get(rec["uid"]), self.nick_proofs.get(rec["uid"])
+                if proof is None:
+                    left_out += 1
+                    continue
+                if nick_proof is not None and self._newer(proof, nick_proof) is proof:
+                    nick_proof = None
+            else:
+                proof, nick_proof = self._local_user_proofs(rec)
+            rec["proof"], rec["nick_proof"] = proof, nick_proof
+            records.append(rec)
+            included.add(user)
+        if left_out:
+            log.info("S2S burst to {peer}: {count} user(s) of other servers left out (no proof of their record "
+                     "kept here)", peer=link.peer_id, count=left_out)
+        return records, included
+
     def _send_burst(self, link: PeerLink) -> None:
         """Send our whole view, except what lies behind ``link`` itself."""
         servers = self._server_entries(link.link_id)
@@ -608,8 +852,8 @@ class Federation:
         users: list[User] = [u for u in self.server.users.values()
                              if u.registered and self._route_of_user(u) != link.link_id
                              and (not self.is_remote(u) or u.conn.origin in origins)]
-        included = set(users)
-        for chunk in _chunks([self._user_record(u) for u in users]):
+        records, included = self._burst_records(users, link)
+        for chunk in _chunks(records):
             self._send(link, {"type": "burst", "part": "users", "users": chunk})
         for chan in list(self.server.channels.values()):
             crdt = self._crdt(chan)
@@ -623,14 +867,19 @@ class Federation:
         self._send(link, {"type": "burst", "part": "end"})
 
     def _member_entry(self, user: User, bits: int, chan: Channel) -> list[Any]:
-        """A burst member entry: ``[uid, status, join event, invite event]`` (the origin-signed join, when
-        known, and the signed invite that admitted the member, only when the membership relied on one)."""
+        """A burst member entry: ``[uid, status, join event, invite event, status proof]`` (the origin-signed
+        join, when known; the signed invite that admitted the member, only when the membership relied on one,
+        else null; the signed ``mode`` event that granted its status, only when it has one; trailing nulls
+        are left out)."""
         uid = self.uid(user)
         proof = self.member_joins.get((uid, chan.folded)) if self.is_remote(user) else self._local_proof(user, chan)
         if proof is None:
             return [uid, _status_str(bits)]
-        invite = self.member_invites.get((uid, chan.folded))
-        return [uid, _status_str(bits), proof] if invite is None else [uid, _status_str(bits), proof, invite]
+        entry = [uid, _status_str(bits), proof, self.member_invites.get((uid, chan.folded)),
+                 self.member_status.get((uid, chan.folded)) if bits else None]
+        while entry[-1] is None:
+            entry.pop()
+        return entry
 
     def _reburst(self, except_link: Optional[int] = None) -> None:
         for link in self.open_links():
@@ -720,16 +969,21 @@ class Federation:
                 self.marks.record(origin, stream, epoch, seq)
         # 2. Users: the burst is the complete set of users behind this link.
         records: list[dict[str, Any]] = []
-        for rec in acc.users:
+        proofs: dict[str, tuple[Optional[dict[str, Any]], Optional[dict[str, Any]]]] = {}
+        for raw in acc.users:
             try:
-                rec = self._check_user_record(rec)
+                rec = self._check_user_record(raw)
             except ProtocolError as e:
                 self._warn_rejected(link, "burst user", f"malformed: {e}")
                 continue
             if rec["origin"] not in burst_servers:
                 self._warn_rejected(link, "burst user", "origin not behind this link", uid=rec["uid"])
                 continue
-            records.append(rec)
+            proven = self._prove_user(link, raw, rec)
+            if proven is None:
+                continue
+            records.append(proven[0])
+            proofs[rec["uid"]] = (proven[1], proven[2])
         seen = {rec["uid"] for rec in records}
         for uid, user in list(self.remote.items()):  # those gone first: their nicks and places are free
             route = self._route_of_user(user)
@@ -745,6 +999,9 @@ class Federation:
                     continue
                 count += 1
             self._upsert_user(rec, announce=True)
+            for proof in proofs[rec["uid"]]:
+                if proof is not None:
+                    self._keep_user_proof(proof)
         if over:
             for _ in range(over - 1):
                 self._count("rejected:limit", "s2s_events_rejected")
@@ -771,15 +1028,16 @@ class Federation:
         name = entry["name"]
         folded = fold(name)
         chan = server.channels.get(folded)
-        # uid -> (status bits, the origin-signed join event, the signed invite that admitted the member)
-        members: dict[str, tuple[int, Any, Any]] = {}
+        # uid -> (status bits, the origin-signed join event, the signed invite that admitted the member, the
+        # signed mode event that granted its status)
+        members: dict[str, tuple[int, Any, Any, Any]] = {}
         for item in entry["members"]:
-            if (not isinstance(item, list) or len(item) not in (2, 3, 4) or not isinstance(item[0], str)
+            if (not isinstance(item, list) or len(item) not in (2, 3, 4, 5) or not isinstance(item[0], str)
                     or item[1] not in _STATUS):
                 raise ProtocolError("bad member")
             if item[0] in seen:
                 members[item[0]] = (_STATUS[item[1]], item[2] if len(item) > 2 else None,
-                                    item[3] if len(item) > 3 else None)
+                                    item[3] if len(item) > 3 else None, item[4] if len(item) > 4 else None)
         ops = entry["ops"] if link.trust == "full" else []
         known = chan is not None  # a channel new here has no local state to check memberships against
         if chan is None:
@@ -803,21 +1061,36 @@ class Federation:
             if self.uid(member) not in members:
                 self._remote_part(member, chan, "")
         # Memberships that rely on an invite come last: their inviter's own membership (and operator
-        # status) in this burst must be in place to check the invite against.
-        for uid, (bits, proof, invite) in sorted(members.items(), key=lambda item: item[1][2] is not None):
-            user = self.remote.get(uid)
-            if user is None:
-                continue
-            if user in chan.members:
-                if chan.members[user] != bits:
-                    self._set_status(chan, user, bits, link.name)
-                stored = self.member_joins.get((uid, folded))
-                if (isinstance(proof, dict) and (stored is None or stored.get("sig") != proof.get("sig"))
-                        and self._check_proof(proof, user, folded) is None):
-                    self._remember_join(uid, folded, proof, chan.members[user])
-                    self._remember_invite(link, uid, chan, user, invite)
-            else:
-                self._burst_join(link, chan, user, bits, proof, invite, known, fresh, won)
+        # status) in this burst must be in place to check the invite against. Status beyond what this
+        # server has (or grants by itself) waits for its proof, checked once the granters listed before it
+        # are in place (see _prove_status).
+        pending: dict[User, list[Any]] = {}  # member -> [status bits not granted yet, status proof, reason]
+        for by_invite in (False, True):
+            for uid, (bits, proof, invite, status) in members.items():
+                user = self.remote.get(uid)
+                if user is None or (invite is not None) != by_invite:
+                    continue
+                if user in chan.members:
+                    have = chan.members[user]
+                    if have & ~bits:  # its home server's view: status no longer listed is taken away
+                        self._set_status(chan, user, have & bits, link.name)
+                        self._keep_status(uid, folded, have & bits)
+                    extra = bits & ~have  # never raised on the neighbour's word: proven below, or not at all
+                    stored = self.member_joins.get((uid, folded))
+                    if (isinstance(proof, dict) and (stored is None or stored.get("sig") != proof.get("sig"))
+                            and self._check_proof(proof, user, folded) is None):
+                        self._remember_join(uid, folded, proof, chan.members[user])
+                        self._remember_invite(link, uid, chan, user, invite)
+                else:
+                    extra = self._burst_join(link, chan, user, bits, proof, invite, known, fresh, won)
+                if extra:
+                    pending[user] = [extra, status, "no status proof"]
+                elif user in chan.members:
+                    self._remember_status(link, chan, user, status)
+            self._prove_status(link, chan, pending)
+        for user, (extra, _status, reason) in pending.items():
+            self._warn_rejected(link, "burst membership", f"unauthorized: status +{_status_str(extra)} not proven: "
+                                f"{reason}", nick=user.nick, channel=chan.name)
         if creator is not None and crdt.creator != creator:
             self._demote_creator(chan, creator[1])
         if not chan.members and not chan.has_state():  # e.g. every membership refused: keep no empty shell
@@ -825,6 +1098,33 @@ class Federation:
             self._forget_channel_if_gone(folded)
         if folded in server.channels:
             server.channel_changed(chan)
+
+    def _prove_status(self, link: PeerLink, chan: Channel, pending: dict[User, list[Any]]) -> None:
+        """Grant bursted members of ``chan`` the status in ``pending`` (member -> [bits beyond what this server
+        gave it, its status proof, reason]) that their status proofs prove (see :meth:`_check_status`).
+        Repeated while something is granted, since a granter may owe its own operator status to a proof of
+        the same burst. What is left in ``pending`` is not proven, with the reason why."""
+        progress = True
+        while progress:
+            progress = False
+            for user, (extra, status, _reason) in list(pending.items()):
+                if user not in chan.members:
+                    del pending[user]
+                    continue
+                reason = self._check_status(status, user, chan, link)
+                if reason is None:
+                    proven = _granted_bits(status, user.conn.uid) & extra
+                    if proven:
+                        bits = chan.members[user] | proven
+                        self._set_status(chan, user, bits, link.name)
+                        self._keep_status(user.conn.uid, chan.folded, bits, status)
+                        progress = True
+                        extra &= ~proven
+                    reason = "the status proof grants other status"
+                if extra:
+                    pending[user] = [extra, status, reason]
+                else:
+                    del pending[user]
 
     def _remember_invite(self, link: PeerLink, uid: str, chan: Channel, user: User, invite: Any) -> None:
         """Keep the invite of a bursted membership for our own bursts if it is a proper signed invite of that
@@ -835,17 +1135,20 @@ class Federation:
             self.member_invites.pop((uid, chan.folded), None)
 
     def _burst_join(self, link: PeerLink, chan: Channel, user: User, bits: int, proof: Any, invite: Any,
-                    check: bool, fresh: bool, won: Optional[tuple[Any, str]]) -> None:
+                    check: bool, fresh: bool, won: Optional[tuple[Any, str]]) -> int:
         """A membership new here, from a burst. Its join event must be signed by the user's origin; unless
         this very join was accepted here before (a relink), it is checked like a live join (refused ones
-        are undone at the home server), and operator status follows the live-join rules. When +i is the
-        only obstacle, the signed invite that admitted the member on its side (``invite``) can stand for
-        an invite given here, if its inviter could have invited here (see :meth:`_check_invite`)."""
+        are undone at the home server). When +i is the only obstacle, the signed invite that admitted the
+        member on its side (``invite``) can stand for an invite given here, if its inviter could have invited
+        here (see :meth:`_check_invite`). The member gets the status it had here under that very join (a
+        relink), or that the live-join rules give (operator status: channel new here, a creation race won
+        by that join, founder/DID op; voice: carried by the join itself); returns the status bits of
+        ``bits`` beyond that (0 if none, or if the membership is refused), which need a status proof."""
         uid = user.conn.uid
         problem = self._check_proof(proof, user, chan.folded)
         if problem is not None:
             self._warn_rejected(link, "burst membership", f"forged: {problem}", nick=user.nick, channel=chan.name)
-            return
+            return 0
         accepted = self.accepted_joins.get((uid, chan.folded))
         known_bits = accepted[1] if accepted is not None and accepted[0] == proof["sig"] else None
         by_invite = False
@@ -867,13 +1170,14 @@ class Federation:
                                     channel=chan.name)
                 self._emit("refuse", {"uid": uid, "channel": chan.name, "reason": reason.split()[0],
                                       "join": proof["sig"]}, to=user.conn.origin)
-                return
-        if bits & OP and not ((known_bits or 0) & OP or fresh or self._is_did_op(chan, user)
-                              or (won is not None and won[1] == uid
-                                  and ["created", uid, list(won[0])] in proof.get("ops", []))):
-            self._warn_rejected(link, "burst membership", "unauthorized: operator status not granted "
-                                "(channel not new here)", nick=user.nick, channel=chan.name)
-            bits &= ~OP
+                return 0
+        allowed = known_bits or 0
+        if (fresh or self._is_did_op(chan, user)
+                or (won is not None and won[1] == uid and ["created", uid, list(won[0])] in proof.get("ops", []))):
+            allowed |= OP
+        if proof.get("status") in ("v", "ov"):  # as a live join would give it
+            allowed |= VOICE
+        extra, bits = bits & ~allowed, bits & allowed
         if known_bits is None:
             user.invites.discard(chan.folded)
             if user.account is not None:
@@ -884,6 +1188,7 @@ class Federation:
             self.member_invites[(uid, chan.folded)] = invite
         else:
             self._remember_invite(link, uid, chan, user, invite)
+        return extra
 
     # ==========================================================================================
     # Events
@@ -1118,7 +1423,8 @@ class Federation:
             self.nick_ts[self.uid(user)] = self.hlc.tick()[0]
             user.write(build_text(server.name, "NOTICE", new,
                                   f"Nick {old_nick} is in use on another server of the network; you are now {new}"))
-            self._emit("nick", {"uid": self.uid(user), "nick": new, "nick_ts": self.nick_ts[self.uid(user)], "owns": False})
+            fields = {"uid": self.uid(user), "nick": new, "nick_ts": self.nick_ts[self.uid(user)], "owns": False}
+            self._emitted("nick", fields, self._emit("nick", fields))
 
     def _remote_nick(self, user: User, nick: str, nick_ts: int) -> None:
         if nick == user.nick:
@@ -1154,6 +1460,7 @@ class Federation:
                 accepted[1] = chan.members.get(user, 0)  # the status it had, for a relink
                 self.member_joins.pop((uid, chan.folded), None)
                 self.member_invites.pop((uid, chan.folded), None)
+                self.member_status.pop((uid, chan.folded), None)
             else:
                 self._forget_join(uid, chan.folded)
             server._part_channel(chan, user)
@@ -1162,6 +1469,7 @@ class Federation:
             del server.users[user.folded]
             server._monitor_notify(user.folded, None)
         self.nick_ts.pop(self.uid(user), None)
+        self._forget_user_proofs(uid)
         user.registered = False
 
     def _actor(self, ctx: "_Ctx", key: str = "uid") -> Optional[User]:
@@ -1186,6 +1494,7 @@ class Federation:
                                 "behind this link", uid=rec["uid"])
             return False
         self._upsert_user(rec, announce=True)
+        self._keep_user_proof(ctx.ev)  # carried with the user's record in our bursts
         return True
 
     def _ev_nick(self, ctx: "_Ctx") -> bool:
@@ -1197,6 +1506,7 @@ class Federation:
             raise ProtocolError("bad nick")
         self._remote_nick(user, nick, P.get(ctx.ev, "nick_ts", int))
         self._adopt_ownership(user, bool(ctx.ev.get("owns")))
+        self._keep_user_proof(ctx.ev)
         return True
 
     def _ev_quit(self, ctx: "_Ctx") -> bool:
@@ -1232,6 +1542,7 @@ class Federation:
     def _add_member(self, chan: Channel, user: User, bits: int, source: str) -> None:
         server = self.server
         chan.add(user, bits)
+        self.member_status.pop((self.uid(user), chan.folded), None)  # a new membership: no grant yet
         plain = build(user.hostmask, "JOIN", chan.name)
         extended = build_text(user.hostmask, "JOIN", chan.name, user.account or "*", user.realname)
         local = [m for m in chan.members if not self.is_remote(m)]
@@ -1383,6 +1694,7 @@ class Federation:
         for device in self.server.group(user):
             if device in chan.members:
                 chan.members[device] = bits
+        self._keep_status(creator_uid, chan.folded, bits)
         self.server._broadcast_modes(self.server.name, chan, [("-", "o", user.nick)])
         if not self.is_remote(user):  # tell the others (they may have believed our creator's status)
             self._emit("mode", {"uid": creator_uid, "channel": chan.name, "ops": [],
@@ -1517,6 +1829,8 @@ class Federation:
             if new != old:
                 chan.members[target] = new
                 changes.append((item[0], item[1], target.nick))
+                # This signed event is the proof of the status it granted, for bursts to servers that miss it.
+                self._keep_status(self.uid(target), chan.folded, new, ctx.ev if new & ~old else None)
         if changes:
             self.server._broadcast_modes(actor.hostmask, chan, changes)
         if ops:
@@ -1620,7 +1934,8 @@ class Federation:
             return  # another device of a connected identity is not a new user
         self.uid(user)
         self.nick_ts[self.uid(user)] = self.hlc.tick()[0]
-        self._emit("user", self._event_user(user))
+        fields = self._event_user(user)
+        self._emitted("user", fields, self._emit("user", fields))
 
     def _event_user(self, user: User) -> dict[str, Any]:
         rec = self._user_record(user)
@@ -1640,7 +1955,8 @@ class Federation:
         pending, self._pending_users = self._pending_users, set()
         for user in pending:
             if user.registered and user in self.local_uid:
-                self._emit("user", self._event_user(user))
+                fields = self._event_user(user)
+                self._emitted("user", fields, self._emit("user", fields))
 
     def local_nick(self, user: User, old_nick: str) -> None:
         """A registered local user changed nick."""
@@ -1648,8 +1964,9 @@ class Federation:
             return
         self.nick_ts[self.uid(user)] = self.hlc.tick()[0]
         owner = self.server.nick_owner(user.nick) if user.account else None
-        self._emit("nick", {"uid": self.uid(user), "nick": user.nick, "nick_ts": self.nick_ts[self.uid(user)],
-                            "owns": bool(owner and owner == user.account)})
+        fields = {"uid": self.uid(user), "nick": user.nick, "nick_ts": self.nick_ts[self.uid(user)],
+                  "owns": bool(owner and owner == user.account)}
+        self._emitted("nick", fields, self._emit("nick", fields))
 
     def local_quit(self, user: User, reason: str) -> None:
         """A registered local user disconnected."""
@@ -1660,6 +1977,7 @@ class Federation:
         if uid is None:
             return
         self.nick_ts.pop(uid, None)
+        self._forget_user_proofs(uid)
         for device in [d for d, u in self.local_uid.items() if u == uid]:
             del self.local_uid[device]
         self.local_by_uid.pop(uid, None)
@@ -1693,6 +2011,7 @@ class Federation:
             event = self._sign_proof(fields["uid"], chan, fields["status"], [op for op in ops if op[0] == "created"],
                                      fields.get("key"))
         self.member_joins[(fields["uid"], chan.folded)] = event
+        self.member_status.pop((fields["uid"], chan.folded), None)  # a status it joined with is in the join
         self._admitting_invite(fields["uid"], chan, user)
 
     def local_part(self, user: User, chan: Channel, reason: str = "") -> None:
@@ -1703,6 +2022,7 @@ class Federation:
         self.sent_joins.pop((self.uid(user), chan.folded), None)
         self.member_joins.pop((self.uid(user), chan.folded), None)
         self.member_invites.pop((self.uid(user), chan.folded), None)
+        self.member_status.pop((self.uid(user), chan.folded), None)
         self._forget_channel_if_gone(chan.folded)
 
     def local_kick(self, user: User, chan: Channel, victim: User, reason: str) -> None:
@@ -1732,13 +2052,23 @@ class Federation:
             return
         ops = self._crdt(chan).capture(chan, self.hlc)
         status = []
+        targets: list[User] = []
         for sign, ch, arg in applied:
             if ch in ("o", "v") and arg is not None:
                 target = self.server.users.get(fold(arg))
                 if target is not None:
                     status.append([sign, ch, self.uid(target)])
+                    targets.append(target)
+        event = None
         if ops or status:
-            self._emit("mode", {"uid": self.uid(user), "channel": chan.name, "ops": ops, "status": status})
+            event = self._emit("mode", {"uid": self.uid(user), "channel": chan.name, "ops": ops, "status": status})
+        if any(item[0] == "+" for item in status):
+            # The grant's signed event is the members' status proof in bursts; without a link (or when it is
+            # too large to carry) a stand-in carrying only the status changes is signed for the purpose.
+            if event is None or len(P.canonical(event)) > STATUS_PROOF_MAX:
+                event = self._status_stand_in(self.uid(user), chan, status)
+        for target in targets:
+            self._keep_status(self.uid(target), chan.folded, chan.members.get(target, 0), event)
 
     def local_invite(self, user: User, target: User, chan: Channel) -> None:
         """A local user invited ``target`` to ``chan`` (every server learns it, for +i checks)."""
@@ -1747,10 +2077,7 @@ class Federation:
         fields = {"uid": self.uid(user), "channel": chan.name, "target": self.uid(target)}
         event = self._emit("invite", fields)
         if event is None:  # no link now: a signed invite of its own (seq 0), the proof should the target join
-            event = {"type": "invite", "origin": self.me, "epoch": self.epoch, "seq": 0, "to": None,
-                     "hlc": list(self.hlc.tick())}
-            event.update(fields)
-            self.signer.sign(event)
+            event = self._stand_in("invite", fields)
         self._keep_invite(event)
 
     def local_message(self, user: User, command: str, target: str, chan: Channel, text: str,
@@ -1973,6 +2300,11 @@ class Federation:
                 del self.accepted_joins[(uid, folded)]
         for key in [k for k in self.member_invites if k not in self.member_joins]:
             del self.member_invites[key]
+        for uid, folded in list(self.member_status):  # statuses of memberships that ended without a hook
+            user = self.user_by_uid(uid)
+            chan = channels.get(folded)
+            if user is None or chan is None or not chan.members.get(user, 0):
+                del self.member_status[(uid, folded)]
         for uid, folded in list(self.invite_events):  # invites whose target or channel is gone
             if folded not in channels or self.user_by_uid(uid) is None:
                 del self.invite_events[(uid, folded)]
@@ -1991,6 +2323,9 @@ class Federation:
             self._prune_joins()
         except Exception:
             log.failure("S2S pruning of membership joins failed")
+        for store in (self.user_proofs, self.nick_proofs):  # users gone by a path without a hook
+            for uid in [u for u in store if self.user_by_uid(u) is None]:
+                del store[uid]
         for link in list(self.links.values()):
             try:
                 if link.state == "hello" and now - link.opened > self.ping_timeout:
