@@ -26,7 +26,6 @@ from tests.atproto_servers import (
     make_did_doc,
     random_plc_did,
     start_did_web,
-    start_pds,
     start_plc,
 )
 from tests.support import asynctest

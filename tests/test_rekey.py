@@ -17,7 +17,7 @@ from freeq.config import Config, ConfigError
 from freeq.store import keys
 from freeq.store.crypto import MessageCipher
 from freeq.store.service import open_persistence
-from tests.support import asynctest, sleep
+from tests.support import asynctest
 from tests.test_store import make_v1_database
 
 DM = "dm:did:plc:a did:plc:b"

@@ -443,21 +443,17 @@ class InviteDuringSplitTests(unittest.TestCase):
 
     timeout = 40
 
-    @asynctest
-    async def test_invited_during_a_split_kept_after_the_heal(self) -> None:
-        """alice (op of +i #c, on A) invites bob (on A) during a split and bob joins: after the heal B, which
-        never saw the invite, accepts bob's membership on the strength of alice's signed invite: bob is in
-        #c on both sides, nothing is refused, nobody is kicked."""
-        logs = LogCapture(self)
-        a, b = await start_line(self, "a.test", "b.test")
+    async def invite_during_split(self, a: Node, b: Node, *others: Node) -> Any:
+        """alice makes +i #c on A (known everywhere); during a split of A and B she invites bob (on A), who
+        joins; then the split heals and everything settles. Returns bob's client."""
         alice = await a.client("alice")
         bob = await a.client("bob")
         alice.send("JOIN #c")
         await alice.expect("366")
         alice.send("MODE #c +i")
         await alice.expect(r"MODE #c \+i")
-        await wait_for(lambda: "#c" in b.server.channels and "i" in b.server.channels["#c"].modes
-                       and "alice" in names(b, "#c"), what="+i #c with alice on B")
+        await wait_for(lambda: all("#c" in n.server.channels and "i" in n.server.channels["#c"].modes
+                                   and "alice" in names(n, "#c") for n in (b,) + others), what="+i #c everywhere")
         a.bridge.hold_peer(b.id)
         b.bridge.hold_peer(a.id)
         await wait_for(lambda: not a.linked(b) and not b.linked(a), what="split")
@@ -468,7 +464,17 @@ class InviteDuringSplitTests(unittest.TestCase):
         b.bridge.release_peer(a.id)
         a.bridge.release_peer(b.id)
         await wait_for(lambda: a.linked(b) and b.linked(a), what="relink")
-        await settle(a, b)
+        await settle(a, b, *others)
+        return bob
+
+    @asynctest
+    async def test_invited_during_a_split_kept_after_the_heal(self) -> None:
+        """alice (op of +i #c, on A) invites bob (on A) during a split and bob joins: after the heal B, which
+        never saw the invite, accepts bob's membership on the strength of alice's signed invite: bob is in
+        #c on both sides, nothing is refused, nobody is kicked."""
+        logs = LogCapture(self)
+        a, b = await start_line(self, "a.test", "b.test")
+        bob = await self.invite_during_split(a, b)
         await wait_for(lambda: names(b, "#c") == {"alice": OP, "bob": 0}, what="bob in #c on B")
         await bob.expect_not("KICK", wait=0.3)
         self.assertEqual(names(a, "#c"), {"alice": OP, "bob": 0})
@@ -482,25 +488,7 @@ class InviteDuringSplitTests(unittest.TestCase):
         him by the invite and its own burst carries the invite on to C, which accepts him too."""
         logs = LogCapture(self)
         a, b, c = await start_line(self, "a.test", "b.test", "c.test")
-        alice = await a.client("alice")
-        bob = await a.client("bob")
-        alice.send("JOIN #c")
-        await alice.expect("366")
-        alice.send("MODE #c +i")
-        await alice.expect(r"MODE #c \+i")
-        await wait_for(lambda: all("#c" in n.server.channels and "i" in n.server.channels["#c"].modes
-                                   and "alice" in names(n, "#c") for n in (b, c)), what="+i #c on B and C")
-        a.bridge.hold_peer(b.id)
-        b.bridge.hold_peer(a.id)
-        await wait_for(lambda: not a.linked(b) and not b.linked(a), what="split")
-        alice.send("INVITE bob #c")
-        await bob.expect("INVITE")
-        bob.send("JOIN #c")
-        await bob.expect("366")
-        b.bridge.release_peer(a.id)
-        a.bridge.release_peer(b.id)
-        await wait_for(lambda: a.linked(b) and b.linked(a), what="relink")
-        await settle(a, b, c)
+        bob = await self.invite_during_split(a, b, c)
         await wait_for(lambda: names(b, "#c") == names(c, "#c") == {"alice": OP, "bob": 0}, what="bob in #c on B, C")
         await bob.expect_not("KICK", wait=0.3)
         self.assertEqual(names(a, "#c"), {"alice": OP, "bob": 0})

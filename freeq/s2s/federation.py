@@ -475,18 +475,25 @@ class Federation:
             return "invite event for another user"
         if not P.verify_event(invite):
             return "bad signature on the invite event"
-        origin, inviter_uid = str(invite["origin"]), invite.get("uid")
-        if not isinstance(inviter_uid, str) or inviter_uid[:16] != origin[:16]:
-            return "inviter does not belong to the invite's origin"
+        return self._check_actor(invite, chan, authority, "inviter", "invite")
+
+    def _check_actor(self, event: dict[str, Any], chan: Channel, authority: bool, role: str,
+                     what: str) -> Optional[str]:
+        """The shared tail of the invite and status proof checks, once ``event``'s signature is good: its
+        actor (``uid``) belongs to its origin and, with ``authority``, is known here and a channel operator
+        (or founder/DID operator) of ``chan`` here. ``role``/``what`` name them in the reason."""
+        origin, actor_uid = str(event["origin"]), event.get("uid")
+        if not isinstance(actor_uid, str) or actor_uid[:16] != origin[:16]:
+            return f"{role} does not belong to the {what}'s origin"
         if not authority:
             return None
-        inviter = self.user_by_uid(inviter_uid)
-        if inviter is None:
-            return "inviter unknown here"
-        if (inviter.conn.origin if self.is_remote(inviter) else self.me) != origin:
-            return "inviter does not belong to the invite's origin"
-        if not (chan.is_op(inviter) or self._is_did_op(chan, inviter)):
-            return "inviter is not a channel operator here"
+        actor = self.user_by_uid(actor_uid)
+        if actor is None:
+            return f"{role} unknown here"
+        if (actor.conn.origin if self.is_remote(actor) else self.me) != origin:
+            return f"{role} does not belong to the {what}'s origin"
+        if not (chan.is_op(actor) or self._is_did_op(chan, actor)):
+            return f"{role} is not a channel operator here"
         return None
 
     def _check_proof(self, proof: Any, user: User, folded: str) -> Optional[str]:
@@ -549,19 +556,7 @@ class Federation:
             return "status proof for another user"
         if not P.verify_event(proof):
             return "bad signature on the status proof"
-        origin, granter_uid = str(proof["origin"]), proof.get("uid")
-        if not isinstance(granter_uid, str) or granter_uid[:16] != origin[:16]:
-            return "granter does not belong to the status proof's origin"
-        if not authority:
-            return None
-        granter = self.user_by_uid(granter_uid)
-        if granter is None:
-            return "granter unknown here"
-        if (granter.conn.origin if self.is_remote(granter) else self.me) != origin:
-            return "granter does not belong to the status proof's origin"
-        if not (chan.is_op(granter) or self._is_did_op(chan, granter)):
-            return "granter is not a channel operator here"
-        return None
+        return self._check_actor(proof, chan, authority, "granter", "status proof")
 
     def _remember_status(self, link: PeerLink, chan: Channel, user: User, proof: Any) -> None:
         """Keep the status proof of a bursted membership for our own bursts if it is a proper signed grant of
