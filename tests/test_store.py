@@ -632,6 +632,12 @@ class ChunkTests(unittest.TestCase):
         self.assertIsNone(await store.message(ulid.new()))
         self.assertIsNone(await store.message("plai"))
         self.assertIsNone(await store.message("plain-id plain"))
+        # Across conversations a non-ULID msgid is searched only among the newest chunks (a bounded scan).
+        self.patch(dbmod, "MSGID_SCAN_CHUNKS", 10)
+        self.assertIsNone(await store.message("plain-id"))
+        store.append_message("#y", "late-plain", now + 5, "PRIVMSG", "n!u@h", None, "#y", "late", {})
+        found = await store.message("late-plain")
+        self.assertEqual(found[1].text if found else None, "late")
         # Within a conversation every msgid is found, however far its ULID time is.
         rows = await store.history("#x", "AROUND", (("msgid", far),), 3)
         self.assertEqual([m.text for m in rows], ["text 1", "text 2", "text 3"])

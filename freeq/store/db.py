@@ -46,6 +46,8 @@ RECENT_MSGIDS = 100_000
 #: A msgid lookup first searches chunks this close to the time in a ULID msgid, then this far.
 MSGID_NEAR_MS = 2_000
 MSGID_SKEW_MS = 120_000
+#: Across all conversations, a msgid that is not a ULID is looked for in this many newest chunks only.
+MSGID_SCAN_CHUNKS = 20_000
 #: Tag on a history message whose stored row does not decrypt.
 UNDECRYPTABLE = "+freeq.at/undecryptable"
 
@@ -703,8 +705,9 @@ class Store:
         A ULID msgid carries its creation time: chunks within ``MSGID_NEAR_MS``, then
         ``MSGID_SKEW_MS`` (a federated message's ULID comes from the sender's clock) of it are
         searched through the time index. Otherwise, and for a ULID not found there, the whole
-        conversation's msgids are searched (bounded by the cap); across all conversations only a
-        non-ULID msgid is searched table-wide (msgids only, never decrypting).
+        conversation's msgids are searched (bounded by the cap); across all conversations a non-ULID
+        msgid is searched in the msgids of the newest ``MSGID_SCAN_CHUNKS`` chunks only (never
+        decrypting), so one lookup (REST ``verify``, open to anyone) costs a bounded scan.
         """
         if not msgid or " " in msgid:
             return None
@@ -720,6 +723,10 @@ class Store:
                     return row
             if target is None:
                 return None
+        if target is None:
+            return conn.execute(
+                base + f"id > (SELECT COALESCE(MAX(id), 0) FROM message_chunks) - ? AND {_HAS_MSGID} LIMIT 1",
+                (MSGID_SCAN_CHUNKS, msgid)).fetchone()
         return conn.execute(base + f"{_HAS_MSGID} LIMIT 1", (*params, msgid)).fetchone()
 
     def _locate(self, conn: sqlite3.Connection, target: str, msgid: str) -> Optional[tuple[Key, StoredMessage]]:
