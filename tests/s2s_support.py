@@ -258,6 +258,23 @@ async def link_raw_peer(case: unittest.TestCase, name: str, nick: str, trust: Op
     return node, mallory, client
 
 
+async def start_pair(case: unittest.TestCase, both_dial: bool = False, **overrides: Any) -> tuple[Node, Node, Any, Any]:
+    """A and B linked (B dials A too with ``both_dial``), alice on A and bob on B, both in #fed (alice
+    created it, so #fed reached B before bob joined). Returns (a, b, alice, bob)."""
+    a, b = await start_line(case, "a.test", "b.test", **overrides)
+    if both_dial:
+        b.link_to(a)
+    alice = await a.client("alice")
+    bob = await b.client("bob")
+    alice.send("JOIN #fed")
+    await alice.expect("366")
+    await wait_for(lambda: "#fed" in b.server.channels, what="#fed on B")
+    bob.send("JOIN #fed")
+    await bob.expect("366")
+    await alice.expect(r":bob!\S+ JOIN #fed")
+    return a, b, alice, bob
+
+
 def channel_view(node: Node, name: str) -> dict[str, Any]:
     """Everything about a channel that must converge across servers (empty if the channel is unknown)."""
     chan = node.server.channels.get(name.lower())

@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from tests.s2s_support import LogCapture, Node, settle, start_line, wait_for
+from tests.s2s_support import LogCapture, Node, settle, start_line, start_pair, wait_for
 from tests.support import asynctest, sleep, start_server
 
 HEX_ID = re.compile(r"[0-9a-f]{64}")
@@ -108,17 +108,8 @@ class SquitTests(unittest.TestCase):
 
     async def pair(self) -> tuple[Node, Node, Any, Any]:
         """A and B linked (both dial each other), alice on A and bob on B in #fed."""
-        a, b = await start_line(self, "a.test", "b.test", oper_password="pw")
-        b.link_to(a)  # B dials too, so the hold must also refuse B's connections, not only stop dialling
-        alice = await a.client("alice")
-        bob = await b.client("bob")
-        alice.send("JOIN #fed")
-        await alice.expect("366")
-        await wait_for(lambda: "#fed" in b.server.channels, what="#fed on B")
-        bob.send("JOIN #fed")
-        await bob.expect("366")
-        await alice.expect(r":bob!\S+ JOIN #fed")
-        return a, b, alice, bob
+        # B dials too, so the hold must also refuse B's connections, not only stop dialling
+        return await start_pair(self, both_dial=True, oper_password="pw")
 
     @asynctest
     async def test_squit_holds_the_link_until_connect(self) -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from tests.s2s_support import LogCapture, Node, start_line, wait_for
+from tests.s2s_support import LogCapture, Node, start_pair, wait_for
 from tests.support import asynctest
 
 
@@ -17,16 +17,7 @@ class TwoServerTests(unittest.TestCase):
     async def pair(self) -> tuple[Node, Node, Any, Any]:
         """A and B linked, alice on A and bob on B, both in #fed (alice created it)."""
         self.logs = LogCapture(self)
-        a, b = await start_line(self, "a.test", "b.test")
-        alice = await a.client("alice")
-        bob = await b.client("bob")
-        alice.send("JOIN #fed")
-        await alice.expect("366")
-        await wait_for(lambda: "#fed" in b.server.channels, what="#fed on B")
-        bob.send("JOIN #fed")
-        await bob.expect("366")
-        await alice.expect(r":bob!\S+ JOIN #fed")
-        return a, b, alice, bob
+        return await start_pair(self)
 
     @asynctest
     async def test_channel_message(self) -> None:

@@ -526,14 +526,6 @@ class Federation:
         if old is not None and not _granted_bits(old, uid) & bits:
             del self.member_status[key]
 
-    def _status_stand_in(self, actor_uid: str, chan: Channel, status: list[Any]) -> dict[str, Any]:
-        """A signed ``mode`` event that is never sent live (``seq`` 0), carrying only member status changes:
-        the status proof of a local grant whose event was not sent (no link) or is too large for a burst."""
-        event: dict[str, Any] = {"type": "mode", "origin": self.me, "epoch": self.epoch, "seq": 0, "to": None,
-                                 "hlc": list(self.hlc.tick()), "uid": actor_uid, "channel": chan.name, "ops": [],
-                                 "status": status}
-        return self.signer.sign(event)
-
     def _check_status(self, proof: Any, user: User, chan: Channel, link: PeerLink,
                       authority: bool = True) -> Optional[str]:
         """Why ``proof`` (a burst entry's status proof, over ``link``) does not prove the status it grants remote
@@ -2061,7 +2053,8 @@ class Federation:
             # The grant's signed event is the members' status proof in bursts; without a link (or when it is
             # too large to carry) a stand-in carrying only the status changes is signed for the purpose.
             if event is None or len(P.canonical(event)) > STATUS_PROOF_MAX:
-                event = self._status_stand_in(self.uid(user), chan, status)
+                event = self._stand_in("mode", {"uid": self.uid(user), "channel": chan.name, "ops": [],
+                                                "status": status})
         for target in targets:
             self._keep_status(self.uid(target), chan.folded, chan.members.get(target, 0), event)
 
