@@ -19,6 +19,8 @@ class Metrics:
         self.s2s_peers = 0  # gauge: linked peers, set by the S2S bridge
         self.s2s_dropped = 0  # federation events over a peer's rate limit
         self.s2s_events_rejected = 0  # forged, replayed, unauthorised or malformed federation events
+        self.s2s_oper_refused = 0  # operator overrides/KILLs refused: a server sharing the channel would not apply them
+        self.s2s_oper_applied = 0  # overrides and KILLs of peers' server operators applied here
         self.web_requests = 0
         self.web_rate_limited = 0
         self.broker_rejected = 0

@@ -854,6 +854,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
         if "t" in chan.modes and not chan.is_op(user) and not user.is_oper:
             self.num(user, "482", chan.name, "You're not channel operator")
             return
+        if (user not in chan.members or ("t" in chan.modes and not chan.is_op(user))) \
+                and self._override_refused(user, chan, "TOPIC"):
+            return
         chan.topic = truncate(msg.params[1], self.config.topic_len)
         chan.topic_setter = user.hostmask
         chan.topic_time = int(self.clock.seconds())
@@ -945,6 +948,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
         if "i" in chan.modes and not chan.is_op(user) and not user.is_oper:
             self.num(user, "482", chan.name, "You're not channel operator")
             return
+        if (user not in chan.members or ("i" in chan.modes and not chan.is_op(user))) \
+                and self._override_refused(user, chan, "INVITE"):
+            return
         if target in chan.members:
             self.num(user, "443", target.nick, chan.name, "is already on channel")
             return
@@ -991,6 +997,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
             victim = self.users.get(fold(nick))
             if victim is None or victim not in chan.members:
                 self.num(user, "441", nick, chan.name, "They aren't on that channel")
+                continue
+            if not chan.is_op(user) and self._override_refused(user, chan, "KICK"):
                 continue
             data = build_text(user.hostmask, "KICK", chan.name, victim.nick, reason)
             self.broadcast(chan.members, data)
@@ -1056,6 +1064,10 @@ class IRCServer(HistoryCommands, IdentityCommands):
             user.write(build(self.name, "329", user.nick, chan.name, str(chan.created)))
             return
         is_op = chan.is_op(user) or user.is_oper
+        # A server operator's override must be applied by every server sharing the channel, or not at all.
+        refuser = self._override_refuser(chan) if is_op and not chan.is_op(user) else None
+        if refuser is not None:
+            is_op = False
         cfg = self.config
         now = self.clock.seconds()
         adding = True
@@ -1192,7 +1204,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 continue
             self.num(user, "472", ch, "is unknown mode char to me")
         if denied:
-            if user not in chan.members:
+            if refuser is not None:
+                self._override_refused(user, chan, "MODE", refuser)
+            elif user not in chan.members:
                 self.num(user, "442", chan.name, "You're not on that channel")
             else:
                 self.num(user, "482", chan.name, "You're not channel operator")
@@ -1857,9 +1871,35 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self.num(user, "401", msg.params[0], "No such nick/channel")
             return
         reason = truncate(msg.params[1], self.config.kick_len) if len(msg.params) > 1 else user.nick
+        if self.federation is not None and self.federation.is_remote(victim):
+            # Only the victim's home server can disconnect it, if it accepts our operators' actions.
+            outcome = self.federation.remote_kill(user, victim, reason)
+            if outcome.ok:
+                self.notice(user, outcome.text)
+            else:
+                self.num(user, "481", outcome.text)
+            return
         victim.write(build_text(user.hostmask, "KILL", victim.nick, reason))
         log.info("{oper} killed {nick}: {reason}", oper=user.nick, nick=victim.nick, reason=reason)
         self.close(victim, f"Killed ({user.nick} ({reason}))")
+
+    def _override_refuser(self, chan: Channel) -> Optional[str]:
+        """The server sharing ``chan`` that would not apply a server operator's override from here, if any."""
+        return self.federation.override_refuser(chan) if self.federation is not None else None
+
+    def _override_refused(self, user: User, chan: Channel, command: str, refuser: Optional[str] = None) -> bool:
+        """Refuse (482, logged) ``user``'s server-operator override on ``chan`` if a server sharing the channel
+        would not apply it (``refuser``, looked up if not given): applied here only, it would split the channel."""
+        refuser = refuser or self._override_refuser(chan)
+        if refuser is None:
+            return False
+        self.num(user, "482", chan.name, f"You're not channel operator, and {refuser} (which shares the channel) "
+                                         f"does not accept server-operator overrides from {self.name}")
+        log.warn("{command} on {channel} by operator {oper} ({account}) refused: {server} shares the channel and "
+                 "does not accept server-operator actions from this server", command=command, channel=chan.name,
+                 oper=user.nick, account=user.account or "no account", server=refuser)
+        self.metric("s2s_oper_refused")
+        return True
 
     def irc_SQUIT(self, user: User, msg: Message) -> None:
         """``SQUIT <server> [:<reason>]``: an operator drops the S2S link to a direct neighbour (server name

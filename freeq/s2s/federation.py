@@ -129,16 +129,22 @@ class RemoteSession:
 
 
 class ServerInfo:
-    """A server of the federation other than this one, and the link it is reached through."""
+    """A server of the federation other than this one, and the link it is reached through.
 
-    __slots__ = ("server_id", "name", "epoch", "link_id", "hops")
+    ``opers``: whether that server applies the actions of this server's operators (overrides of channel
+    operator status, KILL), i.e. every server on the path trusts the one before it ``full`` (as its bursts
+    state); until a burst says so, it does not.
+    """
 
-    def __init__(self, server_id: str, name: str, epoch: int, link_id: int, hops: int) -> None:
+    __slots__ = ("server_id", "name", "epoch", "link_id", "hops", "opers")
+
+    def __init__(self, server_id: str, name: str, epoch: int, link_id: int, hops: int, opers: bool = False) -> None:
         self.server_id = server_id
         self.name = name
         self.epoch = epoch
         self.link_id = link_id
         self.hops = hops
+        self.opers = opers
 
 
 class _Burst:
@@ -492,7 +498,8 @@ class Federation:
             return f"{role} unknown here"
         if (actor.conn.origin if self.is_remote(actor) else self.me) != origin:
             return f"{role} does not belong to the {what}'s origin"
-        if not (chan.is_op(actor) or self._is_did_op(chan, actor)):
+        # A server operator's override counts too: the callers take such events only from ``full`` peers or us.
+        if not (chan.is_op(actor) or self._is_did_op(chan, actor) or event.get("oper") is True):
             return f"{role} is not a channel operator here"
         return None
 
@@ -783,10 +790,17 @@ class Federation:
         self._send_burst(link)
 
     def _server_entries(self, exclude_link: int) -> list[dict[str, Any]]:
-        out = [{"id": self.me, "name": self.server.name, "epoch": self.epoch, "hops": 0}]
+        """The servers part of a burst over link ``exclude_link``: every server not behind it. ``opers`` tells
+        the receiver whether that server applies the actions of operators from its side: we do if we trust the
+        link ``full``; a server behind another link does if it applies ours (its own bursts said so) and we
+        pass such events on (we trust the receiving link ``full``)."""
+        link = self.links.get(exclude_link)
+        forward = link is not None and link.trust == "full"
+        out = [{"id": self.me, "name": self.server.name, "epoch": self.epoch, "hops": 0, "opers": forward}]
         for info in self.servers.values():
             if info.link_id != exclude_link:
-                out.append({"id": info.server_id, "name": info.name, "epoch": info.epoch, "hops": info.hops})
+                out.append({"id": info.server_id, "name": info.name, "epoch": info.epoch, "hops": info.hops,
+                            "opers": forward and info.opers})
         return out
 
     def _user_record(self, user: User) -> dict[str, Any]:
@@ -946,7 +960,8 @@ class Federation:
         lost = [sid for sid, info in self.servers.items() if info.link_id == link.link_id and sid not in burst_servers]
         for sid, entry in burst_servers.items():
             old = self.servers.get(sid)
-            self.servers[sid] = ServerInfo(sid, entry["name"], entry["epoch"], link.link_id, entry["hops"] + 1)
+            self.servers[sid] = ServerInfo(sid, entry["name"], entry["epoch"], link.link_id, entry["hops"] + 1,
+                                           opers=entry.get("opers") is True)
             if old is not None and old.epoch != entry["epoch"]:
                 log.info("S2S server {server} restarted (epoch {epoch})", server=sid, epoch=entry["epoch"])
         for sid in lost:
@@ -1733,6 +1748,48 @@ class Federation:
     def _is_chanop(self, chan: Channel, user: User) -> bool:
         return chan.is_op(user)
 
+    def _oper_override(self, ctx: "_Ctx", actor: User, chan: Channel, what: str) -> bool:
+        """Whether ``actor``'s event may act on ``chan`` although ``actor`` lacks the channel status for it here:
+        its home server (the event's origin, which signed it) asserts that the actor is a server operator
+        (``"oper": true``) and this link is trusted ``full``. Logged and counted when it is used."""
+        if ctx.ev.get("oper") is not True or ctx.link.trust != "full":
+            return False
+        self._count("oper_overrides", "s2s_oper_applied")
+        info = self.servers.get(ctx.origin)
+        log.info("S2S server-operator override: {nick} (operator of {server}) {what} on {channel}", nick=actor.nick,
+                 server=info.name if info is not None else P.short_id(ctx.origin), what=what, channel=chan.name)
+        return True
+
+    def _ev_kill(self, ctx: "_Ctx") -> bool:
+        """A server operator of the origin killed one of our users (``kill`` is routed here, ``full`` links only:
+        the trust check). The user is disconnected as by a local KILL; its QUIT then tells everyone."""
+        actor = self._actor(ctx)
+        if actor is None:
+            return False
+        target_uid = P.uid(ctx.ev, "target")
+        reason = P.text(ctx.ev, "reason", 400)
+        if ctx.ev.get("to") != self.me:
+            raise ProtocolError("kill event not routed")
+        info = self.servers.get(ctx.origin)
+        where = info.name if info is not None else P.short_id(ctx.origin)
+        victim = self.local_user_by_uid(target_uid)
+        if ctx.ev.get("oper") is not True or ctx.link.trust != "full":
+            self._warn_rejected(ctx.link, "kill", "unauthorized: killer is not a server operator",
+                                nick=actor.nick, target=target_uid)
+            return False
+        if victim is None:
+            log.info("S2S KILL by {oper} of {server} for {uid}: no such user here (gone already)", oper=actor.nick,
+                     server=where, uid=target_uid)
+            return True
+        self._count("oper_kills", "s2s_oper_applied")
+        log.info("S2S {oper} ({account}) of {server} killed {nick}: {reason}", oper=actor.nick,
+                 account=actor.account or "no account", server=where, nick=victim.nick, reason=reason)
+        text = f"Killed ({actor.nick} ({reason}))"
+        for device in list(self.server.group(victim)):
+            device.write(build_text(actor.hostmask, "KILL", device.nick, reason))
+            self.server.close(device, text)
+        return True
+
     def _ev_kick(self, ctx: "_Ctx") -> bool:
         actor = self._actor(ctx)
         if actor is None:
@@ -1742,7 +1799,8 @@ class Federation:
         reason = P.text(ctx.ev, "reason", 400)
         if chan is None or target is None or target not in chan.members:
             return True  # nothing to do here (already gone)
-        if actor not in chan.members or not (chan.is_op(actor) or (actor.account and actor.account == chan.founder)):
+        if (actor not in chan.members or not (chan.is_op(actor) or (actor.account and actor.account == chan.founder))) \
+                and not self._oper_override(ctx, actor, chan, f"kicks {target.nick}"):
             self._warn_rejected(ctx.link, "kick", "unauthorized: kicker is not a channel operator",
                                 nick=actor.nick, channel=chan.name)
             return False
@@ -1760,10 +1818,14 @@ class Federation:
         ops = P.get(ctx.ev, "ops", list)
         if any(not isinstance(op, list) or op[:2] != ["set", "topic"] for op in ops) or len(ops) > 4:
             raise ProtocolError("topic event with other ops")
-        if chan is None or actor not in chan.members:
+        if chan is None:
             self._warn_rejected(ctx.link, "topic", "unauthorized: setter is not on the channel", nick=actor.nick)
             return False
-        if "t" in chan.modes and not chan.is_op(actor):
+        if actor not in chan.members and not self._oper_override(ctx, actor, chan, "sets the topic"):
+            self._warn_rejected(ctx.link, "topic", "unauthorized: setter is not on the channel", nick=actor.nick)
+            return False
+        if ("t" in chan.modes and not chan.is_op(actor) and actor in chan.members
+                and not self._oper_override(ctx, actor, chan, "sets the topic")):
             self._warn_rejected(ctx.link, "topic", "unauthorized: channel is +t and setter is not an operator",
                                 nick=actor.nick, channel=chan.name)
             return False
@@ -1784,7 +1846,8 @@ class Federation:
             raise ProtocolError("too many changes")
         if chan is None:
             return True
-        if actor not in chan.members or not chan.is_op(actor):
+        if (actor not in chan.members or not chan.is_op(actor)) and not self._oper_override(ctx, actor, chan,
+                                                                                             "changes modes"):
             self._warn_rejected(ctx.link, "mode", "unauthorized: setter is not a channel operator",
                                 nick=actor.nick, channel=chan.name)
             return False
@@ -1832,7 +1895,8 @@ class Federation:
         target = self.user_by_uid(P.uid(ctx.ev, "target"))
         if chan is None or target is None:
             return True
-        if actor not in chan.members or ("i" in chan.modes and not chan.is_op(actor)):
+        if (actor not in chan.members or ("i" in chan.modes and not chan.is_op(actor))) \
+                and not self._oper_override(ctx, actor, chan, f"invites {target.nick}"):
             self._warn_rejected(ctx.link, "invite", "unauthorized: inviter is not allowed to invite",
                                 nick=actor.nick, channel=chan.name)
             return False
@@ -1914,6 +1978,12 @@ class Federation:
     # ==========================================================================================
     def _local(self, user: Optional[User]) -> bool:
         return user is not None and not isinstance(user.conn, RemoteSession)
+
+    @staticmethod
+    def _oper_field(user: User) -> dict[str, Any]:
+        """``{"oper": True}`` for a server operator's channel events (peers trusting us ``full`` then apply them
+        even where the operator is not a channel operator), else nothing."""
+        return {"oper": True} if user.is_oper else {}
 
     def local_register(self, user: User) -> None:
         """A local user completed registration."""
@@ -2017,7 +2087,7 @@ class Federation:
         if not self._local(user):
             return
         self._emit("kick", {"uid": self.uid(user), "channel": chan.name, "target": self.uid(victim),
-                            "reason": reason[:400]})
+                            "reason": reason[:400], **self._oper_field(user)})
         self._forget_join(self.uid(victim), chan.folded)
         self._forget_channel_if_gone(chan.folded)
 
@@ -2028,10 +2098,11 @@ class Federation:
         ops = [op for op in self._crdt(chan).capture(chan, self.hlc)]
         topic_ops = [op for op in ops if op[:2] == ["set", "topic"]]
         if topic_ops:
-            self._emit("topic", {"uid": self.uid(user), "channel": chan.name, "ops": topic_ops})
+            self._emit("topic", {"uid": self.uid(user), "channel": chan.name, "ops": topic_ops, **self._oper_field(user)})
         other = [op for op in ops if op[:2] != ["set", "topic"]]
         if other:
-            self._emit("mode", {"uid": self.uid(user), "channel": chan.name, "ops": other, "status": []})
+            self._emit("mode", {"uid": self.uid(user), "channel": chan.name, "ops": other, "status": [],
+                                **self._oper_field(user)})
 
     def local_mode(self, user: User, chan: Channel, applied: Iterable[tuple[str, str, Optional[str]]]) -> None:
         """A local user changed modes of ``chan`` (``applied`` as the MODE handler lists them)."""
@@ -2048,13 +2119,14 @@ class Federation:
                     targets.append(target)
         event = None
         if ops or status:
-            event = self._emit("mode", {"uid": self.uid(user), "channel": chan.name, "ops": ops, "status": status})
+            event = self._emit("mode", {"uid": self.uid(user), "channel": chan.name, "ops": ops, "status": status,
+                                        **self._oper_field(user)})
         if any(item[0] == "+" for item in status):
             # The grant's signed event is the members' status proof in bursts; without a link (or when it is
             # too large to carry) a stand-in carrying only the status changes is signed for the purpose.
             if event is None or len(P.canonical(event)) > STATUS_PROOF_MAX:
                 event = self._stand_in("mode", {"uid": self.uid(user), "channel": chan.name, "ops": [],
-                                                "status": status})
+                                                "status": status, **self._oper_field(user)})
         for target in targets:
             self._keep_status(self.uid(target), chan.folded, chan.members.get(target, 0), event)
 
@@ -2062,7 +2134,7 @@ class Federation:
         """A local user invited ``target`` to ``chan`` (every server learns it, for +i checks)."""
         if not self._local(user):
             return
-        fields = {"uid": self.uid(user), "channel": chan.name, "target": self.uid(target)}
+        fields = {"uid": self.uid(user), "channel": chan.name, "target": self.uid(target), **self._oper_field(user)}
         event = self._emit("invite", fields)
         if event is None:  # no link now: a signed invite of its own (seq 0), the proof should the target join
             event = self._stand_in("invite", fields)
@@ -2083,6 +2155,47 @@ class Federation:
         self._emit("msg", {"uid": self.uid(user), "cmd": command, "target": other.conn.uid, "text": text,
                            "tags": {k: v for k, v in tags.items() if k != ORIGIN_TAG}, "msgid": msgid},
                    to=other.conn.origin)
+
+    # ==========================================================================================
+    # Server-operator actions beyond this server (overrides on shared channels, KILL of remote users)
+    # ==========================================================================================
+    def _refuser(self, origins: Iterable[str]) -> Optional[str]:
+        """The name of the first of the servers ``origins`` that would not apply our operators' actions."""
+        for origin in sorted(set(origins)):
+            info = self.servers.get(origin)
+            if info is None or not info.opers:
+                return info.name if info is not None else P.short_id(origin)
+        return None
+
+    def override_refuser(self, chan: Channel) -> Optional[str]:
+        """The server that shares ``chan`` (has members in it) but would not apply a server operator's override
+        from here (a channel operator's power used by an operator who is not one), or ``None``: the action may
+        go ahead, every server with members will apply it. Applying it here alone would split the channel."""
+        return self._refuser(m.conn.origin for m in chan.members if isinstance(m.conn, RemoteSession))
+
+    def remote_kill(self, oper: User, victim: User, reason: str) -> "LinkControl":
+        """A local operator's KILL of a remote user: a signed ``kill`` event routed to the user's home server,
+        which disconnects the user (its QUIT then reaches everyone), if it applies our operators' actions; if
+        not (or no link), nothing is sent and the outcome says why. Logged either way."""
+        origin = victim.conn.origin
+        info = self.servers.get(origin)
+        where = info.name if info is not None else P.short_id(origin)
+        if self._refuser([origin]) is not None:
+            log.warn("KILL of {nick} (a user of {server}) by operator {oper} ({account}) refused: {server} does not "
+                     "accept server-operator actions from this server", nick=victim.nick, server=where, oper=oper.nick,
+                     account=oper.account or "no account")
+            self._count("oper_refused", "s2s_oper_refused")
+            return LinkControl(False, f"Permission Denied- Cannot kill {victim.nick}, a user of {where}: not "
+                                      "permitted by that server")
+        event = self._emit("kill", {"uid": self.uid(oper), "target": victim.conn.uid, "reason": reason[:400],
+                                    "oper": True}, to=origin)
+        if event is None:
+            log.warn("KILL of {nick} (a user of {server}) by operator {oper} not sent: no link to {server}",
+                     nick=victim.nick, server=where, oper=oper.nick)
+            return LinkControl(False, f"Cannot kill {victim.nick}, a user of {where}: no link to that server now")
+        log.info("KILL of {nick} (a user of {server}) by operator {oper} ({account}) sent to {server}: {reason}",
+                 nick=victim.nick, server=where, oper=oper.nick, account=oper.account or "no account", reason=reason)
+        return LinkControl(True, f"KILL for {victim.nick} sent to {where}, its home server")
 
     # ==========================================================================================
     # Operator control (LINKS, SQUIT, CONNECT): plain values in and out; the IRC layer words replies

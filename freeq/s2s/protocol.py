@@ -45,7 +45,10 @@ MESSAGE_KINDS = frozenset({"msg"})
 #: ``refuse`` (routed to a joiner's home server: "your user's join was refused here") removes a member,
 #: like a kick, so it is channel state: only ``full`` links may deliver it.
 STATE_KINDS = frozenset({"topic", "mode", "kick", "invite", "refuse"})
-EVENT_KINDS = PRESENCE_KINDS | MESSAGE_KINDS | STATE_KINDS
+#: Server-operator actions on another server's users (``kill``: routed to the victim's home server, which
+#: disconnects the user): only ``full`` links may deliver them.
+OPER_KINDS = frozenset({"kill"})
+EVENT_KINDS = PRESENCE_KINDS | MESSAGE_KINDS | STATE_KINDS | OPER_KINDS
 #: Control frames (not events): handshake, snapshot, keepalive, resync request.
 CONTROL_KINDS = frozenset({"hello", "burst", "ping", "pong", "resync"})
 

@@ -23,6 +23,8 @@ COUNTERS = (
     ("s2s_rejected", "Rejected server-to-server connections."),
     ("s2s_dropped", "Server-to-server events dropped by the per-peer rate limit."),
     ("s2s_events_rejected", "Server-to-server events rejected (forged, replayed, unauthorised, malformed)."),
+    ("s2s_oper_refused", "Server-operator overrides and KILLs refused: another server would not apply them."),
+    ("s2s_oper_applied", "Server-operator overrides and KILLs of federated peers' operators applied here."),
     ("web_requests", "Requests to the API, broker, metrics and WebSocket routes."),
     ("web_rate_limited", "Web requests refused by the per-IP request rate limit."),
     ("broker_rejected", "Auth broker requests refused (bad, skewed or replayed signatures)."),
