@@ -57,6 +57,9 @@ class Config:
     tls_key: Optional[str] = None
     data_dir: str = "freeq-data"
     db_path: Optional[str] = None  # None: <data_dir>/freeq.db; ":memory:" keeps nothing on disk
+    # Start even though the database is behind its high-water mark (freeq.db.hwm) or is missing/empty
+    # while key files exist (issue #10 item 11): the loss is accepted and the mark re-baselined.
+    accept_data_loss: bool = False
     max_messages_per_channel: int = 10000  # 0 = unlimited
     message_retention_days: float = 0  # 0 = keep forever
     motd: tuple[str, ...] = ()

@@ -116,6 +116,9 @@ class Options(usage.Options):
     optFlags = [
         ["allow-private-network", None,
          "Allow DID-document and PDS requests to loopback, private and link-local addresses (off: SSRF guard)."],
+        ["accept-data-loss", None,
+         "Start even if the database is behind its high-water mark or missing while key files exist (see "
+         "docs/persistence.md); use once, then remove."],
         ["iroh", None, "Enable federation: run the iroh S2S endpoint (logs its endpoint id)."],
         ["s2s-open-federation", None, "Accept S2S links from any peer (default: only --s2s-allowed-peers)."],
     ]
@@ -183,6 +186,7 @@ def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) 
         values["broker_shared_secret"] = environ["BROKER_SHARED_SECRET"]
     values["allow_private_network"] = bool(options.get("allow-private-network"))
     values["iroh"] = bool(options.get("iroh"))
+    values["accept_data_loss"] = bool(options.get("accept-data-loss"))
     values["s2s_open_federation"] = bool(options.get("s2s-open-federation"))
     for field in ("s2s_peers", "s2s_allowed_peers", "s2s_peer_trust"):
         if values.get(field) is None:
@@ -222,6 +226,41 @@ def _endpoint(reactor: Any, listen: Listen, tls: Any = None) -> Any:
     if ":" in listen.host:
         return endpoints.TCP6ServerEndpoint(reactor, listen.port, interface=listen.host)
     return endpoints.TCP4ServerEndpoint(reactor, listen.port, interface=listen.host)
+
+
+class StartupError(SystemExit, Exception):
+    """A start-up failure after ``makeService`` (a socket that cannot be bound), as one ``freeq:`` line.
+
+    A ``SystemExit``, so the process exits 1 printing only the message (no traceback); also an
+    ``Exception``, so twistd's daemon mode reports it through its status pipe and removes the pid
+    file (with a bare ``SystemExit`` the waiting parent process would hang).
+    """
+
+
+class _TopService(service.MultiService):
+    """The service tree. A socket that cannot be bound when twistd starts it (port in use, address
+    not on this host) stops start-up with one ``freeq:`` line naming the flag, like a bad value."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.listen_flags = {(x.host, x.port): flag for x, flag in (
+            (config.listen, "listen-addr"), (config.tls_listen, "tls-listen-addr"),
+            (config.web_listen, "web-addr")) if x is not None}
+
+    def privilegedStartService(self) -> None:
+        from twisted.internet.error import CannotListenError
+
+        from freeq.s2s.bridge import IrohBindError
+
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            flag = self.listen_flags.get((e.interface, e.port))
+            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            where = f"--{flag}: " if flag else ""
+            raise StartupError(f"freeq: {where}cannot listen on {e.interface}:{e.port}: {reason}") from None
+        except IrohBindError as e:
+            raise StartupError(f"freeq: --iroh-host/--iroh-port: {e}") from None
 
 
 class _ShutdownService(service.Service):
@@ -296,7 +335,7 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
     from freeq.store.service import StoreService, open_persistence
 
     prepare_data_dir(config.data_dir)
-    top = service.MultiService()
+    top = _TopService(config)
     persistence = open_persistence(config, reactor, reactor.seconds())
     top.persistence = persistence  # type: ignore[attr-defined]
     StoreService(persistence.store, persistence.lock_fd).setServiceParent(top)  # added first, so it stops last (after a final flush)

@@ -14,7 +14,9 @@ Start-up waits (bounded) for the endpoint to bind so a bad ``--iroh-port`` fails
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
@@ -105,6 +107,36 @@ def _error_text(exc: BaseException) -> str:
     return text[:200]
 
 
+class IrohBindError(RuntimeError):
+    """The iroh endpoint could not bind its UDP socket; the message is one line for the operator."""
+
+
+def _ipv6_usable() -> bool:
+    """Whether this host can bind an IPv6 socket at all (some containers have IPv6 disabled)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def bind_addresses(host: str, port: int, ipv6_usable: bool) -> list[str]:
+    """The ``host:port`` strings to bind the iroh endpoint to for ``--iroh-host``/``--iroh-port``.
+
+    iroh always binds both address families: an explicit address replaces only its own family's
+    wildcard default, and the bindings cannot clear the other one. So a specific address of one
+    family (or ``0.0.0.0``) pins the other family to its loopback address on a free port, which no
+    other host can reach; only ``::`` keeps iroh's dual-stack default (all IPv6 and IPv4 addresses).
+    """
+    ip = ipaddress.ip_address(host)
+    if ip.version == 4:
+        return [f"{host}:{port}"] + (["[::1]:0"] if ipv6_usable else [])
+    if ip.is_unspecified:
+        return [f"[{host}]:{port}"]
+    return [f"[{host}]:{port}", "127.0.0.1:0"]
+
+
 class IrohBridgeService(service.Service):
     """Runs the iroh endpoint for S2S links on an asyncio loop in its own thread.
 
@@ -179,7 +211,7 @@ class IrohBridgeService(service.Service):
             loop.call_soon_threadsafe(loop.stop)
             self._loop = None
             self.running = False
-            raise RuntimeError(f"iroh endpoint failed to bind {self.bind_host}:{self.port}: {_error_text(e)}") from None
+            raise IrohBindError(f"iroh endpoint failed to bind {self.bind_host}:{self.port}: {_error_text(e)}") from None
         log.info("iroh endpoint id {endpoint_id} (S2S on UDP {addrs}, relays {relay}); peers link with "
                  "--s2s-peers {endpoint_id}@<host>:<port>", endpoint_id=self.endpoint_id,
                  addrs=", ".join(self.bound), relay=self.relay_mode)
@@ -285,8 +317,8 @@ class IrohBridgeService(service.Service):
             preset, relay = iroh.preset_minimal(), iroh.RelayMode.disabled()
         else:
             preset, relay = iroh.preset_n0(), iroh.RelayMode.default_mode()
-        host = f"[{self.bind_host}]" if ":" in self.bind_host else self.bind_host
-        options = iroh.EndpointOptions(preset=preset, bind_addr=f"{host}:{self.port}", secret_key=self._secret,
+        addresses = bind_addresses(self.bind_host, self.port, _ipv6_usable())
+        options = iroh.EndpointOptions(preset=_BindPreset(preset, addresses), secret_key=self._secret,
                                        alpns=[ALPN], relay_mode=relay)
         self._endpoint = await iroh.Endpoint.bind(options)
         if str(self._endpoint.id()) != self.endpoint_id:
@@ -542,6 +574,29 @@ class IrohBridgeService(service.Service):
             except Exception:
                 pass
         asyncio.get_running_loop().stop()
+
+
+def _bind_preset_class() -> Any:
+    import iroh
+
+    class BindPreset(iroh.Preset):  # type: ignore[misc]
+        """A built-in preset, then exactly the given bind addresses (EndpointOptions takes only one)."""
+
+        def __init__(self, base: Any, addresses: list[str]) -> None:
+            self.base = base
+            self.addresses = addresses
+
+        def apply(self, builder: Any) -> None:
+            self.base.apply(builder)
+            for address in self.addresses:
+                builder.bind_addr(address)
+
+    return BindPreset
+
+
+def _BindPreset(base: Any, addresses: list[str]) -> Any:
+    """An iroh ``Preset`` applying ``base`` and then binding each of ``addresses`` (loop thread)."""
+    return _bind_preset_class()(base, addresses)
 
 
 def _fire(done: Deferred) -> None:

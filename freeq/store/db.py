@@ -50,6 +50,14 @@ MSGID_SKEW_MS = 120_000
 MSGID_SCAN_CHUNKS = 20_000
 #: Tag on a history message whose stored row does not decrypt.
 UNDECRYPTABLE = "+freeq.at/undecryptable"
+#: The high-water mark beside a database file: ``<db>.hwm`` holds the newest commit generation known
+#: to be durable, so a database rolled back (a lost or corrupt WAL, an old copy) is noticed at start-up.
+HWM_SUFFIX = ".hwm"
+#: The mark is rewritten (fsync of the WAL, then of the mark) at most this often while writes go on,
+#: and on every clean stop: a roll-back of less than this many seconds of commits may go unnoticed.
+HWM_INTERVAL = 5.0
+_GENERATION_KEY = "commit_generation"
+_SET_GENERATION = "INSERT OR REPLACE INTO meta(key, value) VALUES ('commit_generation', ?)"
 
 #: A message's place in a conversation: (time in ms, chunk id, position in the chunk).
 Key = tuple[int, int, int]
@@ -98,6 +106,40 @@ class StoredMessage:
     tags: dict[str, str]
 
 
+def hwm_path(db_path: str) -> str:
+    """The high-water-mark file of the database at ``db_path``."""
+    return db_path + HWM_SUFFIX
+
+
+def read_high_water_mark(path: str) -> Optional[int]:
+    """The commit generation recorded in the high-water-mark file ``path``; None if there is none.
+
+    Raises :class:`StoreError` (one line) if the file exists but cannot be read or parsed.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4096)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StoreError(f"cannot read the high-water mark {path}: {e.strerror}") from None
+    try:
+        record = json.loads(data)
+        generation = record["generation"]
+        if record.get("format") != 1 or not isinstance(generation, int) or generation < 0:
+            raise ValueError(generation)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise StoreError(f"the high-water mark {path} is corrupt ({len(data)} bytes)") from None
+    return generation
+
+
+def write_high_water_mark(path: str, generation: int) -> None:
+    """Record ``generation`` in ``path``: 0600, temporary file, fsync, rename, fsync of the directory."""
+    from freeq.store.keys import write_secret_atomically
+
+    write_secret_atomically(path, json.dumps({"format": 1, "generation": generation}).encode())
+
+
 def _schema_script(name: str) -> str:
     return resources.files("freeq.store").joinpath("schema", name).read_text("utf-8")
 
@@ -135,15 +177,28 @@ class Store:
         self._inflight = 0
         self._dropped = 0
         self._failing = False
+        # The commit generation: +1 per group commit, kept in ``meta`` and, at most every
+        # ``hwm_interval`` seconds (``clock``), in the high-water-mark file ``hwm_file``. DB thread only
+        # once started.
+        self.generation = 0
+        self.created = False  # the file was missing, empty or had no tables when opened
+        self.hwm_file: Optional[str] = None  # None: no mark (:memory:)
+        self.hwm_interval = HWM_INTERVAL
+        self.clock: Callable[[], float] = time.monotonic
+        self._hwm_generation = -1  # the generation last written to hwm_file
+        self._hwm_at = -float("inf")
+        self._hwm_failing = False
 
     # ------------------------------------------------------------------
     # Opening and schema
     # ------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str, reactor: Any, **kw: Any) -> "Store":
+    def open(cls, path: str, reactor: Any, must_exist: Optional[str] = None, **kw: Any) -> "Store":
         """Open (creating or upgrading) the database at ``path``; raise :class:`StoreError` clearly.
 
         ``:memory:`` gives a private in-memory database (tests, or a server without persistence).
+        With ``must_exist`` (a one-line reason), a missing, empty or table-less file is refused with
+        that message before anything is created or written.
         """
         if path == ":memory:":
             conn = _connect(path)
@@ -155,6 +210,8 @@ class Store:
         if not os.path.isdir(directory):
             raise StoreError(f"--db-path: directory {directory} does not exist")
         exists = os.path.exists(path) and os.path.getsize(path) > 0
+        if not exists and must_exist:
+            raise StoreError(must_exist)
         if not exists and not os.access(directory, os.W_OK):
             raise StoreError(f"--db-path: cannot create {path}: directory {directory} is not writable")
         if exists and not os.access(path, os.R_OK | os.W_OK):
@@ -172,6 +229,9 @@ class Store:
         if tables and "meta" not in tables:
             conn.close()
             raise StoreError(f"--db-path: {path} is a SQLite database but not a freeq one; refusing to touch it")
+        if not tables and must_exist:
+            conn.close()
+            raise StoreError(must_exist)
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -187,7 +247,58 @@ class Store:
             raise StoreError(f"--db-path: {path} failed its integrity check ({check}); restore a backup")
         store = cls(conn, path, reactor, **kw)
         store._migrate(tables)
+        store.created = not tables
+        store.hwm_file = hwm_path(path)
+        row = conn.execute("SELECT value FROM meta WHERE key=?", (_GENERATION_KEY,)).fetchone()
+        store.generation = int(row[0]) if row else 0
         return store
+
+    def rebaseline(self, generation: int) -> None:
+        """At start-up: make both the database and the high-water mark say at least ``generation``.
+
+        Called once the database has passed its checks (with ``--accept-data-loss``, the mark it
+        failed is raised past, so an even older copy is still noticed later). Synchronous.
+        """
+        if generation > self.generation:
+            self.conn.execute(_SET_GENERATION, (str(generation),))
+            self.generation = generation
+        if self.hwm_file is not None:
+            self._sync_wal()
+            write_high_water_mark(self.hwm_file, self.generation)
+            self._hwm_generation, self._hwm_at = self.generation, self.clock()
+
+    def _sync_wal(self) -> None:
+        """fsync the WAL: with ``synchronous=NORMAL`` commits reach it unsynced, and the mark must
+        never be ahead of what survives a power cut."""
+        try:
+            fd = os.open(self.path + "-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _mark_high_water(self, force: bool = False) -> None:
+        """DB thread, after a commit (or idle, or at stop): record the generation in the mark file if
+        it moved and ``hwm_interval`` has passed (or ``force``). Never raises: a failed write is logged."""
+        if self.hwm_file is None or self.generation == self._hwm_generation:
+            return
+        now = self.clock()
+        if not force and now - self._hwm_at < self.hwm_interval:
+            return
+        generation = self.generation
+        try:
+            self._sync_wal()
+            write_high_water_mark(self.hwm_file, generation)
+        except OSError as e:
+            if not self._hwm_failing and self.reactor is not None:
+                self.reactor.callFromThread(log.error, "Cannot write the high-water mark {path}: {error}",
+                                            path=self.hwm_file, error=e.strerror)
+            self._hwm_failing = True
+            self._hwm_at = now  # retry after the interval, not on every commit
+            return
+        self._hwm_generation, self._hwm_at, self._hwm_failing = generation, now, False
 
     def _version(self) -> int:
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -321,7 +432,7 @@ class Store:
             self._retention_loop.stop()
         if self.pool is not None:
             yield self.flush()
-            yield self._in_thread(lambda: None)
+            yield self._in_thread(lambda: self._mark_high_water(force=True))
             self.pool.stop()
             self.pool = None
         if self._pending or self._messages:
@@ -342,6 +453,9 @@ class Store:
     def flush(self) -> defer.Deferred:
         """Send queued writes to the DB thread as one transaction; fires when committed."""
         if not (self._pending or self._messages) or self.pool is None:
+            if (self.pool is not None and self.generation != self._hwm_generation
+                    and self.clock() - self._hwm_at >= self.hwm_interval):
+                return self._in_thread(self._mark_high_water)  # the last commits of a burst, once quiet
             return defer.succeed(None)
         ops, self._pending = self._pending, []
         messages, self._messages = self._messages, []
@@ -394,12 +508,15 @@ class Store:
                         added[target] = n
                 conn.executemany(_INSERT_CHUNK, rows)  # history has no ordering ties with the other tables
             counts = self._trim(conn, added) if self.max_messages_per_target and by_target else {}
+            conn.execute(_SET_GENERATION, (str(self.generation + 1),))
             conn.execute("COMMIT")
         except BaseException:
             self._recent.difference_update(*stored)  # not stored after all: a retry must not see duplicates
             if conn.in_transaction:  # on SQLITE_FULL SQLite rolls back itself; keep the real error
                 conn.execute("ROLLBACK")
             raise
+        self.generation += 1
+        self._mark_high_water()
         order = self._recent_order
         assert order is not None
         for ids in stored:
