@@ -65,6 +65,10 @@ class Config:
     motd: tuple[str, ...] = ()
     server_password: Optional[str] = None
     oper_password: Optional[str] = None
+    # Failed OPER from one address (IPv6: its /64), across connections (issue #10 item 7): after failure n the
+    # address waits min(max, base * 2**(n-1)) seconds before another OPER is even checked; base 0 turns it off.
+    oper_backoff_base: float = 1.0
+    oper_backoff_max: float = 600.0
     admin_info: tuple[str, str, str] = ("freeq IRC server", "AT Protocol authenticated IRC", "admin@localhost")
     # limits
     max_connections_per_ip: int = 20
@@ -141,6 +145,10 @@ class Config:
             raise ConfigError(f"--max-messages-per-channel: must be 0 (unlimited) or positive, got {self.max_messages_per_channel}")
         if self.message_retention_days < 0:
             raise ConfigError(f"--message-retention-days: must be 0 (forever) or positive, got {self.message_retention_days}")
+        if self.oper_backoff_base < 0:
+            raise ConfigError(f"--oper-backoff-base: must be 0 (off) or positive, got {self.oper_backoff_base}")
+        if self.oper_backoff_max < self.oper_backoff_base:
+            raise ConfigError(f"--oper-backoff-max: must be at least --oper-backoff-base, got {self.oper_backoff_max}")
         if self.flood_rate < 0:
             raise ConfigError(f"--flood-rate: must be 0 (off) or positive, got {self.flood_rate}")
         if not 9 <= self.nick_len <= 64:

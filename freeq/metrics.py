@@ -12,8 +12,11 @@ class Metrics:
 
     def __init__(self) -> None:
         self.messages = 0  # PRIVMSG/NOTICE/TAGMSG fanned out
+        self.masks_refused = 0  # WHO/LIST/LINKS masks and +b/+e/+I adds over the length/wildcard caps
         self.sasl_success = 0
         self.sasl_failure = 0
+        self.oper_failures = 0  # OPER with a wrong password (checked attempts only)
+        self.oper_throttled = 0  # OPER refused unchecked: the address is still in its back-off wait
         self.per_ip_refusals = 0  # TCP, TLS and WebSocket together
         self.s2s_rejected = 0  # federation connections refused (allowlist, bad handshake)
         self.s2s_peers = 0  # gauge: linked peers, set by the S2S bridge

@@ -45,6 +45,10 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
      "message_retention_days", _FLOAT),
     ("server-password", None, "Require this PASS from every client (env SERVER_PASSWORD).", "server_password", _STR),
     ("oper-password", None, "Password for the OPER command (env OPER_PASSWORD).", "oper_password", _STR),
+    ("oper-backoff-base", _D.oper_backoff_base, "Seconds an address waits after its first failed OPER; doubles "
+     "with each failure (0 disables the back-off).", "oper_backoff_base", _FLOAT),
+    ("oper-backoff-max", _D.oper_backoff_max, "Longest wait, in seconds, between OPER attempts of one address.",
+     "oper_backoff_max", _FLOAT),
     ("max-connections-per-ip", _D.max_connections_per_ip, "Concurrent connections per IP, TCP, TLS and WebSocket together.",
      "max_connections_per_ip", _INT),
     ("max-clients", _D.max_clients, "Concurrent connections in total.", "max_clients", _INT),
@@ -303,7 +307,7 @@ def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence
     server = IRCServer(config, reactor, store=store)
     if store is not None:
         server.load_channels(store.load_channels())
-        server.nick_owners = store.load_nick_owners()
+        server.nick_owners.update(store.load_nick_owners())  # through the look-alike index
         server.oper_dids |= store.load_oper_dids()
     if persistence is not None:
         server.signer = persistence.signer

@@ -833,7 +833,8 @@ class OperTests(unittest.TestCase):
     async def test_oper_wrong_then_right(self) -> None:
         """A wrong password gives 464 and a log line without the password; the right one gives 381 and +o."""
         logged = self._log()
-        srv = await start_server(self, oper_password="s3cret-pw")
+        # Back-off off: the wait after a failure is tests/test_hardening_oper.py's subject.
+        srv = await start_server(self, oper_password="s3cret-pw", oper_backoff_base=0)
         alice = await srv.client("alice")
         alice.send("OPER admin hunter2-guess")
         await alice.expect("464")
@@ -851,7 +852,7 @@ class OperTests(unittest.TestCase):
     @asynctest
     async def test_oper_three_failures_disconnect(self) -> None:
         """Three failed OPER attempts close the connection with ERROR."""
-        srv = await start_server(self, oper_password="pw")
+        srv = await start_server(self, oper_password="pw", oper_backoff_base=0)
         alice = await srv.client("alice")
         bob = await srv.client("bob")
         await join(alice, "#c")

@@ -202,10 +202,12 @@ class IdentityCommands:
         return owner[1] if owner else None
 
     def enforce_nick_ownership(self: "IRCServer", user: "User") -> None:  # type: ignore[misc]
-        """At registration: a nick owned by another identity is replaced (guests get ``Guest<n>``)."""
+        """At registration: a nick owned by another identity, or looking like one (TR39 skeleton), is replaced
+        (guests get ``Guest<n>``)."""
         owner = self.nick_owner(user.nick)
         if owner is None or owner == user.account:
-            return
+            if self.nick_owners.lookalike(user.nick, user.account) is None:
+                return
         wanted = user.nick
         if user.account is None:
             new = self._free_guest_nick()

@@ -9,6 +9,7 @@ under ``twisted.internet.task.Clock`` in unit tests.
 from __future__ import annotations
 
 import hmac
+import math
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
@@ -21,7 +22,8 @@ from freeq.config import Config
 from freeq.core.caps import CAPABILITIES, cap_ls_tokens
 from freeq.core.identity import IdentityCommands
 from freeq.core.history import MAX_LIMIT as HISTORY_LIMIT, HistoryCommands, dm_key
-from freeq.irc.names import fold, is_channel, valid_channel, valid_nick
+from freeq.irc.confusables import NickOwners
+from freeq.irc.names import fold, is_channel, nick_problem, valid_channel, valid_nick
 from freeq.irc.parser import Message, build, build_text, format_tags
 from freeq.irc.ulid import ULIDGenerator
 from freeq.plugins import IServerHook
@@ -29,7 +31,10 @@ from freeq.signing import SIG_TAG
 from freeq.state.channel import (
     FLAG_MODES, LIST_MODES, OP, PREFIX_MODES, VOICE, Channel, ChannelTable,
 )
-from freeq.state.masks import glob_match, normalize_mask
+from freeq.state.masks import (
+    MAX_MASK_LENGTH, MAX_MASK_WILDCARDS, LogThrottle, compile_glob, fold_text, glob_match, mask_problem, normalize_mask,
+)
+from freeq.state.throttle import FailureThrottle, ip_key
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
 
 if TYPE_CHECKING:
@@ -99,7 +104,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
                  store: Optional["Store"] = None) -> None:
         self.config = config
         self.store = store
-        self.nick_owners: dict[str, tuple[str, str]] = {}  # folded nick -> (nick, DID); identity fills it
+        # folded nick -> (nick, DID), indexed by look-alike skeleton; identity fills it
+        self.nick_owners: NickOwners = NickOwners()
         self.current_label: Optional[str] = None
         self.oper_dids: set[str] = set(config.oper_dids)
         self.session_keys: dict[str, list[str]] = {}  # DID -> MSGSIG public keys (base64url)
@@ -127,6 +133,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
         self.started = clock.seconds()
         self.motd = list(config.motd)
         self._isupport = self._make_isupport()
+        self.mask_refusal_log = LogThrottle(10.0)  # refused over-cap masks: one info line per 10 s
+        # Failed OPER per address (IPv6 /64) across connections: exponential back-off and a log budget.
+        self.oper_throttle = FailureThrottle(config.oper_backoff_base, config.oper_backoff_max)
         self.handlers: dict[str, Callable[[User, Message], None]] = {
             attr[4:]: getattr(self, attr) for attr in dir(self) if attr.startswith("irc_")
         }
@@ -503,8 +512,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self.num(user, "431", "No nickname given")
             return
         nick = msg.params[0]
-        if not valid_nick(nick, self.config.nick_len):
-            self.num(user, "432", nick, "Erroneous nickname")
+        problem = nick_problem(nick, self.config.nick_len)
+        if problem is not None:
+            self.num(user, "432", nick, problem)
             return
         folded = fold(nick)
         holder = self.users.get(folded)
@@ -516,6 +526,11 @@ class IRCServer(HistoryCommands, IdentityCommands):
         owner = self.nick_owner(nick)
         if user.registered and owner is not None and owner != user.account:
             self.num(user, "433", nick, "Nickname is registered to another identity")
+            return
+        lookalike = self.nick_owners.lookalike(nick, user.account)
+        if lookalike is not None:
+            # Before registration too: a guest cannot hold a look-alike even for the moment.
+            self.num(user, "433", nick, f"Nickname looks like {lookalike[0]}, which is registered to another identity")
             return
         old_folded, old_mask = user.folded, user.hostmask
         if not user.registered:
@@ -867,19 +882,37 @@ class IRCServer(HistoryCommands, IdentityCommands):
         if user not in chan.members:
             user.write(data)
 
+    def _mask_refused(self, user: User, where: str, mask: str) -> bool:
+        """Whether a mask from ``user`` is over the caps (length, wildcards); if so it is counted in
+        ``masks_refused`` and logged, at info at most once per 10 s and at debug otherwise."""
+        problem = mask_problem(mask)
+        if problem is None:
+            return False
+        self.metric("masks_refused")
+        held = self.mask_refusal_log.admit(self.clock.seconds())
+        emit = log.info if held is not None else log.debug
+        emit("refused {where} mask from {nick} ({ip}): {reason} ({held} more refused since the last such line)",
+             where=where, nick=user.nick, ip=user.ip, reason=problem, held=held or 0)
+        return True
+
     def irc_LIST(self, user: User, msg: Message) -> None:
         now = self.clock.seconds()
         filters: list[Callable[[Channel], bool]] = []
         wanted: Optional[list[str]] = None
         if msg.params and msg.params[0]:
-            for item in msg.params[0].split(","):
+            items = msg.params[0].split(",")
+            if any(self._mask_refused(user, "LIST", item) for item in items):
+                self.num(user, "321", "Channel", "Users  Name")
+                self.num(user, "323", "End of /LIST")
+                return
+            for item in items:
                 f = self._elist_filter(item, now)
                 if f is not None:
                     filters.append(f)
                 elif is_channel(item):
                     wanted = (wanted or []) + [item]
                 else:
-                    filters.append(lambda c, m=item: glob_match(m, c.name))
+                    filters.append(lambda c, m=compile_glob(item): m.match(c.folded))
         self.num(user, "321", "Channel", "Users  Name")
         if wanted is not None:
             chans: Iterable[Channel] = [c for c in (self.channels.get(fold(n)) for n in wanted) if c is not None]
@@ -915,8 +948,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
         except ValueError:
             return lambda c: False
         if item.startswith("!"):
-            mask = item[1:]
-            return lambda c: not glob_match(mask, c.name)
+            glob = compile_glob(item[1:])
+            return lambda c: not glob.match(c.folded)
         return None
 
     def irc_INVITE(self, user: User, msg: Message) -> None:
@@ -1092,9 +1125,15 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 if arg_changes >= cfg.max_modes:
                     continue
                 arg_changes += 1
-                mask = normalize_mask(mask.strip())[:200]
+                mask = normalize_mask(mask.strip())
                 if " " in mask or mask[0] == ":":
                     continue  # could not be echoed as one middle parameter (324/367, MODE)
+                if adding and self._mask_refused(user, f"MODE {chan.name} +{ch}", mask):
+                    # Echoed cut to the cap so the reply stays a sane line; the text says which cap.
+                    self.num(user, "696", chan.name, ch, mask[:MAX_MASK_LENGTH],
+                             f"Mask refused: {mask_problem(mask)} (at most {MAX_MASK_LENGTH} characters "
+                             f"and {MAX_MASK_WILDCARDS} wildcards)")
+                    continue
                 if adding:
                     res = chan.list_add(ch, mask, user.hostmask, now, cfg.max_list_entries)
                     if res is None:
@@ -1535,14 +1574,17 @@ class IRCServer(HistoryCommands, IdentityCommands):
             exact = self.users.get(fold(mask))
             if exact is not None and exact.registered:
                 results.append((exact, None))
+            elif self._mask_refused(user, "WHO", mask):
+                pass  # over the caps: nothing listed, just 315
             else:
+                glob = compile_glob(mask)
                 shared = self.co_members(user) | {user}
                 for other in self.connections:
                     if not other.registered:
                         continue
                     if "i" in other.modes and other not in shared:
                         continue
-                    if mask in ("*", "0") or any(glob_match(mask, v) for v in (
+                    if mask in ("*", "0") or any(glob.match(fold_text(v)) for v in (
                             other.nick, other.username, other.host, other.realname, other.server)):
                         results.append((other, None))
                         if len(results) >= limit:
@@ -1799,6 +1841,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
         if federation is not None:
             rows = [(v.name, v.uplink, v.hops, v.server_id, v.trust) for v in federation.links_view()]
         mask = msg.params[-1] if msg.params and msg.params[-1] else "*"
+        if any(self._mask_refused(user, "LINKS", m) for m in msg.params[:2]):
+            self.num(user, "365", mask, "End of /LINKS list.")
+            return
         if len(msg.params) > 1 and not any(glob_match(msg.params[0], row[0]) for row in rows):
             self.num(user, "402", msg.params[0], "No such server")
             return
@@ -1844,18 +1889,41 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self.num(user, "491", "No O-lines for your host")
             log.warn("OPER attempt by {nick} but no oper password is configured", nick=user.nick)
             return
+        key = ip_key(user.ip)
+        now = self.clock.seconds()
+        wait = self.oper_throttle.wait(key, now)
+        if wait > 0:
+            # Still in this address's back-off: refused without looking at the password.
+            self.metric("oper_throttled")
+            self.num(user, "263", "OPER", f"Too many failed OPER attempts from your address; "
+                                          f"try again in {math.ceil(wait)} seconds")
+            self._oper_strike(user)
+            return
         if hmac.compare_digest(msg.params[1].encode(), expected.encode()):
+            self.oper_throttle.succeed(key)
             self.set_user_mode(user, "o", True)
             self.num(user, "381", "You are now an IRC operator")
             user.write(build(user.hostmask, "MODE", user.nick, "+o"))
             log.info("{nick} is now an IRC operator (OPER {name})", nick=user.nick, name=msg.params[0])
             return
         self.num(user, "464", "Password incorrect")
+        self.metric("oper_failures")
+        outcome = self.oper_throttle.fail(key, now)
+        if outcome.log:
+            # At most one line per address per 10 s (twistd writes every level, so the others are only
+            # counted), with the IP first for fail2ban:  failregex = failed OPER from <HOST> as
+            text = "failed OPER from {ip} as {name} (nick {nick}, failures {n})"
+            if outcome.suppressed:
+                text = "failed OPER from {ip} as {name} (nick {nick}, failures {n}, {suppressed} more suppressed)"
+            log.warn(text, ip=user.ip, name=msg.params[0][:64], nick=user.nick, n=outcome.failures,
+                     suppressed=outcome.suppressed)
+        self._oper_strike(user)
+
+    def _oper_strike(self, user: User) -> None:
+        """Count a refused OPER against the connection: the third one closes it."""
         failures = getattr(user.conn, "oper_failures", 0) + 1
         if user.conn is not None:
             user.conn.oper_failures = failures
-        log.warn("failed OPER attempt by {nick} (name {name}, attempt {n})", nick=user.nick, name=msg.params[0],
-                 n=failures)
         if failures >= 3:
             self.close(user, "Too many failed OPER attempts")
 

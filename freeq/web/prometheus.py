@@ -17,8 +17,11 @@ from freeq.web.websocket import IRCWebSocketProtocol
 #: Counter attributes of Metrics exposed as ``freeq_<name>_total``, with their help text.
 COUNTERS = (
     ("messages", "Messages (PRIVMSG, NOTICE, TAGMSG) delivered."),
+    ("masks_refused", "WHO/LIST/LINKS masks and ban/exception/invex masks refused: over the length or wildcard cap."),
     ("sasl_success", "Successful SASL authentications."),
     ("sasl_failure", "Failed SASL authentications."),
+    ("oper_failures", "OPER attempts with a wrong password."),
+    ("oper_throttled", "OPER attempts refused unchecked during their address's back-off wait."),
     ("per_ip_refusals", "Connections and WebSocket upgrades refused by the per-IP limit."),
     ("s2s_rejected", "Rejected server-to-server connections."),
     ("s2s_dropped", "Server-to-server events dropped by the per-peer rate limit."),
