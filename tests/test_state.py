@@ -5,7 +5,7 @@ from twisted.trial import unittest
 
 from freeq.state.channel import OP, VOICE, Channel
 from freeq.state.flood import TokenBucket
-from freeq.state.masks import compile_masks, glob_match, normalize_mask
+from freeq.state.masks import MaskSet, glob_match, normalize_mask
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
 
 
@@ -20,7 +20,7 @@ def make_user(nick: str, username: str = "~u", host: str = "freeq/guest",
 
 
 class MaskTests(unittest.TestCase):
-    """normalize_mask, compile_masks and glob_match."""
+    """normalize_mask, MaskSet and glob_match."""
 
     def test_normalize_partial_masks(self) -> None:
         """Partial masks are completed the way IRC servers do."""
@@ -68,23 +68,22 @@ class MaskTests(unittest.TestCase):
         self.assertFalse(glob_match("a|b", "a"))
         self.assertFalse(glob_match("a+", "aa"))
 
-    def test_compile_masks_any(self) -> None:
-        """The compiled pattern matches a folded hostmask against any of the masks, anchored."""
-        pattern = compile_masks(["bob!*@*", "*!*@*.EVIL.net"])
-        assert pattern is not None
-        self.assertTrue(pattern.match("bob!~b@x"))
-        self.assertTrue(pattern.match("eve!~e@a.evil.net"))
-        self.assertFalse(pattern.match("alice!~a@good.net"))
-        self.assertFalse(pattern.match("xbob!~b@x"))
+    def test_mask_set_any(self) -> None:
+        """A compiled mask list matches a hostmask (any case) against any of the masks, anchored."""
+        masks = MaskSet(["bob!*@*", "*!*@*.EVIL.net"])
+        self.assertTrue(masks.matches("bob!~b@x", None))
+        self.assertTrue(masks.matches("eve!~e@a.evil.net", None))
+        self.assertFalse(masks.matches("alice!~a@good.net", None))
+        self.assertFalse(masks.matches("xbob!~b@x", None))
 
-    def test_compile_masks_skips_did(self) -> None:
-        """DID masks are left out of the regex; a list of only DIDs (or nothing) gives ``None``."""
-        self.assertIsNone(compile_masks(["did:plc:abc"]))
-        self.assertIsNone(compile_masks([]))
-        pattern = compile_masks(["did:plc:abc", "x!*@*"])
-        assert pattern is not None
-        self.assertFalse(pattern.match("did:plc:abc"))
-        self.assertTrue(pattern.match("x!y@z"))
+    def test_mask_set_did_only_exact_account(self) -> None:
+        """DID masks are never globs: they match the account exactly, never the hostmask text."""
+        self.assertFalse(MaskSet([]).matches("x!y@z", "did:plc:abc"))
+        masks = MaskSet(["did:plc:abc", "x!*@*"])
+        self.assertFalse(masks.matches("did:plc:abc", None))
+        self.assertTrue(masks.matches("x!y@z", None))
+        self.assertTrue(masks.matches("a!b@c", "did:plc:abc"))
+        self.assertFalse(masks.matches("a!b@c", "did:plc:ABC"))
 
 
 class ChannelMembershipTests(unittest.TestCase):

@@ -1,13 +1,12 @@
 """A channel, its members and modes, as plain data with pure mutation methods."""
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Self
 
 from freeq.irc.names import fold
-from freeq.state.masks import compile_masks
+from freeq.state.masks import MaskSet
 from freeq.state.user import User
 
 if TYPE_CHECKING:
@@ -55,7 +54,7 @@ class Channel:
         self.topic_time = 0
         self.created = int(now)
         self.lists: dict[str, list[ListEntry]] = {"b": [], "e": [], "I": []}
-        self._compiled: dict[str, Optional[re.Pattern[str]]] = {}
+        self._compiled: dict[str, MaskSet] = {}  # per list letter, rebuilt after a change
         self.founder: Optional[str] = None  # DID of the creator (identity layer)
         self.did_ops: dict[str, tuple[str, int]] = {}  # DID -> (granted by, when)
         self.persisted = False
@@ -145,14 +144,10 @@ class Channel:
         entries = self.lists[mode]
         if not entries:
             return False
-        if mode not in self._compiled:
-            self._compiled[mode] = compile_masks(e.mask for e in entries)
-        pattern = self._compiled[mode]
-        if pattern is not None and pattern.match(fold(user.hostmask)):
-            return True
-        if user.account:
-            return any(e.mask == user.account for e in entries)
-        return False
+        compiled = self._compiled.get(mode)
+        if compiled is None:
+            compiled = self._compiled[mode] = MaskSet(e.mask for e in entries)
+        return compiled.matches(user.hostmask, user.account)
 
     def is_banned(self, user: User) -> bool:
         """Banned and not excepted (``+b`` without a matching ``+e``)."""
