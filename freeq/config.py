@@ -74,6 +74,13 @@ class Config:
     max_connections_per_ip: int = 20
     max_clients: int = 10000
     max_channels_per_user: int = 100
+    # New channels per address (IPv6: its /64) and per account (issue #10 item 14): a burst, then one more
+    # every interval seconds (opers exempt); burst 0 turns the cap off.
+    channel_create_burst: int = 10
+    channel_create_interval: float = 60.0
+    # Empty channels without a founder DID are forgotten (memory and database) this many seconds after their
+    # last member left (issue #10 item 14); 0 keeps them forever.
+    channel_expiry: float = 3600.0
     max_targets: int = 4
     max_list_entries: int = 100
     max_monitor: int = 100
@@ -149,6 +156,12 @@ class Config:
             raise ConfigError(f"--oper-backoff-base: must be 0 (off) or positive, got {self.oper_backoff_base}")
         if self.oper_backoff_max < self.oper_backoff_base:
             raise ConfigError(f"--oper-backoff-max: must be at least --oper-backoff-base, got {self.oper_backoff_max}")
+        if self.channel_create_burst < 0:
+            raise ConfigError(f"--channel-create-burst: must be 0 (no cap) or positive, got {self.channel_create_burst}")
+        if self.channel_create_interval <= 0:
+            raise ConfigError(f"--channel-create-interval: must be positive, got {self.channel_create_interval}")
+        if self.channel_expiry < 0:
+            raise ConfigError(f"--channel-expiry: must be 0 (never) or positive, got {self.channel_expiry}")
         if self.flood_rate < 0:
             raise ConfigError(f"--flood-rate: must be 0 (off) or positive, got {self.flood_rate}")
         if not 9 <= self.nick_len <= 64:

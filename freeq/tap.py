@@ -54,6 +54,12 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
     ("max-clients", _D.max_clients, "Concurrent connections in total.", "max_clients", _INT),
     ("max-channels-per-user", _D.max_channels_per_user, "Channels one user may join (CHANLIMIT).",
      "max_channels_per_user", _INT),
+    ("channel-create-burst", _D.channel_create_burst, "New channels one address (IPv6 /64) or account may create "
+     "at once (0 = no cap; opers exempt).", "channel_create_burst", _INT),
+    ("channel-create-interval", _D.channel_create_interval, "Seconds after which one more new channel is allowed "
+     "once the burst is spent.", "channel_create_interval", _FLOAT),
+    ("channel-expiry", _D.channel_expiry, "Seconds an empty channel without a founder DID is kept (topic, modes, "
+     "bans) before it is forgotten (0 = forever).", "channel_expiry", _FLOAT),
     ("max-targets", _D.max_targets, "Targets per PRIVMSG/NOTICE/KICK/WHOIS (TARGMAX).", "max_targets", _INT),
     ("max-list-entries", _D.max_list_entries, "Entries per ban/exception/invex list (MAXLIST).", "max_list_entries",
      _INT),

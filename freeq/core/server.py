@@ -34,6 +34,7 @@ from freeq.state.channel import (
 from freeq.state.masks import (
     MAX_MASK_LENGTH, MAX_MASK_WILDCARDS, LogThrottle, compile_glob, fold_text, glob_match, mask_problem, normalize_mask,
 )
+from freeq.state.channel_quota import CreationQuota
 from freeq.state.throttle import FailureThrottle, ip_key
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
 
@@ -136,6 +137,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
         self.mask_refusal_log = LogThrottle(10.0)  # refused over-cap masks: one info line per 10 s
         # Failed OPER per address (IPv6 /64) across connections: exponential back-off and a log budget.
         self.oper_throttle = FailureThrottle(config.oper_backoff_base, config.oper_backoff_max)
+        # New channels per address (IPv6 /64) and per account; empty founderless channels by when they emptied.
+        self.channel_quota = CreationQuota(config.channel_create_burst, config.channel_create_interval)
+        self.empty_since: dict[str, float] = {}
         self.handlers: dict[str, Callable[[User, Message], None]] = {
             attr[4:]: getattr(self, attr) for attr in dir(self) if attr.startswith("irc_")
         }
@@ -361,6 +365,36 @@ class IRCServer(HistoryCommands, IdentityCommands):
                     user.write(build(None, "PING", self.name))
             except Exception:
                 log.failure("sweep failed for {nick}", nick=user.nick)
+        try:
+            self.expire_channels(now)
+            self.channel_quota.prune(now)
+        except Exception:
+            log.failure("channel expiry sweep failed")
+
+    def expire_channels(self, now: float) -> None:
+        """Forget empty channels without a founder DID once ``--channel-expiry`` has passed since they emptied.
+
+        A channel is *registered* when it has a founder DID: those stay while empty, with their topic, modes
+        and lists (docs/persistence.md). Anyone else's channel keeps its state for the expiry only, so
+        topics set by guests cannot pile up forever. History stays (it has its own retention).
+        """
+        expiry = self.config.channel_expiry
+        if not expiry:
+            self.empty_since.clear()
+            return
+        for folded, since in list(self.empty_since.items()):
+            chan = self.channels.get(folded)
+            if chan is None or chan.members or chan.founder is not None:
+                del self.empty_since[folded]
+            elif now - since >= expiry:
+                del self.empty_since[folded]
+                self.channels.pop(folded, None)
+                if chan.persisted and self.store is not None:
+                    chan.persisted = False
+                    self.store.delete_channel(folded)
+                self.metric("channels_expired")
+                log.info("Channel {channel} expired: empty for {seconds} seconds and no founder",
+                         channel=chan.name, seconds=int(now - since))
 
     def shutdown(self, reason: str = "Server shutting down") -> None:
         """Tell every client the server is stopping and close them."""
@@ -662,6 +696,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
             if chan.persisted and self.store is not None:
                 chan.persisted = False
                 self.store.delete_channel(chan.folded)
+        elif not chan.members and chan.founder is None:
+            self.empty_since[chan.folded] = self.clock.seconds()  # kept until --channel-expiry (sweep)
 
     def channel_changed(self, chan: Channel) -> None:
         """Persist a channel whose modes, topic or lists changed (or forget it when nothing is left)."""
@@ -679,6 +715,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
         for rec in records:
             chan = Channel.from_record(rec)
             self.channels[chan.folded] = chan
+            if chan.founder is None:
+                self.empty_since[chan.folded] = self.clock.seconds()  # the expiry starts again at start-up
 
     def irc_JOIN(self, user: User, msg: Message) -> None:
         if not msg.params or not msg.params[0]:
@@ -718,6 +756,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
         now = self.clock.seconds()
         status = 0
         if chan is None:
+            if not user.is_oper and not self._may_create_channel(user, name, now):
+                return
             chan = Channel(name, now)
             chan.modes.update("nt")
             self.channels[folded] = chan
@@ -771,6 +811,25 @@ class IRCServer(HistoryCommands, IdentityCommands):
             except Exception:
                 log.failure("plugin on_join failed")
         self.s2s_notify("join", user, chan, key)
+
+    def _may_create_channel(self, user: User, name: str, now: float) -> bool:
+        """Whether ``user`` may create one more channel now (its address's and account's quota); else 479."""
+        keys = [ip_key(user.ip)]
+        if user.account:
+            keys.append("account " + user.account)
+        verdict = self.channel_quota.take(keys, now)
+        if verdict.allowed:
+            return True
+        self.metric("channel_create_refusals")
+        wait = math.ceil(verdict.wait)
+        self.num(user, "479", name, f"Too many channels created, try again in {wait} seconds")
+        if verdict.log:
+            log.warn("Channel creation refused for {nick} from {ip} (account {account}): over its quota "
+                     "({burst} at once, then one per {interval} seconds; {suppressed} more refused since the last "
+                     "line)",
+                     nick=user.nick, ip=user.ip, account=user.account or "none", burst=self.config.channel_create_burst,
+                     interval=self.config.channel_create_interval, suppressed=verdict.suppressed)
+        return False
 
     def irc_PART(self, user: User, msg: Message) -> None:
         if not msg.params or not msg.params[0]:

@@ -14,8 +14,10 @@ is always ``401``. Channels that exist only in the history (nobody in them, no s
 """
 from __future__ import annotations
 
+import heapq
 import re
 from typing import TYPE_CHECKING, Any, Callable, Optional
+from urllib.parse import quote
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -36,6 +38,8 @@ log = Logger()
 
 HISTORY_DEFAULT = 50
 HISTORY_MAX = 200
+LIST_DEFAULT = 100  # channels per page of /api/v1/channels
+LIST_MAX = 500
 CANONICAL_FORM = "{sender_did}\\0{target}\\0{text}\\0{timestamp}"
 _MSGID = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
 _PRIVATE_MODES = frozenset("spi")
@@ -126,6 +130,7 @@ class APIv1(Resource):
         if origin and origin.decode("latin-1").rstrip("/").lower() in self.allowed_origins:
             request.setHeader(b"Access-Control-Allow-Origin", origin)
             request.setHeader(b"Vary", b"Origin")
+            request.setHeader(b"Access-Control-Expose-Headers", b"Link")  # the next page of a list
 
     def _caller(self, request: Any) -> Optional[str]:
         """The DID of the bearer token, ``None`` without one; ``401`` for a bad one."""
@@ -190,13 +195,29 @@ class APIv1(Resource):
         })
 
     def channels(self, request: Any, did: Optional[str]) -> bytes:
-        out: list[dict[str, Any]] = []
+        """One page of the visible channels, most members first (ties by name).
+
+        ``limit`` (default 100, at most 500) and ``after`` (the opaque cursor of the previous page's
+        ``Link: <...>; rel="next"`` header) page through the list; the next page's address comes in
+        that header while more channels remain.
+        """
+        limit, after = _page_args(request)
+        keyed: list[tuple[tuple[int, str], "Channel"]] = []
         for chan in self.irc.channels.values():
             if not (chan.members or chan.topic):
                 continue
+            key = (-len(chan.members), chan.folded)
+            if after is not None and key <= after:
+                continue
             if is_public(chan) or did_may_see(chan, did):
-                out.append({"name": chan.name, "members": len(chan.members), "topic": chan.topic})
-        out.sort(key=lambda c: (-c["members"], c["name"]))
+                keyed.append((key, chan))
+        page = heapq.nsmallest(limit + 1, keyed, key=lambda kc: kc[0])
+        if len(page) > limit:
+            del page[limit:]
+            last = page[-1][0]
+            cursor = quote(f"{-last[0]}:{last[1]}", safe="")
+            request.setHeader(b"Link", f'</api/v1/channels?limit={limit}&after={cursor}>; rel="next"'.encode())
+        out = [{"name": chan.name, "members": len(chan.members), "topic": chan.topic} for _, chan in page]
         return json_response(request, 200, out)
 
     def channel(self, request: Any, did: Optional[str], name: str) -> bytes:
@@ -324,6 +345,27 @@ class APIv1(Resource):
         return {"valid": False, "verified_by": "none",
                 "server_public_key": self.signer.public_key_b64 if self.signer is not None else None,
                 "client_public_key": client_keys[-1] if client_keys else None}, None
+
+
+def _page_args(request: Any) -> tuple[int, Optional[tuple[int, str]]]:
+    """``limit`` and the ``after`` cursor (``<members>:<folded name>``) of a channel list request; 400 if bad."""
+    args = request.args
+    raw_limit = args.get(b"limit", [None])[0]
+    limit = LIST_DEFAULT
+    if raw_limit is not None:
+        if not raw_limit.isdigit() or len(raw_limit) > 9 or int(raw_limit) < 1:
+            raise _Denied(400, f"limit must be a whole number from 1 to {LIST_MAX}")
+        limit = min(int(raw_limit), LIST_MAX)
+    raw_after = args.get(b"after", [None])[0]
+    if raw_after is None:
+        return limit, None
+    try:
+        members, _, name = raw_after.decode("utf-8").partition(":")
+    except UnicodeDecodeError:
+        members, name = "", ""
+    if not (members.isascii() and members.isdigit() and len(members) <= 9 and is_channel(name)):
+        raise _Denied(400, "after must be the cursor from the previous page's Link header")
+    return limit, (-int(members), fold(name))
 
 
 def _message_json(m: Any) -> dict[str, Any]:
