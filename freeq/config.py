@@ -123,6 +123,14 @@ class Config:
     web_allowed_origins: tuple[str, ...] = ()  # empty: any Origin
     trusted_proxies: tuple[str, ...] = ()  # IPs or CIDRs whose X-Forwarded-For / Forwarded is believed
     broker_shared_secret: Optional[str] = None
+    # Plain HTTP connections of the web listener (issue #10 item 4), counted per TCP peer address (a trusted
+    # proxy only in the total) apart from the IRC limits; an upgraded WebSocket moves to the IRC limiter.
+    web_max_connections_per_ip: int = 32
+    web_max_connections: int = 1000
+    # Seconds a web connection may sit without a request (fresh or keep-alive), and seconds a request
+    # (line, headers and body) may take to arrive once its first byte came: a slowloris ends within both.
+    web_idle_timeout: float = 30.0
+    web_request_timeout: float = 10.0
     # federation (S2S over iroh; see docs/federation.md)
     iroh: bool = False
     iroh_port: int = 0  # UDP; 0 = any free port
@@ -180,6 +188,12 @@ class Config:
         for did in self.oper_dids:
             if not did.startswith("did:") or " " in did:
                 raise ConfigError(f"--oper-dids: {did!r} is not a DID")
+        for name in ("web_max_connections_per_ip", "web_max_connections"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
+        for name in ("web_idle_timeout", "web_request_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
         if bool(self.web_tls_cert) != bool(self.web_tls_key):
             raise ConfigError("--web-tls-cert and --web-tls-key must be given together")
         for net in self.trusted_proxies:

@@ -28,6 +28,11 @@ class Metrics:
         self.s2s_oper_applied = 0  # overrides and KILLs of peers' server operators applied here
         self.web_requests = 0
         self.web_rate_limited = 0
+        self.web_connections = 0  # gauge: open plain HTTP connections of the web listener (upgraded WebSockets excluded)
+        self.web_connections_refused = 0  # HTTP connections refused by --web-max-connections(-per-ip)
+        self.web_timeouts = 0  # HTTP connections closed by --web-idle-timeout / --web-request-timeout / a stalled reply
+        self.web_bad_paths = 0  # requests answered 400 for a NUL or undecodable byte in the path
+        self.web_errors = 0  # requests that failed with an unhandled exception (answered 500)
         self.broker_rejected = 0
 
     def snapshot(self) -> dict[str, int]:

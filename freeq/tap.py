@@ -94,6 +94,15 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
      "trusted_proxies", "list"),
     ("broker-shared-secret", None, "Enables /auth/broker/* (env BROKER_SHARED_SECRET).", "broker_shared_secret",
      _STR),
+    ("web-max-connections-per-ip", _D.web_max_connections_per_ip, "Open HTTP connections per peer address on the web "
+     "listener (a trusted proxy counts only in the total); over it the connection gets 503 and is closed.",
+     "web_max_connections_per_ip", _INT),
+    ("web-max-connections", _D.web_max_connections, "Open HTTP connections on the web listener in total (upgraded "
+     "WebSockets count as IRC clients instead).", "web_max_connections", _INT),
+    ("web-idle-timeout", _D.web_idle_timeout, "Seconds a web connection may wait without a request (new or "
+     "keep-alive) before it is closed.", "web_idle_timeout", _FLOAT),
+    ("web-request-timeout", _D.web_request_timeout, "Seconds a request's line, headers and body may take to arrive "
+     "from its first byte (slow clients are cut).", "web_request_timeout", _FLOAT),
     ("sendq-bytes", _D.sendq_bytes, "Bytes queued for a slow reader beyond the socket buffer before it is dropped.",
      "sendq_bytes", _INT),
     ("iroh-port", _D.iroh_port, "UDP port of the iroh S2S endpoint (0: any free port).", "iroh_port", _INT),
@@ -380,12 +389,23 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
     return top
 
 
+def _check_fd_limit(config: Config) -> None:
+    """Make sure the open-file limit covers the connection limits (raise the soft limit, or refuse)."""
+    from freeq.fdlimit import ensure_fd_limit, needed_fds
+
+    raised = ensure_fd_limit(config)
+    if raised is not None:
+        log.info("raised the open-file soft limit from {old} to {new} (the connection limits need {needed})",
+                 old=raised[0], new=raised[1], needed=needed_fds(config))
+
+
 def makeService(options: Options) -> service.MultiService:
     """The twistd entry point: validate, then wire. Bad config exits with one line."""
     from twisted.internet import reactor
 
     try:
         config = config_from_options(options, os.environ)
+        _check_fd_limit(config)
         return build_service(config, reactor)
     except ConfigError as e:
         raise SystemExit(f"freeq: {e}")

@@ -101,6 +101,11 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
 class IRCServer(HistoryCommands, IdentityCommands):
     """All users and channels of one server, and the handlers for every command."""
 
+    def __str__(self) -> str:
+        # Autobahn writes its factory's ``server`` attribute, which for the /irc WebSocket factory is this
+        # object, as the Server header of the upgrade: name the software, never a repr or a version (item 12).
+        return "freeq"
+
     def __init__(self, config: Config, clock: Any, hooks: Sequence[IServerHook] = (),
                  store: Optional["Store"] = None) -> None:
         self.config = config

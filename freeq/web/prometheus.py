@@ -32,6 +32,10 @@ COUNTERS = (
     ("s2s_oper_applied", "Server-operator overrides and KILLs of federated peers' operators applied here."),
     ("web_requests", "Requests to the API, broker, metrics and WebSocket routes."),
     ("web_rate_limited", "Web requests refused by the per-IP request rate limit."),
+    ("web_connections_refused", "HTTP connections refused by --web-max-connections or --web-max-connections-per-ip."),
+    ("web_timeouts", "HTTP connections closed for idling, sending a request too slowly or not reading a reply."),
+    ("web_bad_paths", "Web requests answered 400 for a NUL or undecodable byte in the path."),
+    ("web_errors", "Web requests that failed with an unhandled exception (answered 500)."),
     ("broker_rejected", "Auth broker requests refused (bad, skewed or replayed signatures)."),
 )
 
@@ -54,6 +58,8 @@ class ServerCollector:
                                 value=sum(1 for u in users if u.registered))
         yield GaugeMetricFamily("freeq_channels", "Channels with members.",
                                 value=sum(1 for c in server.channels.values() if c.members))
+        yield GaugeMetricFamily("freeq_web_connections", "Open HTTP connections of the web listener (not upgraded).",
+                                value=getattr(self.metrics, "web_connections", 0))
         yield GaugeMetricFamily("freeq_s2s_peers", "Linked federation peers.",
                                 value=getattr(self.metrics, "s2s_peers", 0))
         for name, text in COUNTERS:

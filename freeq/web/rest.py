@@ -27,7 +27,7 @@ from freeq import __version__
 from freeq.core.history import format_ms
 from freeq.irc.names import fold, is_channel
 from freeq.signing import SIG_TAG, canonical, unb64url, verify as verify_signature
-from freeq.web.http import bearer_token, error_response, json_response
+from freeq.web.http import bearer_token, error_response, json_response, report_failure
 
 if TYPE_CHECKING:
     from freeq.core.server import IRCServer
@@ -394,7 +394,7 @@ def _finish_later(request: Any, d: Any) -> Any:
             e = failure.value
             request.write(error_response(request, e.code, e.message, e.headers))
         else:
-            log.failure("REST request {path} failed", failure, path=request.path.decode("latin-1", "replace"))
+            report_failure(request, failure)  # one rate-limited line, no traceback (issue #10 item 12)
             request.write(error_response(request, 500, "Internal error"))
         request.finish()
 

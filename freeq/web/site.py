@@ -8,8 +8,12 @@
 ``/metrics``                       Prometheus text (:mod:`freeq.web.prometheus`)
 =================================  ==========================================================
 
-Every response carries the security headers; request bodies are capped; the API, broker,
-metrics and WebSocket routes are rate-limited per client IP (static files are not).
+Every response carries the security headers and ``Server: freeq`` (no version); request bodies
+are capped; the API, broker, metrics and WebSocket routes are rate-limited per client IP (static
+files are not). Connections are bounded per TCP peer address and in total
+(``--web-max-connections-per-ip``, ``--web-max-connections``; a refused one is answered ``503``
+and closed) and timed (``--web-idle-timeout``, ``--web-request-timeout``): see
+:class:`freeq.web.http.WebConnection`.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from freeq.core.server import IRCServer
 from freeq.irc.protocol import ConnectionLimiter
 from freeq.metrics import Metrics
 from freeq.web.broker import BrokerResource
-from freeq.web.http import RateLimiter, WebRequest
+from freeq.web.http import RateLimiter, RefusedConnection, WebConnection, WebRequest
+from freeq.web.limits import WEB_FULL, LogThrottle, WebConnectionLimiter, peer_ip
 from freeq.web.prometheus import MetricsResource
 from freeq.web.proxy import ProxyPolicy
 from freeq.web.rest import APIv1
@@ -70,7 +75,9 @@ class WebSite(server.Site):
     displayTracebacks = False
 
     def __init__(self, root: resource.Resource, proxies: ProxyPolicy, rate: RateLimiter, metrics: Metrics,
-                 max_body_bytes: int = MAX_BODY_BYTES, reactor: Any = None) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, reactor: Any = None,
+                 connections: Optional[WebConnectionLimiter] = None, idle_timeout: float = 30.0,
+                 request_timeout: float = 10.0) -> None:
         if reactor is None:
             super().__init__(root)
         else:
@@ -79,6 +86,44 @@ class WebSite(server.Site):
         self.rate = rate
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.connections = connections if connections is not None else WebConnectionLimiter(32, 1000)
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        # Refusals, time-outs, bad paths and failures: one line per kind every 10 s at most.
+        self.log_throttle = LogThrottle(self.reactor, 10.0)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """Admit the connection against the web limits (by TCP peer; a trusted proxy only in the total)."""
+        ip = peer_ip(str(getattr(addr, "host", None) or "unknown"))
+        reason = self.connections.acquire(ip, per_ip_exempt=self.proxies.is_trusted(ip))
+        if reason is not None:
+            self.metrics.web_connections_refused += 1
+            held = self.log_throttle.allow(("refused", reason))
+            if held is not None:
+                log.warn("web connection from {ip} refused: {reason} (limit {limit}; {held} more refused since the "
+                         "last line)", ip=ip, reason=reason, held=held,
+                         limit=self.connections.total if reason == WEB_FULL else self.connections.per_ip)
+            return RefusedConnection(reason, self.reactor)
+        http = super().buildProtocol(addr)
+        if http is None:
+            self.connections.release(ip)
+            return None
+        self.metrics.web_connections = self.connections.open
+        return WebConnection(self, http, ip)
+
+    def registerProtocol(self, conn: WebConnection) -> None:
+        """Called by the connection when it starts (the slot was taken in :meth:`buildProtocol`)."""
+
+    def unregisterProtocol(self, conn: WebConnection) -> None:
+        """Called by the connection when it is lost."""
+        self.release_connection(conn)
+
+    def release_connection(self, conn: WebConnection) -> None:
+        """Give back the slot of ``conn`` (once: on close, or earlier on a WebSocket upgrade)."""
+        if not conn.released:
+            conn.released = True
+            self.connections.release(conn.ip)
+            self.metrics.web_connections = self.connections.open
 
     def check_rate(self, request: Any) -> bool:
         """Whether ``request`` is within its client's rate (static files always are)."""
@@ -124,7 +169,9 @@ def build_web_site(config: Config, clock: Any, irc: IRCServer, limiter: Connecti
     _mount(root, b"auth", auth)
     _mount(root, b"metrics", MetricsResource(irc, metrics, clock))
     return WebSite(root, proxies, RateLimiter(clock, rate_burst, rate_per_second), metrics, max_body_bytes,
-                   reactor=reactor)
+                   reactor=reactor,
+                   connections=WebConnectionLimiter(config.web_max_connections_per_ip, config.web_max_connections),
+                   idle_timeout=config.web_idle_timeout, request_timeout=config.web_request_timeout)
 
 
 def build_web_service(config: Config, reactor: Any, server: IRCServer, limiter: ConnectionLimiter,
