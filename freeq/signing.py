@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 
 from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
+
+from freeq.auth.multikey import strict_verify_ed25519
 
 SIG_TAG = "+freeq.at/sig"
 
@@ -56,7 +58,6 @@ def verify(public_key: bytes, signature: str, sender_did: str, target: str, text
         sig = unb64url(signature)
         if len(sig) != 64 or len(public_key) != 32:
             return False
-        VerifyKey(public_key).verify(canonical(sender_did, target, text, timestamp), sig)
-        return True
+        return strict_verify_ed25519(public_key, sig, canonical(sender_did, target, text, timestamp))
     except (BadSignatureError, ValueError, TypeError):
         return False

@@ -87,10 +87,10 @@ def valid_handle(text: Any) -> Optional[str]:
 
     Handles end up in IRC lines (WHOIS, NOTICEs), so anything else must never get through.
     """
-    if not isinstance(text, str) or len(text) > 253:
-        return None
+    if not isinstance(text, str) or len(text) > 253 or not text.isascii():
+        return None  # isascii first: str.lower() maps e.g. KELVIN SIGN to ASCII 'k'
     handle = text.lower()
-    return handle if _HANDLE_RE.match(handle) else None
+    return handle if _HANDLE_RE.fullmatch(handle) else None  # fullmatch: '$' lets a trailing '\n' through
 
 
 def did_web_url(did: str) -> str:

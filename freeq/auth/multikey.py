@@ -34,6 +34,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from nacl.bindings import crypto_core_ed25519_is_valid_point, crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 ED25519 = "ed25519"
 SECP256K1 = "secp256k1"
@@ -52,6 +54,17 @@ _ORDER = {
     SECP256K1: 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141,
     P256: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
 }
+# Ed25519: the group order L (a canonical S is < L) and the field prime p. The y coordinates of the
+# eight small-order points (identity y=1, order 2 y=p-1, order 4 y=0, and the two order-8 values);
+# an R whose y (sign bit cleared, reduced mod p to catch non-canonical encodings) is one of them
+# makes the verification equation hold for any message once S = 0 and the key is small-order too.
+_ED25519_L = 2**252 + 27742317777372353535851937790883648493
+_ED25519_P = 2**255 - 19
+_ED25519_SMALL_ORDER_Y = frozenset((
+    0, 1, _ED25519_P - 1,
+    int.from_bytes(bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"), "little"),
+    int.from_bytes(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little"),
+))
 # A base58 Multikey is about 50 characters; bound the (quadratic) big-integer conversion.
 _MAX_MULTIBASE_CHARS = 256
 
@@ -112,6 +125,8 @@ class PublicKey:
         if self.kind == ED25519:
             if len(self.raw) != 32:
                 raise ValueError("Ed25519 public key must be 32 bytes")
+            if not ed25519_key_is_strong(self.raw):
+                raise ValueError("Ed25519 public key is small-order, non-canonical or not on the curve")
             return
         if len(self.raw) not in (33, 65):
             raise ValueError("EC public key must be a 33- or 65-byte SEC1 point")
@@ -177,6 +192,40 @@ def public_key_from_did_key(did: str) -> PublicKey:
     return decode_multibase_key(did[len("did:key:"):])
 
 
+def ed25519_key_is_strong(raw: bytes) -> bool:
+    """Whether ``raw`` is a canonical Ed25519 point in the prime-order subgroup (libsodium's check:
+    the eight small-order points, non-canonical encodings and mixed-order points are refused)."""
+    return len(raw) == 32 and bool(crypto_core_ed25519_is_valid_point(raw))
+
+
+def strict_verify_ed25519(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """Strict Ed25519 verification, the one check every freeq path uses. Never raises.
+
+    On top of RFC 8032 it refuses a small-order / non-canonical / mixed-order public key, a
+    small-order R (also in non-canonical encoding) and a non-canonical S (S >= L): with those, a
+    signature can verify for any message (the identity key with R = identity, S = 0) or be
+    malleated. OpenSSL (``cryptography``) accepts the identity-key forgery, so it is not used here.
+    """
+    if not isinstance(public_key, bytes) or not isinstance(signature, bytes) or not isinstance(message, bytes):
+        return False
+    if len(public_key) != 32 or len(signature) != 64:
+        return False
+    if int.from_bytes(signature[32:], "little") >= _ED25519_L:
+        return False
+    r_y = int.from_bytes(signature[:32], "little") & ((1 << 255) - 1)
+    if r_y >= _ED25519_P:
+        r_y -= _ED25519_P
+    if r_y in _ED25519_SMALL_ORDER_Y:
+        return False
+    if not crypto_core_ed25519_is_valid_point(public_key):
+        return False
+    try:
+        crypto_sign_open(signature + message, public_key)
+        return True
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+
+
 def verify_signature(key: PublicKey, message: bytes, signature: bytes) -> bool:
     """Whether ``signature`` is a valid signature of ``message`` under ``key``. Never raises.
 
@@ -187,8 +236,7 @@ def verify_signature(key: PublicKey, message: bytes, signature: bytes) -> bool:
         return False
     try:
         if key.kind == ED25519:
-            ed25519.Ed25519PublicKey.from_public_bytes(key.raw).verify(signature, message)
-            return True
+            return strict_verify_ed25519(key.raw, signature, message)
         order = _ORDER[key.kind]
         r = int.from_bytes(signature[:32], "big")
         s = int.from_bytes(signature[32:], "big")

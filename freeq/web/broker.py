@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from freeq.auth.did import valid_handle
 from freeq.web.http import error_response, json_response
 
 if TYPE_CHECKING:
@@ -145,6 +146,12 @@ class BrokerResource(Resource):
     # -- routes -------------------------------------------------------------------
     def _web_token(self, request: Any, data: dict[str, Any], did: str, ip: str) -> bytes:
         handle = _optional_str(data, "handle")
+        if handle is not None:
+            checked = valid_handle(handle)
+            if checked is None:  # a handle ends up in IRC lines (WHOIS 320): never an unchecked string
+                log.warn("broker handle for {did} (from {ip}) refused: not an AT Protocol handle", did=did, ip=ip)
+                raise _Refused(400, "Invalid handle: not an AT Protocol handle")
+            handle = checked
         token = self.web_tokens.mint(did, handle)
         log.info("broker minted a web token for {did} (from {ip})", did=did, ip=ip)
         return json_response(request, 200, {"token": token, "nick": nick_for_handle(handle), "did": did,
