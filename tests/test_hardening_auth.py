@@ -76,3 +76,17 @@ class HandleSyntaxTests(unittest.TestCase):
         self.assertEqual(valid_handle("Alice.Bsky.Social"), "alice.bsky.social")
         self.assertIsNone(valid_handle("alice.1com"))
         self.assertIsNone(valid_handle("-a.test"))
+
+
+class WireGuardTests(unittest.TestCase):
+    """The line builders never emit CR, LF or NUL inside a line."""
+
+    def test_crlf_in_trailing_refused(self) -> None:
+        """A handle with CRLF in a 320 trailing parameter would forge a second line."""
+        from freeq.irc.parser import UnsafeLineError, build, build_text
+        forged = "alice.test\r\n:irc 381 bob :You are now an IRC operator"
+        self.assertRaises(UnsafeLineError, build, "irc", "320", "bob", "alice", f"AT Protocol handle: {forged}")
+        self.assertRaises(UnsafeLineError, build_text, "irc", "NOTICE", "bob", "a\nb")
+        self.assertRaises(UnsafeLineError, build, "irc", "PRIVMSG", "bob", "a\0b")
+        self.assertRaises(ValueError, build, "irc", "MODE", "a b", "x")
+        self.assertEqual(build("irc", "PING", "x y"), b":irc PING :x y\r\n")

@@ -128,6 +128,18 @@ def format_tags(tags: dict[str, str]) -> str:
     )
 
 
+class UnsafeLineError(ValueError):
+    """A line to be built holds CR, LF or NUL (or a middle parameter with a space or a leading ':'):
+    it would be read as more than one line, so it is never written."""
+
+
+def _checked(line: str) -> str:
+    # One C-speed scan each of the joined line, before the CRLF is added (fan-out hot path).
+    if "\r" in line or "\n" in line or "\0" in line:
+        raise UnsafeLineError("refused to build a line holding CR, LF or NUL")
+    return line
+
+
 def build(
     source: Optional[str],
     command: str,
@@ -147,12 +159,15 @@ def build(
         parts.append(":" + source)
     parts.append(command)
     if params:
+        for middle in params[:-1]:
+            if " " in middle or middle[:1] == ":":
+                raise UnsafeLineError("refused to build a line whose middle parameter has a space or leading ':'")
         parts.extend(params[:-1])
         last = params[-1]
         if not last or " " in last or last[0] == ":":
             last = ":" + last
         parts.append(last)
-    return (" ".join(parts) + "\r\n").encode("utf-8", "replace")
+    return (_checked(" ".join(parts)) + "\r\n").encode("utf-8", "replace")
 
 
 def build_text(source: Optional[str], command: str, *params: str, tags: Optional[dict[str, str]] = None) -> bytes:
@@ -164,4 +179,4 @@ def build_text(source: Optional[str], command: str, *params: str, tags: Optional
         head.append(":" + source)
     head.append(command)
     head.extend(params[:-1])
-    return (" ".join(head) + " :" + params[-1] + "\r\n").encode("utf-8", "replace")
+    return (_checked(" ".join(head) + " :" + params[-1]) + "\r\n").encode("utf-8", "replace")
