@@ -32,6 +32,8 @@ from typing import Any, Optional, TypeGuard
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from freeq.auth.multikey import strict_verify_ed25519
+
 ALPN = b"freeq/s2s/1"
 PROTOCOL = "freeq-s2s"
 MIN_VERSION = 1
@@ -225,10 +227,9 @@ def verify_event(event: dict[str, Any]) -> bool:
         _VERIFY_CACHE[origin] = key
     body = {k: v for k, v in event.items() if k != "sig"}
     try:
-        key.verify(canonical(body), _unb64(sig))
+        return strict_verify_ed25519(bytes(key), _unb64(sig), canonical(body))  # one strict Ed25519 check
     except (BadSignatureError, ValueError, TypeError):
         return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
