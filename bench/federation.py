@@ -115,7 +115,7 @@ class Server:
         self.proc = subprocess.Popen(
             [python, "-c", TWISTD, "-n", "--pidfile=", "freeq", "--server-name", name,
              "--listen-addr", f"127.0.0.1:{self.port}", "--data-dir", data, "--db-path", ":memory:",
-             "--flood-rate", "0", "--iroh", "--iroh-host", "127.0.0.1", "--iroh-port", str(udp),
+             "--flood-rate", "0", "--connection-rate", "0", "--iroh", "--iroh-host", "127.0.0.1", "--iroh-port", str(udp),
              "--iroh-relay-mode", "disabled", "--s2s-peers", f"{peer_id}@127.0.0.1:{peer_udp}",
              "--s2s-allowed-peers", peer_id, "--s2s-rate", str(s2s_rate)],
             cwd=REPO, stdout=self.log_file, stderr=subprocess.STDOUT)

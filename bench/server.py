@@ -152,7 +152,7 @@ class ServerProcess:
                 "--listen-addr", f"{self.host}:{self.port}", "--tls-listen-addr", "none",
                 "--data-dir", os.path.join(self.data_dir, "data"),
                 "--flood-rate", "0", "--max-connections-per-ip", "100000", "--max-clients", "100000",
-                "--sendq-bytes", "16777216", "--channel-create-burst", "0", *self.extra_args]
+                "--sendq-bytes", "16777216", "--channel-create-burst", "0", "--connection-rate", "0", *self.extra_args]
 
     def start(self, timeout: float = 30.0) -> None:
         cpu = self.cpu

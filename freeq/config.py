@@ -72,6 +72,10 @@ class Config:
     admin_info: tuple[str, str, str] = ("freeq IRC server", "AT Protocol authenticated IRC", "admin@localhost")
     # limits
     max_connections_per_ip: int = 20
+    # New connections per address (IPv6: its /64) over TCP, TLS and WebSocket (issue #10 item 6): a token
+    # bucket of connection_rate_burst refilled at connection_rate per second; rate 0 turns the throttle off.
+    connection_rate_burst: int = 10
+    connection_rate: float = 1.0
     max_clients: int = 10000
     max_channels_per_user: int = 100
     # New channels per address (IPv6: its /64) and per account (issue #10 item 14): a burst, then one more
@@ -99,6 +103,8 @@ class Config:
     max_line_bytes: int = 512
     max_tag_bytes: int = 8191
     registration_timeout: float = 60.0
+    # Seconds a closing connection may take to send what is queued before it is aborted (issue #10 items 2, 3).
+    close_grace: float = 5.0
     ping_interval: float = 90.0
     ping_timeout: float = 180.0
     sweep_interval: float = 15.0
@@ -170,6 +176,12 @@ class Config:
             raise ConfigError(f"--channel-create-interval: must be positive, got {self.channel_create_interval}")
         if self.channel_expiry < 0:
             raise ConfigError(f"--channel-expiry: must be 0 (never) or positive, got {self.channel_expiry}")
+        if self.connection_rate < 0:
+            raise ConfigError(f"--connection-rate: must be 0 (off) or positive, got {self.connection_rate}")
+        if self.connection_rate and self.connection_rate_burst < 1:
+            raise ConfigError(f"--connection-rate-burst: must be at least 1, got {self.connection_rate_burst}")
+        if self.close_grace <= 0:
+            raise ConfigError(f"--close-grace: must be positive, got {self.close_grace}")
         if self.flood_rate < 0:
             raise ConfigError(f"--flood-rate: must be 0 (off) or positive, got {self.flood_rate}")
         if not 9 <= self.nick_len <= 64:

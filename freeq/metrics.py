@@ -18,6 +18,7 @@ class Metrics:
         self.oper_failures = 0  # OPER with a wrong password (checked attempts only)
         self.oper_throttled = 0  # OPER refused unchecked: the address is still in its back-off wait
         self.per_ip_refusals = 0  # TCP, TLS and WebSocket together
+        self.connection_rate_refusals = 0  # new connections refused by --connection-rate (TCP, TLS, WebSocket)
         self.channel_create_refusals = 0  # JOINs that would create a channel over the address/account quota
         self.channels_expired = 0  # empty channels without a founder forgotten after --channel-expiry
         self.s2s_rejected = 0  # federation connections refused (allowlist, bad handshake)

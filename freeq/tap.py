@@ -17,6 +17,7 @@ from twisted.python import usage
 from freeq.config import Config, ConfigError, Listen, parse_listen
 from freeq.core.server import IRCServer
 from freeq.irc.protocol import ConnectionLimiter, IRCFactory
+from freeq.state.flood import ConnectionRate
 
 log = Logger()
 _D = Config()
@@ -69,9 +70,15 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
     ("topic-len", _D.topic_len, "Longest topic in bytes (TOPICLEN).", "topic_len", _INT),
     ("registration-timeout", _D.registration_timeout, "Seconds a client has to complete registration.",
      "registration_timeout", _FLOAT),
+    ("close-grace", _D.close_grace, "Seconds a closing connection may take to send what is queued (ERROR included) "
+     "before it is aborted.", "close_grace", _FLOAT),
     ("ping-interval", _D.ping_interval, "Seconds of silence before the server sends PING.", "ping_interval", _FLOAT),
     ("ping-timeout", _D.ping_timeout, "Seconds of silence before the client is dropped (Ping timeout).",
      "ping_timeout", _FLOAT),
+    ("connection-rate-burst", _D.connection_rate_burst, "New IRC connections (TCP, TLS, WebSocket) one address "
+     "(IPv6 /64) may open in a burst.", "connection_rate_burst", _INT),
+    ("connection-rate", _D.connection_rate, "New IRC connections per second one address (IPv6 /64) may open once "
+     "the burst is spent; faster ones are refused (0 = no throttle).", "connection_rate", _FLOAT),
     ("flood-burst", _D.flood_burst, "Flood control: commands a client may send in a burst.", "flood_burst", _INT),
     ("flood-rate", _D.flood_rate, "Flood control: commands per second sustained (0 disables flood control).",
      "flood_rate", _FLOAT),
@@ -334,7 +341,8 @@ def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence
     server.metrics = Metrics()
     server.web_tokens = WebTokenStore(reactor)  # type: ignore[attr-defined]  # SASL web-token (broker)
     server.bearer_tokens = BearerTokenStore(reactor)  # type: ignore[attr-defined]  # REST API bearers
-    return server, ConnectionLimiter(config.max_connections_per_ip, config.max_clients)
+    rate = ConnectionRate(config.connection_rate_burst, config.connection_rate) if config.connection_rate else None
+    return server, ConnectionLimiter(config.max_connections_per_ip, config.max_clients, rate)
 
 
 def make_federation_service(config: Config, reactor: Any, server: IRCServer) -> service.Service:

@@ -29,25 +29,50 @@ from freeq.config import Config
 from freeq.core.server import IRCServer
 from freeq.irc.interfaces import IClientConnection
 from freeq.irc.parser import build_text, parse
-from freeq.state.flood import TokenBucket
+from freeq.state.flood import ConnectionRate, TokenBucket
+from freeq.state.throttle import ip_key
 from freeq.state.user import User
 
 log = Logger()
 
 SERVER_FULL = "Server is full"
+#: Refusal reason of the connection-rate throttle (after the address in ``ERROR :Closing Link:``).
+TOO_FAST = "Connecting too fast"
 
-#: Commands that never cost flood tokens.
-FLOOD_EXEMPT = frozenset({"PONG", "PING"})
+#: Commands that never cost flood tokens. PING does (issue #10 item 5): a PONG per PING is free output
+#: for a flooder; a PONG answers the server's own keepalive and must never be held back.
+FLOOD_EXEMPT = frozenset({"PONG"})
 
 
 class ConnectionLimiter:
-    """Counts concurrent connections per IP and in total, across all listeners."""
+    """Counts concurrent connections per IP and in total, and new connections per address, across all listeners.
 
-    def __init__(self, per_ip: int, total: int) -> None:
+    ``rate`` (optional) throttles how fast one address (IPv6: its /64) may open connections;
+    :meth:`check_rate` asks it, logs (rate-limited) and counts its refusals.
+    """
+
+    def __init__(self, per_ip: int, total: int, rate: Optional[ConnectionRate] = None) -> None:
         self.per_ip = per_ip
         self.total = total
         self.counts: dict[str, int] = {}
         self.current = 0
+        self.rate = rate
+
+    def check_rate(self, server: IRCServer, ip: str, now: float, what: str = "connection") -> bool:
+        """Count a new connection from ``ip`` against its address's rate; False (logged, counted) when too fast."""
+        rate = self.rate
+        if rate is None:
+            return True
+        key = ip_key(ip)
+        if rate.allow(key, now):
+            return True
+        server.metric("connection_rate_refusals")
+        held = rate.log_refusal(key, now)
+        if held is not None:
+            log.warn("connection rate exceeded: refusing {what} from {ip} ({key} over {burst} then {rate}/s; "
+                     "{held} more refused since the last line)", what=what, ip=ip, key=key, burst=rate.burst,
+                     rate=rate.rate, held=held)
+        return False
 
     def acquire(self, ip: str) -> Optional[str]:
         """Reserve a slot for ``ip``; return a refusal reason when over a limit."""
@@ -150,6 +175,10 @@ class ClientConnection:
     _drain_call: Any = None
     _counted = False
     _lost_reason = "Connection closed"
+    #: The abort that follows a graceful close after ``--close-grace``, and the registration deadline.
+    _grace_call: Any = None
+    _register_call: Any = None
+    _gone = False
     _sink: Callable[[bytes], None]
     #: Lines written since the last flush; None while nothing is buffered (and the connection is not dirty).
     _out: Optional[list[bytes]] = None
@@ -169,7 +198,11 @@ class ClientConnection:
     def _admit(self, ip: str) -> bool:
         """Take a slot for ``ip`` in the limiter shared by all listeners; refuse when over a limit."""
         self.ip = ip
-        reason = self.factory.limiter.acquire(ip)
+        factory = self.factory
+        if not factory.limiter.check_rate(factory.server, ip, factory.clock.seconds()):
+            self._refuse(f"{ip} ({TOO_FAST})")
+            return False
+        reason = factory.limiter.acquire(ip)
         if reason is not None:
             log_refusal(self.factory.server, ip, reason)
             self._refuse(reason)
@@ -190,21 +223,58 @@ class ClientConnection:
         # A pull producer is told each time the transport has sent everything (see the class docstring).
         self.transport.registerProducer(self, self._socket is None)
         self.user = factory.server.connect(self, self._write, self.ip)
+        # The model's sweep times registration out (within --sweep-interval of the timeout); this deadline is
+        # the connection's own backstop for when the sweep does not run or does not know the user, so
+        # nothing unregistered (a TLS handshake that never starts included) outlives both.
+        self._register_call = factory.clock.callLater(cfg.registration_timeout + cfg.sweep_interval,
+                                                      self._registration_deadline)
+
+    def _registration_deadline(self) -> None:
+        self._register_call = None
+        user = self.user
+        if self._closed or self._gone:
+            return
+        if user is None:
+            self._closed = True
+            self._lose_with_grace()
+        elif not user.registered:
+            log.info("registration timed out for {ip}", ip=self.ip)
+            self.factory.server.close(user, "Registration timed out")
 
     def _refuse(self, reason: str) -> None:
         self._closed = True
         self._sink(build_text(None, "ERROR", f"Closing Link: {reason}"))
-        self._lose()
+        self._lose_with_grace()
 
     def _lose(self) -> None:
         """Close gracefully once what is written has been sent."""
         self.transport.loseConnection()
 
+    def _lose_with_grace(self) -> None:
+        """Close gracefully, and abort if the connection is still there after ``--close-grace`` seconds.
+
+        A graceful close waits for the peer: to read what is queued (a client that stopped reading
+        never does) or to finish a TLS handshake (one that never sent a ClientHello never does).
+        """
+        self._lose()
+        if self._grace_call is None and not self._gone:
+            self._grace_call = self.factory.clock.callLater(self.factory.config.close_grace, self._grace_expired)
+
+    def _grace_expired(self) -> None:
+        self._grace_call = None
+        if self._gone:
+            return
+        log.info("connection from {ip} did not close within {grace} seconds; aborting", ip=self.ip,
+                 grace=self.factory.config.close_grace)
+        self.transport.abortConnection()
+
     def _teardown(self) -> None:
         """The transport is gone: free the limiter slot and remove the user from the model."""
-        if self._drain_call is not None and self._drain_call.active():
-            self._drain_call.cancel()
-        self._drain_call = None
+        self._gone = True
+        for call in (self._drain_call, self._grace_call, self._register_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._drain_call = self._grace_call = self._register_call = None
         self._pending = ()
         self._out = None
         self._socket = None
@@ -233,7 +303,7 @@ class ClientConnection:
             self.transport.unregisterProducer()
         except RuntimeError:
             pass
-        self._lose()
+        self._lose_with_grace()
 
     # -- output: buffered per turn, a send queue bounded by --sendq-bytes -------
     def _write(self, data: bytes) -> None:

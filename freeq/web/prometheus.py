@@ -23,6 +23,7 @@ COUNTERS = (
     ("oper_failures", "OPER attempts with a wrong password."),
     ("oper_throttled", "OPER attempts refused unchecked during their address's back-off wait."),
     ("per_ip_refusals", "Connections and WebSocket upgrades refused by the per-IP limit."),
+    ("connection_rate_refusals", "Connections and WebSocket upgrades refused for coming too fast from one address."),
     ("channel_create_refusals", "JOINs refused because the address or account created too many channels."),
     ("channels_expired", "Empty channels without a founder DID forgotten after --channel-expiry."),
     ("s2s_rejected", "Rejected server-to-server connections."),

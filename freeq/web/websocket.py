@@ -25,7 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from freeq.core.server import IRCServer
-from freeq.irc.protocol import SERVER_FULL, ClientConnection, ConnectionLimiter, OutputFlusher, log_refusal
+from freeq.irc.protocol import SERVER_FULL, TOO_FAST, ClientConnection, ConnectionLimiter, OutputFlusher, log_refusal
 from freeq.web.http import error_response
 from freeq.web.proxy import ProxyPolicy
 
@@ -176,6 +176,8 @@ class IRCWebSocketResource(Resource):
                 log.info("WebSocket from {ip} refused: origin {origin} not allowed", ip=ip, origin=text[:200])
                 return error_response(request, 403, "Origin not allowed")
         limiter = self.factory.limiter
+        if not limiter.check_rate(self.factory.server, ip, self.factory.clock.seconds(), "WebSocket upgrade"):
+            return error_response(request, 429, TOO_FAST)
         reason = limiter.acquire(ip)
         if reason is not None:
             log_refusal(self.factory.server, ip, reason, "WebSocket upgrade")
