@@ -12,6 +12,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.messages = 0  # PRIVMSG/NOTICE/TAGMSG fanned out
+        self.unsafe_lines = 0  # replies not sent: they would have carried CR/LF/NUL (the wire guard)
         self.masks_refused = 0  # WHO/LIST/LINKS masks and +b/+e/+I adds over the length/wildcard caps
         self.sasl_success = 0
         self.sasl_failure = 0

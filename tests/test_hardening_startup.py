@@ -59,8 +59,13 @@ class PortInUseTests(unittest.TestCase):
                 break
             time.sleep(0.05)
         self.assertFalse(os.path.exists(pidfile))
-        with open(logfile, encoding="utf-8") as f:
-            log = f.read()
+        line = f"freeq: --web-addr: cannot listen on 127.0.0.1:{self.port}: Address already in use"
+        for _ in range(100):  # the exiting daemon may remove its pid file before the log line is flushed
+            with open(logfile, encoding="utf-8") as f:
+                log = f.read()
+            if line in log:
+                break
+            time.sleep(0.05)
         self.assertNotIn("Traceback", log)
         self.assertIn(f"freeq: --web-addr: cannot listen on 127.0.0.1:{self.port}: Address already in use", log)
 

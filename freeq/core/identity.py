@@ -14,6 +14,7 @@ from freeq.auth.sasl import (
     MAX_DPOP_RETRIES, MAX_FAILURES, MECHANISM, BadResponse, SaslExchange, b64url, b64url_decode, cloak_for,
     decode_response,
 )
+from freeq.auth.did import valid_handle
 from freeq.irc.names import fold
 from freeq.irc.parser import Message, build, build_text
 from freeq.signing import verify as verify_signature
@@ -156,6 +157,13 @@ class IdentityCommands:
                         handle: Optional[str]) -> None:
         sasl.abort()
         self.metric("sasl_success")
+        if handle is not None:
+            # Every source checks the handle already (verifier, broker); this is the last gate before
+            # WHOIS puts it on the wire. The DID is proven, so the login stands without the handle.
+            checked = valid_handle(handle)
+            if checked is None:
+                log.warn("SASL handle for {did} dropped: not an AT Protocol handle", did=did)
+            handle = checked
         user.handle = handle
         self.change_host(user, user.username, cloak_for(did))
         self.set_account(user, did)

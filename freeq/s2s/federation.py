@@ -28,6 +28,7 @@ from twisted.application import service
 from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
+from freeq.auth.did import valid_handle
 from freeq.irc.names import fold, is_channel, valid_channel, valid_nick
 from freeq.irc.parser import build, build_text
 from freeq.s2s import protocol as P
@@ -1281,8 +1282,12 @@ class Federation:
         if len(modes) > 2 or set(modes) - set("iB"):
             raise ProtocolError("bad modes")
         handle = P.get(rec, "handle", str, optional=True)
-        if handle is not None and not P.is_word(handle):
-            raise ProtocolError("bad handle")
+        if handle is not None:
+            if not P.is_word(handle):
+                raise ProtocolError("bad handle")
+            # A word that is not an atproto handle is dropped, not fatal: the handle is cosmetic (WHOIS),
+            # the DID is the identity, and a peer's looser check must not cost the whole burst.
+            handle = valid_handle(handle)
         return {
             "uid": uid, "origin": origin, "nick": nick, "nick_ts": nick_ts, "user": P.word(rec, "user"),
             "host": P.host(rec, "host"), "real": P.text(rec, "real", 400), "account": P.did(rec, "account"),

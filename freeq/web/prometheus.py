@@ -17,6 +17,7 @@ from freeq.web.websocket import IRCWebSocketProtocol
 #: Counter attributes of Metrics exposed as ``freeq_<name>_total``, with their help text.
 COUNTERS = (
     ("messages", "Messages (PRIVMSG, NOTICE, TAGMSG) delivered."),
+    ("unsafe_lines", "Replies not sent because they would have carried CR, LF or NUL (wire guard)."),
     ("masks_refused", "WHO/LIST/LINKS masks and ban/exception/invex masks refused: over the length or wildcard cap."),
     ("sasl_success", "Successful SASL authentications."),
     ("sasl_failure", "Failed SASL authentications."),
