@@ -147,11 +147,16 @@ class ServerProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    @staticmethod
+    def max_clients() -> int:
+        """As many clients as the open-file limit the server will get allows (it refuses to start above it)."""
+        return max(1_000, min(100_000, raise_nofile() - 1_000))
+
     def argv(self) -> list[str]:
         return [self.python, "-c", TWISTD, "-n", "--pidfile=", "freeq",
                 "--listen-addr", f"{self.host}:{self.port}", "--tls-listen-addr", "none",
                 "--data-dir", os.path.join(self.data_dir, "data"),
-                "--flood-rate", "0", "--max-connections-per-ip", "100000", "--max-clients", "100000",
+                "--flood-rate", "0", "--max-connections-per-ip", "100000", "--max-clients", str(self.max_clients()),
                 "--sendq-bytes", "16777216", "--channel-create-burst", "0", "--connection-rate", "0", *self.extra_args]
 
     def start(self, timeout: float = 30.0) -> None:

@@ -292,6 +292,31 @@ async def start_server(case: unittest.TestCase, tls: bool = False, clock: Any = 
     return fixture
 
 
+def start_tree(config: Config) -> tuple[Any, int]:
+    """Start the whole ``twistd freeq`` service tree (:func:`freeq.tap.build_service`) for ``config``.
+
+    Returns the started top service and the port of its one IRC listener (``config.listen`` with
+    port 0 gets a free one). The caller stops the tree (``await top.stopService()``).
+    """
+    from twisted.application.internet import StreamServerEndpointService
+
+    from freeq.tap import build_service
+
+    top = build_service(config, reactor)
+    top.startService()
+    ports: list[Any] = []
+
+    def got_port(port: Any) -> Any:
+        ports.append(port)
+        return port  # the service stops listening through this same Deferred
+
+    for svc in top:
+        if isinstance(svc, StreamServerEndpointService):
+            svc._waitingForPort.addCallback(got_port)
+    assert len(ports) == 1, f"expected one IRC listener, got {len(ports)}"
+    return top, ports[0].getHost().port
+
+
 def make_certificate(directory: str, cn: str = "localhost") -> tuple[str, str]:
     """Generate a throw-away self-signed certificate and key (PEM) with openssl; return their paths."""
     os.makedirs(directory, exist_ok=True)

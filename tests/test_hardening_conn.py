@@ -66,18 +66,26 @@ class HalfOpenTests(unittest.TestCase):
     """Item 2: connections that never register, TLS ones that never send a ClientHello included, are closed."""
 
     async def test_silent_tls_and_tcp_connections_are_closed(self) -> None:
-        """Silent raw sockets on the TLS and plain ports are all gone, and their per-IP slots free, in time."""
-        fixture = await start_server(self, tls=True, registration_timeout=0.3, sweep_interval=0.2, close_grace=0.3)
+        """Silent raw sockets on the TLS and plain ports are all gone, and their per-IP slots free, in time.
+
+        The registration clock starts at the TCP connect (the model knows the connection before any
+        TLS handshake); the sweep, run here as the server's timer runs it, times them out and the
+        close grace aborts the TLS ones whose graceful close waits for a handshake that never comes.
+        """
+        fixture = await start_server(self, tls=True, registration_timeout=0.3, close_grace=0.3)
         assert fixture.tls_port is not None
         socks = [raw_connect(fixture.tls_port) for _ in range(5)] + [raw_connect(fixture.port) for _ in range(2)]
         for s in socks:
             self.addCleanup(s.close)
         limiter = limiter_of(fixture)
         self.assertTrue(await wait_for(lambda: limiter.counts.get("127.0.0.1") == 7, 2.0))
-        # The server's periodic sweep is not running in this fixture: the connection's own deadline
-        # (timeout + sweep interval) and the close grace must do it alone.
-        self.assertTrue(await wait_for(lambda: all(closed_by_peer(s) for s in socks), 3.0),
-                        "silent connections still open")
+        self.assertEqual(len(fixture.server.connections), 7)
+
+        def swept_and_closed() -> bool:
+            fixture.server.sweep()
+            return all(closed_by_peer(s) for s in socks)
+
+        self.assertTrue(await wait_for(swept_and_closed, 3.0), "silent connections still open")
         self.assertTrue(await wait_for(lambda: limiter.counts.get("127.0.0.1", 0) == 0, 1.0), limiter.counts)
         self.assertEqual(fixture.server.connections, set())
 

@@ -7,7 +7,6 @@ import os
 import time
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
@@ -15,8 +14,7 @@ from twisted.trial import unittest
 from freeq.irc.confusables import NickOwners, lookalike_keys, skeleton
 from freeq.irc.names import nick_problem
 from freeq.client.auth import CryptoCredential
-from tests.support import IRCClient, ServerFixture, asynctest, start_server
-from freeq.tap import build_service
+from tests.support import IRCClient, ServerFixture, asynctest, start_server, start_tree
 from tests.test_persistence import Running, _config
 from tests.test_sasl import authenticate, finish, login, new_credential, open_negotiation
 
@@ -173,18 +171,8 @@ class StoredBindingTests(unittest.TestCase):
     """Bindings read from the database at start-up are in the look-alike index too."""
 
     async def start(self, data_dir: str) -> Running:
-        top = build_service(_config(data_dir), reactor)
-        top.startService()
-        ports: list[Any] = []
-
-        def got_port(port: Any) -> Any:
-            ports.append(port)
-            return port
-
-        for svc in top:
-            if isinstance(svc, StreamServerEndpointService):
-                svc._waitingForPort.addCallback(got_port)
-        running = Running(top, ports[0].getHost().port)
+        top, port = start_tree(_config(data_dir))
+        running = Running(top, port)
         self.addCleanup(lambda: defer.ensureDeferred(running.stop()))
         return running
 

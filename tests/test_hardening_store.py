@@ -13,7 +13,6 @@ import shutil
 import stat
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, reactor
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -24,7 +23,7 @@ from freeq.store import keys
 from freeq.store.crypto import MessageCipher
 from freeq.store.db import Store, StoreError, hwm_path, read_high_water_mark
 from freeq.tap import Options, build_service, config_from_options
-from tests.support import asynctest, sleep
+from tests.support import asynctest, sleep, start_tree
 from tests.test_persistence import Running, _config
 
 KEY_FILES = (keys.DB_ENCRYPTION_KEY, keys.MSG_SIGNING_KEY, keys.VERIFIER_SIGNING_KEY)
@@ -40,18 +39,8 @@ class StartupGuardTests(unittest.TestCase):
 
     async def start(self, data_dir: str = "", **overrides: Any) -> Running:
         """Start the whole service tree on ``data_dir`` (default: the test's) and return it running."""
-        top = build_service(_config(data_dir or self.data_dir, **overrides), reactor)
-        top.startService()
-        ports: list[Any] = []
-
-        def got_port(port: Any) -> Any:
-            ports.append(port)
-            return port
-
-        for svc in top:
-            if isinstance(svc, StreamServerEndpointService):
-                svc._waitingForPort.addCallback(got_port)
-        running = Running(top, ports[0].getHost().port)
+        top, port = start_tree(_config(data_dir or self.data_dir, **overrides))
+        running = Running(top, port)
         self.addCleanup(lambda: defer.ensureDeferred(running.stop()))
         return running
 

@@ -9,7 +9,6 @@ import sys
 import time
 from typing import Any, Optional
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionRefusedError
@@ -19,7 +18,7 @@ from freeq.config import Config, ConfigError, Listen
 from freeq.store import keys
 from freeq.store.db import ChannelRecord
 from freeq.tap import build_service
-from tests.support import IRCClient, ServerFixture, asynctest, sleep
+from tests.support import IRCClient, ServerFixture, asynctest, sleep, start_tree
 
 
 class Running:
@@ -62,19 +61,8 @@ class RestartTests(unittest.TestCase):
         self.data_dir = os.path.abspath(self.mktemp())
 
     async def start(self, **overrides: Any) -> Running:
-        top = build_service(_config(self.data_dir, **overrides), reactor)
-        top.startService()
-        ports: list[Any] = []
-
-        def got_port(port: Any) -> Any:
-            ports.append(port)
-            return port
-
-        for svc in top:
-            if isinstance(svc, StreamServerEndpointService):
-                svc._waitingForPort.addCallback(got_port)
-        self.assertEqual(len(ports), 1)
-        running = Running(top, ports[0].getHost().port)
+        top, port = start_tree(_config(self.data_dir, **overrides))
+        running = Running(top, port)
         self.addCleanup(lambda: defer.ensureDeferred(running.stop()))
         return running
 

@@ -8,7 +8,6 @@ import os
 import time
 from typing import Any, Optional
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
@@ -17,9 +16,8 @@ from freeq.auth.multikey import ED25519, SECP256K1, did_key, generate_private_ke
 from freeq.client.auth import CryptoCredential, b64url, b64url_decode, chunk_payload
 from freeq.config import Config, Listen
 from freeq.signing import canonical, verify
-from freeq.tap import build_service
 from tests.atproto_servers import make_did_doc, random_plc_did, start_plc
-from tests.support import IRCClient, Line, ServerFixture, asynctest, start_server
+from tests.support import IRCClient, Line, ServerFixture, asynctest, start_server, start_tree
 from tests.test_client_sdk import close_client, same_second_window, sdk
 
 
@@ -374,19 +372,9 @@ class RestartableServer:
 
     async def start(self) -> ServerFixture:
         config = Config(listen=Listen("127.0.0.1", 0), tls_listen=None, data_dir=self.data_dir, flood_rate=0)
-        top = build_service(config, reactor)
-        top.startService()
-        ports: list[Any] = []
-
-        def got_port(port: Any) -> Any:
-            ports.append(port)
-            return port
-
-        for svc in top:
-            if isinstance(svc, StreamServerEndpointService):
-                svc._waitingForPort.addCallback(got_port)
+        top, port = start_tree(config)
         self.top = top
-        self.fixture = ServerFixture(getattr(top, "irc_server"), ports[0].getHost().port, None, [], [], reactor)
+        self.fixture = ServerFixture(getattr(top, "irc_server"), port, None, [], [], reactor)
         self.case.addCleanup(lambda: defer.ensureDeferred(self.stop()))
         return self.fixture
 

@@ -178,9 +178,8 @@ class ClientConnection:
     _drain_call: Any = None
     _counted = False
     _lost_reason = "Connection closed"
-    #: The abort that follows a graceful close after ``--close-grace``, and the registration deadline.
+    #: The abort that follows a graceful close after ``--close-grace``.
     _grace_call: Any = None
-    _register_call: Any = None
     _gone = False
     _sink: Callable[[bytes], None]
     #: Lines written since the last flush; None while nothing is buffered (and the connection is not dirty).
@@ -226,23 +225,6 @@ class ClientConnection:
         # A pull producer is told each time the transport has sent everything (see the class docstring).
         self.transport.registerProducer(self, self._socket is None)
         self.user = factory.server.connect(self, self._write, self.ip)
-        # The model's sweep times registration out (within --sweep-interval of the timeout); this deadline is
-        # the connection's own backstop for when the sweep does not run or does not know the user, so
-        # nothing unregistered (a TLS handshake that never starts included) outlives both.
-        self._register_call = factory.clock.callLater(cfg.registration_timeout + cfg.sweep_interval,
-                                                      self._registration_deadline)
-
-    def _registration_deadline(self) -> None:
-        self._register_call = None
-        user = self.user
-        if self._closed or self._gone:
-            return
-        if user is None:
-            self._closed = True
-            self._lose_with_grace()
-        elif not user.registered:
-            log.info("registration timed out for {ip}", ip=self.ip)
-            self.factory.server.close(user, "Registration timed out")
 
     def _refuse(self, reason: str) -> None:
         self._closed = True
@@ -274,10 +256,10 @@ class ClientConnection:
     def _teardown(self) -> None:
         """The transport is gone: free the limiter slot and remove the user from the model."""
         self._gone = True
-        for call in (self._drain_call, self._grace_call, self._register_call):
+        for call in (self._drain_call, self._grace_call):
             if call is not None and call.active():
                 call.cancel()
-        self._drain_call = self._grace_call = self._register_call = None
+        self._drain_call = self._grace_call = None
         self._pending = ()
         self._out = None
         self._socket = None
