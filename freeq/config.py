@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from typing import Optional
+from typing import Any, Optional
 
 
 class ConfigError(ValueError):
@@ -20,6 +20,16 @@ class Listen:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def endpoint(self, reactor: Any, tls: Any = None) -> Any:
+        """The Twisted server endpoint for this address (TLS with ``tls`` context options)."""
+        from twisted.internet import endpoints
+
+        if tls is not None:
+            return endpoints.SSL4ServerEndpoint(reactor, self.port, tls, interface=self.host)
+        if ":" in self.host:
+            return endpoints.TCP6ServerEndpoint(reactor, self.port, interface=self.host)
+        return endpoints.TCP4ServerEndpoint(reactor, self.port, interface=self.host)
 
 
 def parse_listen(flag: str, value: str) -> Listen:

@@ -10,7 +10,6 @@ from typing import Any, Mapping, Optional
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -246,14 +245,6 @@ def prepare_data_dir(path: str) -> None:
         raise ConfigError(f"--data-dir: {path} is not writable")
 
 
-def _endpoint(reactor: Any, listen: Listen, tls: Any = None) -> Any:
-    if tls is not None:
-        return endpoints.SSL4ServerEndpoint(reactor, listen.port, tls, interface=listen.host)
-    if ":" in listen.host:
-        return endpoints.TCP6ServerEndpoint(reactor, listen.port, interface=listen.host)
-    return endpoints.TCP4ServerEndpoint(reactor, listen.port, interface=listen.host)
-
-
 class StartupError(SystemExit, Exception):
     """A start-up failure after ``makeService`` (a socket that cannot be bound), as one ``freeq:`` line.
 
@@ -370,7 +361,7 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
     top.irc_server = server  # type: ignore[attr-defined]
     if config.listen is not None:
         factory = IRCFactory(server, limiter, reactor, secure=False, reactor=reactor)
-        svc = StreamServerEndpointService(_endpoint(reactor, config.listen), factory)
+        svc = StreamServerEndpointService(config.listen.endpoint(reactor), factory)
         svc._raiseSynchronously = True
         svc.setServiceParent(top)
     if config.tls_listen is not None and config.tls_cert and config.tls_key:
@@ -378,7 +369,7 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
 
         tls = load_tls_options(config.tls_cert, config.tls_key)
         factory = IRCFactory(server, limiter, reactor, secure=True, reactor=reactor)
-        svc = StreamServerEndpointService(_endpoint(reactor, config.tls_listen, tls), factory)
+        svc = StreamServerEndpointService(config.tls_listen.endpoint(reactor, tls), factory)
         svc._raiseSynchronously = True
         svc.setServiceParent(top)
     sweeper = TimerService(config.sweep_interval, server.sweep)

@@ -177,8 +177,6 @@ def build_web_site(config: Config, clock: Any, irc: IRCServer, limiter: Connecti
 def build_web_service(config: Config, reactor: Any, server: IRCServer, limiter: ConnectionLimiter,
                       persistence: Any) -> StreamServerEndpointService:
     """The web listener as a service: HTTP, or HTTPS/wss with ``--web-tls-cert``/``--web-tls-key``."""
-    from freeq.tap import _endpoint
-
     assert config.web_listen is not None
     tls: Optional[Any] = None
     if config.web_tls_cert and config.web_tls_key:
@@ -190,7 +188,7 @@ def build_web_service(config: Config, reactor: Any, server: IRCServer, limiter: 
 
         raise ConfigError(f"--web-static-dir: {config.web_static_dir} is not a directory")
     site = build_web_site(config, reactor, server, limiter, persistence)
-    svc = StreamServerEndpointService(_endpoint(reactor, config.web_listen, tls), site)
+    svc = StreamServerEndpointService(config.web_listen.endpoint(reactor, tls), site)
     svc._raiseSynchronously = True
     log.info("web listener on {scheme}://{addr} (static: {static}, broker: {broker})",
              scheme="https" if tls else "http", addr=str(config.web_listen),

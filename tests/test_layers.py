@@ -1,0 +1,71 @@
+"""The package layers point one way (issue #11's guard rail), read from the source with ``ast``.
+
+Order, lowest first: wire (``irc``) → ``state`` → ``core``/``s2s``/``store``/``auth`` → ``web`` → ``tap``.
+A module may import its own package, a lower layer, and the shared top-level modules (``config``,
+``metrics``, ``signing``, ``plugins``, ``fdlimit``, ``admin``). Type-only imports count too.
+
+``KNOWN`` lists the upward edges that exist today and are to be removed by issue #11; the test
+fails on any other upward edge (so none is added) and on a listed one that is gone (so the list
+only shrinks).
+"""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+from twisted.trial import unittest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent / "freeq"
+
+#: package -> layer; same-layer packages may not import each other unless listed in SAME_LAYER_OK.
+LAYER = {"irc": 0, "state": 1, "core": 2, "s2s": 2, "store": 2, "auth": 2, "web": 3, "tap": 4, "client": 3}
+#: Same-layer edges that are part of the design (s2s applies peers' events through core; core and s2s
+#: use auth and the store). core -> s2s is not: core tells federation through observers only.
+SAME_LAYER_OK = {("core", "auth"), ("core", "store"), ("s2s", "auth"), ("s2s", "core"), ("store", "auth")}
+#: Upward edges present today (module, imported package); issue #11 removes them.
+KNOWN = {
+    ("freeq/irc/protocol.py", "core"),
+    ("freeq/irc/protocol.py", "state"),
+    ("freeq/state/channel.py", "store"),
+    ("freeq/core/server.py", "s2s"),  # type-only (Federation, LinkControl)
+}
+
+
+def _package(path: pathlib.Path) -> str:
+    rel = path.relative_to(ROOT)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def edges() -> set[tuple[str, str, str]]:
+    """Every (module path, its package, imported freeq package) in the tree, type-only imports included."""
+    found = set()
+    for path in sorted(ROOT.rglob("*.py")):
+        pkg = _package(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "freeq" and len(parts) > 1 and parts[1] != pkg:
+                    found.add((str(path.relative_to(ROOT.parent)), pkg, parts[1]))
+    return found
+
+
+class LayerTests(unittest.TestCase):
+    def test_no_new_upward_edge(self) -> None:
+        """No module imports a higher layer (or an unrelated package of its own layer) beyond KNOWN."""
+        bad = set()
+        for module, pkg, target in edges():
+            if pkg not in LAYER or target not in LAYER:
+                continue  # the shared top-level modules
+            if LAYER[target] > LAYER[pkg] or (LAYER[target] == LAYER[pkg] and (pkg, target) not in SAME_LAYER_OK):
+                bad.add((module, target))
+        self.assertEqual(bad - KNOWN, set(), "new upward imports")
+        self.assertEqual(KNOWN - bad, set(), "fixed: remove these from KNOWN")
+
+    def test_web_does_not_import_tap(self) -> None:
+        """The composition root is imported by nobody in the package."""
+        self.assertEqual({m for m, _pkg, target in edges() if target == "tap"}, set())
