@@ -29,18 +29,18 @@ from freeq.irc.ulid import ULIDGenerator
 from freeq.plugins import IServerHook
 from freeq.signing import SIG_TAG
 from freeq.state.channel import (
-    FLAG_MODES, LIST_MODES, OP, PREFIX_MODES, VOICE, Channel, ChannelTable,
+    FLAG_MODES, LIST_MODES, OP, PREFIX_MODES, VOICE, Channel, ChannelRecord, ChannelTable,
 )
 from freeq.state.masks import (
     MAX_MASK_LENGTH, MAX_MASK_WILDCARDS, LogThrottle, compile_glob, fold_text, glob_match, mask_problem, normalize_mask,
 )
 from freeq.state.channel_quota import CreationQuota
+from freeq.state.links import FederationControl, LinkControl
 from freeq.state.throttle import FailureThrottle, ip_key
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
 
 if TYPE_CHECKING:
-    from freeq.s2s.federation import Federation, LinkControl
-    from freeq.store.db import ChannelRecord, Store
+    from freeq.store.db import Store
 
 log = Logger()
 
@@ -124,7 +124,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         self.hooks = list(hooks)
         self.s2s: list[Any] = []  # federation observers (freeq.s2s.federation.Federation), told of local changes
         # freeq.s2s.federation.Federation when federation is on (set by the wiring): LINKS, SQUIT, CONNECT
-        self.federation: Optional["Federation"] = None
+        self.federation: Optional[FederationControl] = None
         self.users: dict[str, User] = {}  # folded nick -> user (registered or holding a nick)
         self.channels: ChannelTable = ChannelTable()  # counts the channels with members itself
         self.connections: set[User] = set()
@@ -715,7 +715,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             chan.persisted = False
             self.store.delete_channel(chan.folded)
 
-    def load_channels(self, records: Iterable["ChannelRecord"]) -> None:
+    def load_channels(self, records: Iterable[ChannelRecord]) -> None:
         """Restore persisted channels at start-up (empty until someone joins)."""
         for rec in records:
             chan = Channel.from_record(rec)
@@ -2049,7 +2049,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             return
         self._link_reply(user, msg.params[0], federation.release(msg.params[0], user))
 
-    def _link_command(self, user: User, msg: Message, command: str) -> Optional["Federation"]:
+    def _link_command(self, user: User, msg: Message, command: str) -> Optional[FederationControl]:
         """The federation for an operator's SQUIT/CONNECT, or ``None`` once 461, 481 or 402 is answered."""
         if not msg.params or not msg.params[0]:
             self.num(user, "461", command, "Not enough parameters")
@@ -2061,7 +2061,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self.num(user, "402", msg.params[0], "No such server")
         return self.federation
 
-    def _link_reply(self, user: User, target: str, result: "LinkControl") -> None:
+    def _link_reply(self, user: User, target: str, result: LinkControl) -> None:
         """Answer SQUIT/CONNECT: 402 for an unknown server, otherwise a NOTICE saying what happened."""
         if result.no_such_server:
             self.num(user, "402", target, "No such server")

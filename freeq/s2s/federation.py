@@ -36,6 +36,7 @@ from freeq.s2s.bridge import CLOSE_PROTOCOL, IrohBridgeService, PeerAddress
 from freeq.s2s.protocol import EventSigner, FrameError, ProtocolError, SequenceTracker, TokenBucket
 from freeq.s2s.state import ChannelCRDT, HybridClock, materialize, merge_ops
 from freeq.state.channel import OP, VOICE, Channel
+from freeq.state.links import HeldPeer, LinkControl, LinkView
 from freeq.state.user import User
 
 log = Logger()
@@ -2445,38 +2446,6 @@ class Federation:
                         self._send(link, {"type": "ping"})
             except Exception:
                 log.failure("S2S keepalive failed for {peer}", peer=link.peer_id)
-
-
-@dataclass(frozen=True)
-class LinkView:
-    """One server in the LINKS view: its name and endpoint id, the server it is linked through, its distance
-    in hops (0: this server) and, for a direct link, the local trust level of that link."""
-
-    name: str
-    server_id: str
-    uplink: str
-    hops: int
-    trust: Optional[str]
-
-
-@dataclass(frozen=True)
-class HeldPeer:
-    """A peer an operator held with SQUIT: not dialled nor accepted until CONNECT."""
-
-    peer_id: str
-    name: str
-    reason: str
-    by: str
-    since: float
-
-
-@dataclass(frozen=True)
-class LinkControl:
-    """The outcome of SQUIT or CONNECT: what to tell the operator, and whether the target is unknown (402)."""
-
-    ok: bool
-    text: str
-    no_such_server: bool = False
 
 
 class _Ctx:

@@ -3,14 +3,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Self
+from typing import Any, Optional, Self
 
 from freeq.irc.names import fold
 from freeq.state.masks import MaskSet
 from freeq.state.user import User
 
-if TYPE_CHECKING:
-    from freeq.store.db import ChannelRecord
+@dataclass
+class ChannelRecord:
+    """A channel's persistent snapshot (what the store keeps and loads at start-up)."""
+
+    name: str
+    created_at: int
+    modes: str
+    key: Optional[str]
+    limit: Optional[int]
+    topic: str
+    topic_setter: str
+    topic_time: int
+    founder: Optional[str]
+    lists: dict[str, list[tuple[str, str, int]]]
+    did_ops: dict[str, tuple[str, int]]
+
 
 #: Membership status bits.
 VOICE = 1
@@ -67,10 +81,8 @@ class Channel:
         return bool(self.topic or self.modes != {"n", "t"} or self.key is not None or self.limit is not None
                     or any(self.lists.values()) or self.founder or self.did_ops)
 
-    def record(self) -> "ChannelRecord":
+    def record(self) -> ChannelRecord:
         """A snapshot for the store."""
-        from freeq.store.db import ChannelRecord
-
         return ChannelRecord(
             self.name, self.created, "".join(sorted(self.modes)), self.key, self.limit, self.topic,
             self.topic_setter, self.topic_time, self.founder,
@@ -78,7 +90,7 @@ class Channel:
             dict(self.did_ops))
 
     @classmethod
-    def from_record(cls, rec: "ChannelRecord") -> "Channel":
+    def from_record(cls, rec: ChannelRecord) -> "Channel":
         """Rebuild a channel loaded from the store."""
         chan = cls(rec.name, rec.created_at)
         chan.modes = set(rec.modes) & set(FLAG_MODES)

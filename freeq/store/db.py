@@ -27,6 +27,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from freeq.state.channel import ChannelRecord  # the channel's snapshot; the store persists it
 from freeq.store.crypto import DecryptionError, MessageCipher
 
 log = Logger()
@@ -73,23 +74,6 @@ _CROCKFORD_SET = frozenset(_CROCKFORD)
 
 class StoreError(Exception):
     """The database cannot be used; the message is one line for the operator."""
-
-
-@dataclasses.dataclass
-class ChannelRecord:
-    """A persisted channel as loaded at start-up."""
-
-    name: str
-    created_at: int
-    modes: str
-    key: Optional[str]
-    limit: Optional[int]
-    topic: str
-    topic_setter: str
-    topic_time: int
-    founder: Optional[str]
-    lists: dict[str, list[tuple[str, str, int]]]
-    did_ops: dict[str, tuple[str, int]]
 
 
 @dataclasses.dataclass
