@@ -15,7 +15,7 @@ from twisted.python import usage
 
 from freeq.config import Config, ConfigError, Listen, parse_listen
 from freeq.core.server import IRCServer
-from freeq.irc.protocol import ConnectionLimiter, IRCFactory
+from freeq.net.connection import ConnectionLimiter, IRCFactory
 from freeq.state.flood import ConnectionRate
 
 log = Logger()
@@ -365,7 +365,7 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
         svc._raiseSynchronously = True
         svc.setServiceParent(top)
     if config.tls_listen is not None and config.tls_cert and config.tls_key:
-        from freeq.irc.tls import load_tls_options
+        from freeq.net.tls import load_tls_options
 
         tls = load_tls_options(config.tls_cert, config.tls_key)
         factory = IRCFactory(server, limiter, reactor, secure=True, reactor=reactor)

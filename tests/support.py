@@ -21,7 +21,7 @@ from twisted.trial import unittest
 from freeq.config import Config
 from freeq.core.server import IRCServer
 from freeq.irc.parser import Message, parse
-from freeq.irc.protocol import IRCFactory
+from freeq.net.connection import IRCFactory
 from freeq.tap import make_irc_server
 
 Pred = Union[str, Callable[["Line"], bool]]
@@ -275,7 +275,7 @@ async def start_server(case: unittest.TestCase, tls: bool = False, clock: Any = 
     listeners.append(port)
     tls_port = None
     if tls:
-        from freeq.irc.tls import load_tls_options
+        from freeq.net.tls import load_tls_options
 
         options = load_tls_options(config.tls_cert, config.tls_key)  # type: ignore[arg-type]
         tport = reactor.listenSSL(0, IRCFactory(server, limiter, the_clock, secure=True), options,
@@ -379,7 +379,7 @@ async def start_web(case: unittest.TestCase, srv: ServerFixture, tls: bool = Fal
     limiter = srv.listeners[0].factory.limiter
     site = build_web_site(config, srv.clock, srv.server, limiter, reactor=reactor, **limits)
     if tls:
-        from freeq.irc.tls import load_tls_options
+        from freeq.net.tls import load_tls_options
 
         cert, key = make_certificate(case.mktemp())
         port = reactor.listenSSL(0, site, load_tls_options(cert, key), interface="127.0.0.1")

@@ -16,7 +16,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from freeq.config import Config, ConfigError
-from freeq.irc.protocol import ConnectionLimiter
+from freeq.net.connection import ConnectionLimiter
 from freeq.state.flood import ConnectionRate
 from tests.support import ServerFixture, start_server
 

@@ -8,7 +8,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from freeq.irc.protocol import IRCProtocol
+from freeq.net.connection import IRCProtocol
 from tests.support import IRCClient, ServerFixture, asynctest, sleep, start_server
 
 

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from freeq.config import Config
 from freeq.core.server import IRCServer
 from freeq.irc.parser import build, build_text
-from freeq.irc.protocol import ConnectionLimiter, IRCFactory, IRCProtocol
+from freeq.net.connection import ConnectionLimiter, IRCFactory, IRCProtocol
 from tests.support import asynctest, sleep, start_server
 
 

@@ -12,7 +12,7 @@ from twisted.internet import threads
 from twisted.trial import unittest
 
 from freeq.config import ConfigError
-from freeq.irc.tls import load_tls_options
+from freeq.net.tls import load_tls_options
 from tests.support import asynctest, make_certificate, sleep, start_server
 
 

@@ -2,7 +2,7 @@
 
 :class:`WebConnectionLimiter` counts open HTTP connections per TCP peer address and in total
 (``--web-max-connections-per-ip``, ``--web-max-connections``); it is separate from the IRC
-:class:`freeq.irc.protocol.ConnectionLimiter`, which a WebSocket joins only once it is upgraded.
+:class:`freeq.net.connection.ConnectionLimiter`, which a WebSocket joins only once it is upgraded.
 :class:`LogThrottle` keeps refusal, time-out and failure lines from flooding the log: at most one
 line per key per interval, which says how many it held back.
 """

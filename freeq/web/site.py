@@ -26,7 +26,7 @@ from twisted.web import resource, server, static
 
 from freeq.config import Config
 from freeq.core.server import IRCServer
-from freeq.irc.protocol import ConnectionLimiter
+from freeq.net.connection import ConnectionLimiter
 from freeq.metrics import Metrics
 from freeq.web.broker import BrokerResource
 from freeq.web.http import RateLimiter, RefusedConnection, WebConnection, WebRequest
@@ -180,7 +180,7 @@ def build_web_service(config: Config, reactor: Any, server: IRCServer, limiter: 
     assert config.web_listen is not None
     tls: Optional[Any] = None
     if config.web_tls_cert and config.web_tls_key:
-        from freeq.irc.tls import load_tls_options
+        from freeq.net.tls import load_tls_options
 
         tls = load_tls_options(config.web_tls_cert, config.web_tls_key)
     if config.web_static_dir and not os.path.isdir(config.web_static_dir):

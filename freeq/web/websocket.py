@@ -24,8 +24,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from freeq.core.server import IRCServer
-from freeq.irc.protocol import SERVER_FULL, TOO_FAST, ClientConnection, ConnectionLimiter, OutputFlusher, log_refusal
+from freeq.irc.interfaces import IRCHandler
+from freeq.net.connection import SERVER_FULL, TOO_FAST, ClientConnection, ConnectionLimiter, OutputFlusher, log_refusal
 from freeq.web.http import error_response
 from freeq.web.proxy import ProxyPolicy
 
@@ -112,7 +112,7 @@ class IRCWebSocketFactory(WebSocketServerFactory):
 
     protocol = IRCWebSocketProtocol  # type: ignore[assignment]
 
-    def __init__(self, server: IRCServer, limiter: ConnectionLimiter, clock: Any, reactor: Any) -> None:
+    def __init__(self, server: IRCHandler, limiter: ConnectionLimiter, clock: Any, reactor: Any) -> None:
         super().__init__(reactor=reactor)
         self.server = server
         self.limiter = limiter

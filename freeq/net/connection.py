@@ -10,8 +10,8 @@ Output is coalesced: ``User.write`` appends to the connection's buffer, and an
 once per reactor turn. A fan-out to 1,000 members thus costs one list append per member
 instead of one transport write (and its epoll bookkeeping) per member per message.
 
-It only frames, parses, throttles and dispatches; every IRC decision is made by
-:class:`freeq.core.server.IRCServer`.
+It only frames, parses, throttles and dispatches; every IRC decision is made by the
+:class:`freeq.irc.interfaces.IRCHandler` it is given (:class:`freeq.core.server.IRCServer`).
 """
 from __future__ import annotations
 
@@ -26,8 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from freeq.config import Config
-from freeq.core.server import IRCServer
-from freeq.irc.interfaces import IClientConnection
+from freeq.irc.interfaces import IClientConnection, IRCHandler
 from freeq.irc.parser import UnsafeLineError, build_text, parse
 from freeq.state.flood import ConnectionRate, TokenBucket
 from freeq.state.masks import LogThrottle
@@ -61,7 +60,7 @@ class ConnectionLimiter:
         #: One warn line per 10 s for replies refused by the wire guard (a client can repeat the command at will).
         self.unsafe_log = LogThrottle()
 
-    def check_rate(self, server: IRCServer, ip: str, now: float, what: str = "connection") -> bool:
+    def check_rate(self, server: IRCHandler, ip: str, now: float, what: str = "connection") -> bool:
         """Count a new connection from ``ip`` against its address's rate; False (logged, counted) when too fast."""
         rate = self.rate
         if rate is None:
@@ -133,7 +132,7 @@ class OutputFlusher:
                 conn.abort_output()
 
 
-def log_refusal(server: IRCServer, ip: str, reason: str, what: str = "connection") -> None:
+def log_refusal(server: IRCHandler, ip: str, reason: str, what: str = "connection") -> None:
     """Log (and count) a connection refused by the :class:`ConnectionLimiter`."""
     if reason == SERVER_FULL:
         log.warn("client limit reached: refusing {what} from {ip} ({reason})", what=what, ip=ip, reason=reason)
@@ -536,7 +535,7 @@ def _drop(data: bytes) -> None:
 class IRCFactory(Factory):
     """Makes :class:`IRCProtocol` instances for one listener; all listeners share the server and limiter."""
 
-    def __init__(self, server: IRCServer, limiter: ConnectionLimiter, clock: Any, secure: bool = False,
+    def __init__(self, server: IRCHandler, limiter: ConnectionLimiter, clock: Any, secure: bool = False,
                  reactor: Any = None, flusher: Optional[OutputFlusher] = None) -> None:
         self.server = server
         self.limiter = limiter

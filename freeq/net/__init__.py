@@ -1,0 +1,1 @@
+"""IRC transports: the client connection over TCP and TLS (WebSocket reuses it from freeq.web)."""
