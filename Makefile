@@ -24,6 +24,8 @@ test: setup
 			|| echo "chromium could not be installed; the browser test will be skipped"; \
 	fi
 	$(BIN)/python -m twisted.trial -j$(JOBS) tests
+	@# Types of the package (with the mypy-zope plugin, see setup.cfg); must stay clean.
+	$(BIN)/mypy freeq
 
 bench: setup
 	$(BIN)/python bench/run.py $(ARGS)

@@ -189,7 +189,7 @@ class _Discard(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.transport.stopProducing()
+        cast(Any, self.transport).stopProducing()  # the HTTP client's TCP transport is a producer
 
 
 class _CappedBody(Protocol):
@@ -203,7 +203,7 @@ class _CappedBody(Protocol):
 
     def _cancel(self, d: defer.Deferred) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(Any, self.transport).stopProducing()  # the HTTP client's TCP transport is a producer
 
     def dataReceived(self, data: bytes) -> None:
         if self.finished.called:
@@ -212,7 +212,7 @@ class _CappedBody(Protocol):
         if self._size > self._limit:
             self._chunks.clear()
             assert self.transport is not None
-            self.transport.stopProducing()
+            cast(Any, self.transport).stopProducing()  # the HTTP client's TCP transport is a producer
             self.finished.errback(HTTPFetchError("response body too large"))
             return
         self._chunks.append(data)

@@ -1,7 +1,7 @@
 """Open a registered (and, with a credential, authenticated) connection to a freeq server."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Union, cast
 
 from twisted.internet import defer, endpoints, ssl
 
@@ -58,7 +58,7 @@ def connect(reactor: Any, host: str, port: int, nick: str, tls: bool = False,
             return await client.registered
         except defer.CancelledError:
             if client.is_connected and client.transport is not None:
-                client.transport.abortConnection()
+                cast(Any, client.transport).abortConnection()  # a TCP/TLS transport (ITCPTransport)
             raise
 
     d = defer.ensureDeferred(run())

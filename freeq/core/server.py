@@ -976,7 +976,12 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 elif is_channel(item):
                     wanted = (wanted or []) + [item]
                 else:
-                    filters.append(lambda c, m=compile_glob(item): m.match(c.folded))
+                    glob = compile_glob(item)
+
+                    def by_name(c: Channel, glob: Any = glob) -> bool:
+                        return bool(glob.match(c.folded))
+
+                    filters.append(by_name)
         self.num(user, "321", "Channel", "Users  Name")
         if wanted is not None:
             chans: Iterable[Channel] = [c for c in (self.channels.get(fold(n)) for n in wanted) if c is not None]
@@ -1131,7 +1136,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
             user.write(build(self.name, "221", user.nick, "+" + "".join(sorted(user.modes))))
             return
         adding = True
-        added, removed = [], []
+        added: list[str] = []
+        removed: list[str] = []
         unknown = False
         for ch in args[0]:
             if ch in "+-":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -506,7 +506,7 @@ class IRCProtocol(ClientConnection, Protocol):
         # ITCPTransport, so both the listener's own flag and the handle's type are checked (under
         # TLS getHandle() is the OpenSSL connection, not a socket).
         if not self.secure and ITCPTransport.providedBy(self.transport):
-            handle = self.transport.getHandle()
+            handle = cast(Any, self.transport).getHandle()  # ISystemHandle, also provided by TCP transports
             if isinstance(handle, socket.socket):
                 self._socket = handle
         # Lines go out once per reactor turn already; Nagle would hold a small reply until the
@@ -544,7 +544,7 @@ class IRCFactory(Factory):
         self.secure = secure
         self.flusher = flusher if flusher is not None else OutputFlusher(reactor)
 
-    def buildProtocol(self, addr: Any) -> IRCProtocol:
+    def buildProtocol(self, addr: Any) -> IRCProtocol:  # type: ignore[override]
         proto = IRCProtocol(self.secure)
         proto.factory = self
         return proto

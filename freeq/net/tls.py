@@ -36,7 +36,8 @@ def load_tls_options(cert_path: str, key_path: str) -> ssl.CertificateOptions:
     except Exception:
         raise ConfigError(f"--tls-cert: {cert_path} is not a valid PEM certificate") from None
     try:
-        key = crypto.PKey.from_cryptography_key(serialization.load_pem_private_key(key_data, password=None))
+        key = crypto.PKey.from_cryptography_key(
+            serialization.load_pem_private_key(key_data, password=None))  # type: ignore[arg-type]  # other kinds raise
     except Exception:
         raise ConfigError(f"--tls-key: {key_path} is not a valid PEM private key") from None
     options = ssl.CertificateOptions(

@@ -21,7 +21,7 @@ import io
 import json
 import os
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any, Optional, cast
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.protocol import Protocol
@@ -317,7 +317,7 @@ class WebRequest(server.Request):
             self.content = io.BytesIO()  # type: ignore[assignment]
         if self._too_large:
             if self._received > self._limit() + _DISCARD_SLACK and self.channel.transport is not None:
-                self.channel.transport.abortConnection()
+                cast(Any, self.channel.transport).abortConnection()  # a TCP/TLS transport
             return
         super().handleContentChunk(data)
 
