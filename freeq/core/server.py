@@ -36,6 +36,7 @@ from freeq.state.masks import (
 )
 from freeq.state.channel_quota import CreationQuota
 from freeq.state.links import FederationControl, LinkControl
+from freeq.state.rules import join_refusal
 from freeq.state.throttle import FailureThrottle, ip_key
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
 
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from freeq.store.db import Store
 
 log = Logger()
+
+#: The numeric refusing a JOIN, by the mode that refuses it (freeq.state.rules.join_refusal).
+_JOIN_NUMERIC = {"k": "475", "l": "471", "b": "474", "i": "473"}
 
 VERSION = f"freeq-{__version__}"
 USER_MODES = "Biow"
@@ -778,18 +782,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
             user.forget_invite(folded)
         else:
             # A persisted channel is never "new" again: its key, bans and invite-only still apply.
-            invited = user.invited_to(folded) or (user.account is not None and user.account in chan.invited_accounts)
-            if chan.key is not None and key != chan.key:
-                self.num(user, "475", chan.name, "Cannot join channel (+k)")
-                return
-            if chan.limit is not None and len(chan.members) >= chan.limit:
-                self.num(user, "471", chan.name, "Cannot join channel (+l)")
-                return
-            if chan.is_banned(user):
-                self.num(user, "474", chan.name, "Cannot join channel (+b)")
-                return
-            if "i" in chan.modes and not invited and not chan.list_matches("I", user):
-                self.num(user, "473", chan.name, "Cannot join channel (+i)")
+            refused = join_refusal(chan, user, key)
+            if refused is not None:
+                self.num(user, _JOIN_NUMERIC[refused], chan.name, f"Cannot join channel (+{refused})")
                 return
             user.forget_invite(folded)
             if user.account is not None:

@@ -37,9 +37,13 @@ from freeq.s2s.protocol import EventSigner, FrameError, ProtocolError, SequenceT
 from freeq.s2s.state import ChannelCRDT, HybridClock, materialize, merge_ops
 from freeq.state.channel import OP, VOICE, Channel
 from freeq.state.links import HeldPeer, LinkControl, LinkView
+from freeq.state.rules import join_refusal
 from freeq.state.user import User
 
 log = Logger()
+
+#: Why a peer's JOIN is refused here, by the mode that refuses it (freeq.state.rules.join_refusal).
+_JOIN_REASON = {"k": "+k (bad key)", "l": "+l (channel full)", "b": "+b (banned)", "i": "+i (not invited)"}
 
 SPLIT_REASON = "*.net *.split"
 ORIGIN_TAG = "+freeq.at/origin"
@@ -1600,16 +1604,8 @@ class Federation:
             return f"limit (in {limit} channels already)"
         if self._is_did_op(chan, user):
             return None
-        if chan.key is not None and key != chan.key:
-            return "+k (bad key)"
-        if chan.limit is not None and len(chan.members) >= chan.limit:
-            return "+l (channel full)"
-        if chan.is_banned(user):
-            return "+b (banned)"
-        invited = chan.folded in user.invites or (user.account is not None and user.account in chan.invited_accounts)
-        if "i" in chan.modes and not invited and not chan.list_matches("I", user):
-            return "+i (not invited)"
-        return None
+        refused = join_refusal(chan, user, key)
+        return None if refused is None else _JOIN_REASON[refused]
 
     def _ev_join(self, ctx: "_Ctx") -> bool:
         user = self._actor(ctx)
