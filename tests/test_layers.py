@@ -65,3 +65,16 @@ class LayerTests(unittest.TestCase):
     def test_web_does_not_import_tap(self) -> None:
         """The composition root is imported by nobody in the package."""
         self.assertEqual({m for m, _pkg, target in edges() if target == "tap"}, set())
+
+    def test_federation_uses_no_private_core_member(self) -> None:
+        """freeq/s2s never reaches into the core's privates (``server._x`` / ``self.server._x``)."""
+        found = []
+        for path in sorted((ROOT / "s2s").glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, ast.Attribute) or not node.attr.startswith("_") or node.attr.startswith("__"):
+                    continue
+                base = node.value
+                if (isinstance(base, ast.Name) and base.id == "server") or (
+                        isinstance(base, ast.Attribute) and base.attr == "server"):
+                    found.append(f"{path.name}:{node.lineno} {node.attr}")
+        self.assertEqual(found, [])

@@ -277,10 +277,10 @@ class IRCServer(HistoryCommands, IdentityCommands):
             data = build_text(user.hostmask, "QUIT", reason)
             self.broadcast(self.co_members(user), data)
             self.whowas.append((user.nick, user.username, user.host, user.realname, self.clock.seconds()))
-            self._monitor_notify(user.folded, None)
+            self.monitor_notify(user.folded, None)
             self.s2s_notify("quit", user, reason)
         for chan in list(user.channels.values()):
-            self._part_channel(chan, user)
+            self.part_channel(chan, user)
         if self.users.get(user.folded) is user:
             del self.users[user.folded]
         self._unmonitor(user, user.monitored_nicks())
@@ -477,7 +477,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         if primary is not None:
             self._attach_session(user, primary)
         else:
-            self._monitor_notify(user.folded, user)
+            self.monitor_notify(user.folded, user)
         log.info("{nick} registered from {ip}", nick=nick, ip=user.ip)
         self.s2s_notify("register", user)
         for hook in self.hooks:
@@ -593,12 +593,12 @@ class IRCServer(HistoryCommands, IdentityCommands):
         if old_folded != folded:
             if holder is primary:
                 del self.users[old_folded]
-            self._monitor_notify(old_folded, None)
+            self.monitor_notify(old_folded, None)
         for device in devices:
             device.set_nick(nick)
         self.users[folded] = primary
         if old_folded != folded:
-            self._monitor_notify(folded, primary)
+            self.monitor_notify(folded, primary)
         self.s2s_notify("nick", primary, old_mask)
 
     def irc_USER(self, user: User, msg: Message) -> None:
@@ -698,7 +698,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
     # ------------------------------------------------------------------
     # Channels
     # ------------------------------------------------------------------
-    def _part_channel(self, chan: Channel, user: User) -> None:
+    def part_channel(self, chan: Channel, user: User) -> None:
+        """Take ``user`` out of ``chan`` (a PART, KICK or federated leave); an empty channel without state goes."""
         chan.remove(user)
         if not chan.members and not chan.has_state():
             self.channels.pop(chan.folded, None)
@@ -738,7 +739,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 self.s2s_notify("part", user, chan, "Left all channels")
                 for device in self.group(user):
                     if device in chan.members:
-                        self._part_channel(chan, device)
+                        self.part_channel(chan, device)
             return
         names = msg.params[0].split(",")
         keys = msg.params[1].split(",") if len(msg.params) > 1 else []
@@ -854,7 +855,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self.s2s_notify("part", user, chan, reason)
             for device in self.group(user):
                 if device in chan.members:
-                    self._part_channel(chan, device)
+                    self.part_channel(chan, device)
 
     def _visible_channel(self, chan: Channel, user: User) -> bool:
         return user in chan.members or not (chan.modes & {"s", "p"})
@@ -1103,7 +1104,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 user.write(data)
             for device in self.group(victim):
                 if device in chan.members:
-                    self._part_channel(chan, device)
+                    self.part_channel(chan, device)
             self.s2s_notify("kick", user, chan, victim, reason)
 
     # ------------------------------------------------------------------
@@ -1318,11 +1319,12 @@ class IRCServer(HistoryCommands, IdentityCommands):
             if did_ops_changed or any(ch not in PREFIX_MODES for _s, ch, _a in applied):
                 self.channel_changed(chan)
         if applied:
-            self._broadcast_modes(user.hostmask, chan, applied, extra=None if user in chan.members else user)
+            self.broadcast_modes(user.hostmask, chan, applied, extra=None if user in chan.members else user)
         self.s2s_notify("mode", user, chan, applied)
 
-    def _broadcast_modes(self, source: str, chan: Channel, applied: list[tuple[str, str, Optional[str]]],
-                         extra: Optional[User] = None) -> None:
+    def broadcast_modes(self, source: str, chan: Channel, applied: list[tuple[str, str, Optional[str]]],
+                        extra: Optional[User] = None) -> None:
+        """Tell ``chan``'s members (and ``extra``) the mode changes ``applied`` by ``source`` (local or federated)."""
         # Group into lines of at most MODES argument-taking changes.
         letters = ""
         sign = ""
@@ -1854,7 +1856,8 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 if not watchers:
                     del self.monitors[folded]
 
-    def _monitor_notify(self, folded: str, online: Optional[User]) -> None:
+    def monitor_notify(self, folded: str, online: Optional[User]) -> None:
+        """Tell MONITOR watchers of nick ``folded`` that it came online (``online``) or went offline (``None``)."""
         watchers = self.monitors.get(folded)
         if not watchers:
             return

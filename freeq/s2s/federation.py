@@ -1322,7 +1322,7 @@ class Federation:
             server.users[user.folded] = user
             self.remote[rec["uid"]] = user
             self.users_by_origin[rec["origin"]] = self.users_by_origin.get(rec["origin"], 0) + 1
-            server._monitor_notify(user.folded, user)
+            server.monitor_notify(user.folded, user)
             self._adopt_ownership(user, rec["owns"])
             return user
         if user.conn.origin != rec["origin"]:
@@ -1428,9 +1428,9 @@ class Federation:
         user.set_nick(new)
         server.users[user.folded] = user
         if old_folded != user.folded:
-            server._monitor_notify(old_folded, None)
+            server.monitor_notify(old_folded, None)
             if user.registered:
-                server._monitor_notify(user.folded, user)
+                server.monitor_notify(user.folded, user)
         if collision and not self.is_remote(user) and user.registered:
             self.nick_ts[self.uid(user)] = self.hlc.tick()[0]
             user.write(build_text(server.name, "NOTICE", new,
@@ -1475,11 +1475,11 @@ class Federation:
                 self.member_status.pop((uid, chan.folded), None)
             else:
                 self._forget_join(uid, chan.folded)
-            server._part_channel(chan, user)
+            server.part_channel(chan, user)
             self._forget_channel_if_gone(chan.folded)
         if server.users.get(user.folded) is user:
             del server.users[user.folded]
-            server._monitor_notify(user.folded, None)
+            server.monitor_notify(user.folded, None)
         self.nick_ts.pop(self.uid(user), None)
         self._forget_user_proofs(uid)
         user.registered = False
@@ -1575,14 +1575,14 @@ class Federation:
             elif old & bit and not bits & bit:
                 changes.append(("-", ch, user.nick))
         if changes:
-            self.server._broadcast_modes(source, chan, changes)
+            self.server.broadcast_modes(source, chan, changes)
 
     def _remote_part(self, user: User, chan: Channel, reason: str) -> None:
         if user not in chan.members:
             return
         data = build_text(user.hostmask, "PART", chan.name, reason) if reason else build(user.hostmask, "PART", chan.name)
         self.server.broadcast(chan.members, data)
-        self.server._part_channel(chan, user)
+        self.server.part_channel(chan, user)
         self._forget_join(self.uid(user), chan.folded)
         self._forget_channel_if_gone(chan.folded)
 
@@ -1590,7 +1590,7 @@ class Federation:
         """Materialise merged state into the channel and tell local members what changed."""
         changes, topic_changed = materialize(crdt, chan)
         if changes:
-            self.server._broadcast_modes(source, chan, changes)
+            self.server.broadcast_modes(source, chan, changes)
         if topic_changed:
             self.server.broadcast(chan.members, build_text(source, "TOPIC", chan.name, chan.topic))
 
@@ -1699,7 +1699,7 @@ class Federation:
             if device in chan.members:
                 chan.members[device] = bits
         self._keep_status(creator_uid, chan.folded, bits)
-        self.server._broadcast_modes(self.server.name, chan, [("-", "o", user.nick)])
+        self.server.broadcast_modes(self.server.name, chan, [("-", "o", user.nick)])
         if not self.is_remote(user):  # tell the others (they may have believed our creator's status)
             self._emit("mode", {"uid": creator_uid, "channel": chan.name, "ops": [],
                                 "status": [["-", "o", creator_uid]]})
@@ -1743,7 +1743,7 @@ class Federation:
         self.server.broadcast(chan.members, build_text(where, "KICK", chan.name, user.nick, text))
         for device in self.server.group(user):
             if device in chan.members:
-                self.server._part_channel(chan, device)
+                self.server.part_channel(chan, device)
         self.local_part(user, chan, text)  # the rest of the network sees an ordinary part
         return True
 
@@ -1807,7 +1807,7 @@ class Federation:
                                 nick=actor.nick, channel=chan.name)
             return False
         self.server.broadcast(chan.members, build_text(actor.hostmask, "KICK", chan.name, target.nick, reason))
-        self.server._part_channel(chan, target)
+        self.server.part_channel(chan, target)
         self._forget_join(self.uid(target), chan.folded)
         self._forget_channel_if_gone(chan.folded)
         return True
@@ -1884,7 +1884,7 @@ class Federation:
                 # This signed event is the proof of the status it granted, for bursts to servers that miss it.
                 self._keep_status(self.uid(target), chan.folded, new, ctx.ev if new & ~old else None)
         if changes:
-            self.server._broadcast_modes(actor.hostmask, chan, changes)
+            self.server.broadcast_modes(actor.hostmask, chan, changes)
         if ops:
             self.server.channel_changed(chan)
         return True
