@@ -317,21 +317,17 @@ def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence
         raise ConfigError(str(e)) from None
     if persistence is not None and store is None:
         store = persistence.store
-    server = IRCServer(config, reactor, store=store)
+    from freeq.metrics import Metrics
+    from freeq.web.tokens import BearerTokenStore, WebTokenStore
+
+    server = IRCServer(config, reactor, store=store, signer=persistence.signer if persistence is not None else None,
+                       verifier=make_verifier(config, net_reactor or reactor), metrics=Metrics(),
+                       web_tokens=WebTokenStore(reactor), bearer_tokens=BearerTokenStore(reactor))
     if store is not None:
         server.load_channels(store.load_channels())
         server.nick_owners.update(store.load_nick_owners())  # through the look-alike index
         server.oper_dids |= store.load_oper_dids()
-    if persistence is not None:
-        server.signer = persistence.signer
-    server.verifier = make_verifier(config, net_reactor or reactor)
-    server.hooks.extend(p.make_hook(server) for p in plugins)
-    from freeq.metrics import Metrics
-    from freeq.web.tokens import BearerTokenStore, WebTokenStore
-
-    server.metrics = Metrics()
-    server.web_tokens = WebTokenStore(reactor)  # type: ignore[attr-defined]  # SASL web-token (broker)
-    server.bearer_tokens = BearerTokenStore(reactor)  # type: ignore[attr-defined]  # REST API bearers
+    server.hooks.extend(p.make_hook(server) for p in plugins)  # a hook is made for the server it serves
     rate = ConnectionRate(config.connection_rate_burst, config.connection_rate) if config.connection_rate else None
     return server, ConnectionLimiter(config.max_connections_per_ip, config.max_clients, rate)
 

@@ -81,7 +81,7 @@ class IdentityCommands:
         challenge = sasl.take_challenge()
         now = self.clock.seconds()
         if response["method"] == "web-token":
-            tokens = getattr(self, "web_tokens", None)
+            tokens = self.web_tokens
             found = tokens.consume(response["signature"]) if tokens is not None else None
             if challenge is None or challenge.expired(now, self.config.challenge_timeout):
                 self._sasl_failed(user, sasl, "SASL authentication failed (challenge expired)", "expired")
@@ -183,7 +183,7 @@ class IdentityCommands:
             log.info("{nick} is a server operator by DID {did}", nick=user.nick, did=did)
         user.write(build_text(self.name, "900", user.nick, user.hostmask, did, f"You are now logged in as {did}"))
         self.num(user, "903", "SASL authentication successful")
-        bearer = getattr(self, "bearer_tokens", None)
+        bearer = self.bearer_tokens
         if bearer is not None:
             user.write(build_text(self.name, "NOTICE", user.nick, f"API-BEARER {bearer.mint(did)}"))
         log.info("{nick} authenticated as {did}", nick=user.nick, did=did)

@@ -111,18 +111,25 @@ class IRCServer(HistoryCommands, IdentityCommands):
         return "freeq"
 
     def __init__(self, config: Config, clock: Any, hooks: Sequence[IServerHook] = (),
-                 store: Optional["Store"] = None) -> None:
+                 store: Optional["Store"] = None, *, signer: Any = None, verifier: Any = None, metrics: Any = None,
+                 web_tokens: Any = None, bearer_tokens: Any = None) -> None:
+        """Collaborators come in here, from the composition root (:func:`freeq.tap.make_irc_server`):
+        ``signer`` (freeq.signing.MessageSigner), ``verifier`` (freeq.auth.verify.ChallengeVerifier),
+        ``metrics`` (freeq.metrics.Metrics), and the web listener's SASL web-token and REST bearer stores
+        (freeq.web.tokens). Each may be ``None`` where a test does without it."""
         self.config = config
         self.store = store
+        self.web_tokens = web_tokens  # SASL method web-token (the auth broker mints them)
+        self.bearer_tokens = bearer_tokens  # REST API bearer tokens (NOTICE API-BEARER after SASL)
         # folded nick -> (nick, DID), indexed by look-alike skeleton; identity fills it
         self.nick_owners: NickOwners = NickOwners()
         self.current_label: Optional[str] = None
         self.oper_dids: set[str] = set(config.oper_dids)
         self.session_keys: dict[str, list[str]] = {}  # DID -> MSGSIG public keys (base64url)
         self.sessions: dict[str, list[User]] = {}  # DID -> its registered connections (multi-device)
-        self.signer: Any = None  # freeq.signing.MessageSigner, set by the wiring
-        self.verifier: Any = None  # freeq.auth.verify.ChallengeVerifier, set by the wiring
-        self.metrics: Any = None
+        self.signer: Any = signer
+        self.verifier: Any = verifier
+        self.metrics: Any = metrics
         self.clock = clock
         self.name = config.server_name
         self.hooks = list(hooks)

@@ -34,7 +34,6 @@ from freeq.web.limits import WEB_FULL, LogThrottle, WebConnectionLimiter, peer_i
 from freeq.web.prometheus import MetricsResource
 from freeq.web.proxy import ProxyPolicy
 from freeq.web.rest import APIv1
-from freeq.web.tokens import BearerTokenStore, WebTokenStore
 from freeq.web.websocket import IRCWebSocketFactory, IRCWebSocketResource
 
 log = Logger()
@@ -142,15 +141,10 @@ def build_web_site(config: Config, clock: Any, irc: IRCServer, limiter: Connecti
     """Assemble the Site for ``irc``; ``clock`` is the server's time, ``reactor`` does the networking."""
     if reactor is None:
         reactor = clock
-    metrics = getattr(irc, "metrics", None)
-    if metrics is None:
-        metrics = irc.metrics = Metrics()
-    web_tokens = getattr(irc, "web_tokens", None)
-    if web_tokens is None:
-        web_tokens = irc.web_tokens = WebTokenStore(clock)  # type: ignore[attr-defined]
-    bearer_tokens = getattr(irc, "bearer_tokens", None)
-    if bearer_tokens is None:
-        bearer_tokens = irc.bearer_tokens = BearerTokenStore(clock)  # type: ignore[attr-defined]
+    # Built once by the composition root (freeq.tap.make_irc_server) and shared with the IRC side.
+    metrics, web_tokens, bearer_tokens = irc.metrics, irc.web_tokens, irc.bearer_tokens
+    if metrics is None or web_tokens is None or bearer_tokens is None:
+        raise ValueError("build_web_site needs an IRCServer built with metrics and token stores (freeq.tap)")
     signer = persistence.signer if persistence is not None else getattr(irc, "signer", None)
     store = persistence.store if persistence is not None else irc.store
     # Read once: keys change only at start-up (before the DB thread runs in production).
