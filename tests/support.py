@@ -298,12 +298,19 @@ def start_tree(config: Config) -> tuple[Any, int]:
     Returns the started top service and the port of its one IRC listener (``config.listen`` with
     port 0 gets a free one). The caller stops the tree (``await top.stopService()``).
     """
-    from twisted.application.internet import StreamServerEndpointService
-
     from freeq.tap import build_service
 
     top = build_service(config, reactor)
     top.startService()
+    ports = tree_ports(top)
+    assert len(ports) == 1, f"expected one IRC listener, got {len(ports)}"
+    return top, ports[0].getHost().port
+
+
+def tree_ports(top: Any) -> list[Any]:
+    """The listening ports of a started service tree's endpoint services, as each binds (a list that fills)."""
+    from twisted.application.internet import StreamServerEndpointService
+
     ports: list[Any] = []
 
     def got_port(port: Any) -> Any:
@@ -313,8 +320,7 @@ def start_tree(config: Config) -> tuple[Any, int]:
     for svc in top:
         if isinstance(svc, StreamServerEndpointService):
             svc._waitingForPort.addCallback(got_port)
-    assert len(ports) == 1, f"expected one IRC listener, got {len(ports)}"
-    return top, ports[0].getHost().port
+    return ports
 
 
 def make_certificate(directory: str, cn: str = "localhost") -> tuple[str, str]:
@@ -391,5 +397,5 @@ async def start_web(case: unittest.TestCase, srv: ServerFixture, tls: bool = Fal
 
 __all__ = [
     "asynctest", "sleep", "IRCClient", "Line", "ServerFixture", "start_server", "make_config",
-    "make_certificate", "Clock", "subprocess", "WebFixture", "start_web",
+    "make_certificate", "Clock", "subprocess", "WebFixture", "start_web", "start_tree", "tree_ports",
 ]

@@ -16,7 +16,7 @@ from twisted.trial import unittest
 
 from freeq.config import Config, ConfigError, Listen
 from freeq.tap import OPTIONS, Options, build_service, config_from_options, makeService
-from tests.support import IRCClient, ServerFixture, asynctest, make_certificate, sleep
+from tests.support import IRCClient, ServerFixture, asynctest, make_certificate, sleep, tree_ports
 
 #: Runs twistd from the test's interpreter (``-m twisted.scripts.twistd`` has no ``__main__`` block).
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
@@ -172,15 +172,7 @@ class BuildServiceTests(unittest.TestCase):
         top = build_service(config, reactor)
         top.startService()
         self.addCleanup(lambda: top.stopService() if top.running else None)
-        ports: list[Any] = []
-
-        def record(port: Any) -> Any:
-            ports.append(port)
-            return port  # the service stops listening through this same Deferred
-
-        for svc in top:
-            if isinstance(svc, StreamServerEndpointService):
-                svc._waitingForPort.addCallback(record)
+        ports = tree_ports(top)
         for _ in range(100):
             if len(ports) == len([s for s in top if isinstance(s, StreamServerEndpointService)]):
                 break

@@ -24,7 +24,7 @@ from freeq.core.identity import IdentityCommands
 from freeq.core.history import MAX_LIMIT as HISTORY_LIMIT, HistoryCommands, dm_key
 from freeq.irc.confusables import NickOwners
 from freeq.irc.names import fold, is_channel, nick_problem, valid_channel, valid_nick
-from freeq.irc.parser import Message, build, build_text, format_tags
+from freeq.irc.parser import Message, UnsafeLineError, build, build_text, format_tags
 from freeq.irc.ulid import ULIDGenerator
 from freeq.plugins import IServerHook
 from freeq.signing import SIG_TAG
@@ -151,6 +151,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
         self.motd = list(config.motd)
         self._isupport = self._make_isupport()
         self.mask_refusal_log = LogThrottle(10.0)  # refused over-cap masks: one info line per 10 s
+        self.unsafe_line_log = LogThrottle(10.0)  # replies refused by the wire guard: one warn line per 10 s
         # Failed OPER per address (IPv6 /64) across connections: exponential back-off and a log budget.
         self.oper_throttle = FailureThrottle(config.oper_backoff_base, config.oper_backoff_max)
         # New channels per address (IPv6 /64) and per account; empty founderless channels by when they emptied.
@@ -235,24 +236,33 @@ class IRCServer(HistoryCommands, IdentityCommands):
             self.num(user, "421", cmd, "Unknown command")
             return
         label = msg.tags.get("label") if msg.tags and "labeled-response" in user.caps else None
-        if label is None:
-            handler(user, msg)
-            return
-        real_write = user.write
-        capture = _LabelCapture(label, real_write)
-        user.write = capture.append
-        self.current_label = label
-        result: Any = None
         try:
-            result = handler(user, msg)
-        finally:
-            self.current_label = None
-            if user.write == capture.append:
-                user.write = real_write
-            # A handler that answers later (a Deferred, e.g. CHATHISTORY) labels its own reply;
-            # close() flushes (done) when the command ends the connection.
-            if not capture.done and (capture.lines or not isinstance(result, Deferred)):
-                self._flush_label(user, label, capture.lines)
+            if label is None:
+                handler(user, msg)
+                return
+            real_write = user.write
+            capture = _LabelCapture(label, real_write)
+            user.write = capture.append
+            self.current_label = label
+            result: Any = None
+            try:
+                result = handler(user, msg)
+            finally:
+                self.current_label = None
+                if user.write == capture.append:
+                    user.write = real_write
+                # A handler that answers later (a Deferred, e.g. CHATHISTORY) labels its own reply;
+                # close() flushes (done) when the command ends the connection.
+                if not capture.done and (capture.lines or not isinstance(result, Deferred)):
+                    self._flush_label(user, label, capture.lines)
+        except UnsafeLineError:
+            # A reply would have carried CR/LF/NUL from some stored or remote string (issue #10 item 9): it
+            # was not built, so the answer stops there. The asker did nothing wrong; its connection stays.
+            self.metric("unsafe_lines")
+            held = self.unsafe_line_log.admit(now)
+            if held is not None:
+                log.warn("refused to send an unsafe line answering {command} from {nick} ({ip}); {held} more "
+                         "since the last such line", command=cmd, nick=user.nick, ip=user.ip, held=held)
 
     def _flush_label(self, user: User, label: str, lines: list[bytes]) -> None:
         tag = ("label=" + format_tags({"x": label})[2:]).encode()

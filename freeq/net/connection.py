@@ -27,9 +27,8 @@ from zope.interface import implementer
 
 from freeq.config import Config
 from freeq.irc.interfaces import IClientConnection, IRCHandler
-from freeq.irc.parser import UnsafeLineError, build_text, parse
+from freeq.irc.parser import build_text, parse
 from freeq.state.flood import ConnectionRate, TokenBucket
-from freeq.state.masks import LogThrottle
 from freeq.state.throttle import ip_key
 from freeq.state.user import User
 
@@ -57,8 +56,6 @@ class ConnectionLimiter:
         self.counts: dict[str, int] = {}
         self.current = 0
         self.rate = rate
-        #: One warn line per 10 s for replies refused by the wire guard (a client can repeat the command at will).
-        self.unsafe_log = LogThrottle()
 
     def check_rate(self, server: IRCHandler, ip: str, now: float, what: str = "connection") -> bool:
         """Count a new connection from ``ip`` against its address's rate; False (logged, counted) when too fast."""
@@ -443,15 +440,6 @@ class ClientConnection:
             return
         try:
             self.factory.server.handle(user, msg)
-        except UnsafeLineError:
-            # A reply would have carried CR/LF/NUL from some stored or remote string (issue #10 item 9):
-            # the line was not sent. The asker did nothing wrong, so its connection stays.
-            server = self.factory.server
-            server.metric("unsafe_lines")
-            held = self.factory.limiter.unsafe_log.admit(self.factory.clock.seconds())
-            if held is not None:
-                log.warn("refused to send an unsafe line answering {command} from {nick} ({ip}); {held} more "
-                         "since the last such line", command=msg.command, nick=user.nick, ip=self.ip, held=held)
         except Exception:
             log.failure("error handling {command} from {nick}", command=msg.command, nick=user.nick)
             self.factory.server.close(user, "Internal error")
