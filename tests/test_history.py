@@ -298,6 +298,17 @@ class HistoryTests(unittest.TestCase):
                          [("PRIVMSG", "public one"), ("NOTICE", "a notice")])
 
     @asynctest
+    async def test_tagmsg_not_stored(self) -> None:
+        """TAGMSG (typing notifications, other client tags) is not conversation: history keeps none of it,
+        the same rule as for TAGMSG arriving from a federated server (freeq.state.rules.channel_history_key)."""
+        _srv, alice, bob = await self.start()
+        await self.say(alice, "#c", "before")
+        alice.send("@+typing=active TAGMSG #c")
+        await bob.expect("TAGMSG")
+        await self.say(alice, "#c", "after")
+        self.assertEqual(await self.texts(bob, "CHATHISTORY LATEST #c * 10"), ["before", "after"])
+
+    @asynctest
     async def test_history_survives_leaving_and_rejoining(self) -> None:
         """History belongs to the channel: a member who leaves and rejoins sees it again."""
         _srv, alice, bob = await self.start()

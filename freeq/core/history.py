@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from freeq.irc.names import fold, is_channel
 from freeq.irc.parser import Message, build, build_text
+from freeq.state.rules import dm_key
 
 if TYPE_CHECKING:
     from freeq.core.server import IRCServer
@@ -28,12 +29,6 @@ log = Logger()
 MAX_LIMIT = 100
 _TS = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?Z?\Z")
 _SUBCOMMANDS = ("LATEST", "BEFORE", "AFTER", "AROUND", "BETWEEN", "TARGETS")
-
-
-def dm_key(account_a: str, account_b: str) -> str:
-    """The storage key of a private conversation between two accounts (order-independent)."""
-    a, b = sorted((account_a, account_b))
-    return f"dm:{a} {b}"
 
 
 def parse_timestamp(text: str) -> Optional[int]:

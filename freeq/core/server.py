@@ -21,7 +21,7 @@ from freeq import __version__
 from freeq.config import Config
 from freeq.core.caps import CAPABILITIES, cap_ls_tokens
 from freeq.core.identity import IdentityCommands
-from freeq.core.history import MAX_LIMIT as HISTORY_LIMIT, HistoryCommands, dm_key
+from freeq.core.history import MAX_LIMIT as HISTORY_LIMIT, HistoryCommands
 from freeq.irc.confusables import NickOwners
 from freeq.irc.names import fold, is_channel, nick_problem, valid_channel, valid_nick
 from freeq.irc.parser import Message, UnsafeLineError, build, build_text, format_tags
@@ -36,7 +36,10 @@ from freeq.state.masks import (
 )
 from freeq.state.channel_quota import CreationQuota
 from freeq.state.links import FederationControl, LinkControl
-from freeq.state.rules import join_refusal
+from freeq.state.rules import (
+    NOT_ON_CHANNEL, channel_history_key, dm_history_key, grant_invite, invite_refusal, is_did_op, join_refusal,
+    kick_refusal, send_refusal, status_recipients, status_target, topic_refusal,
+)
 from freeq.state.throttle import FailureThrottle, ip_key
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
 
@@ -47,6 +50,9 @@ log = Logger()
 
 #: The numeric refusing a JOIN, by the mode that refuses it (freeq.state.rules.join_refusal).
 _JOIN_NUMERIC = {"k": "475", "l": "471", "b": "474", "i": "473"}
+#: 404 texts for freeq.state.rules.send_refusal's reasons.
+_SEND_REFUSAL = {"n": "Cannot send to channel (no external messages)", "m": "Cannot send to channel (+m)",
+                 "b": "Cannot send to channel (you're banned)"}
 
 VERSION = f"freeq-{__version__}"
 USER_MODES = "Biow"
@@ -795,7 +801,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
                 chan.founder = user.account
                 chan.did_ops[user.account] = (user.hostmask, int(now))
                 self.channel_changed(chan)
-        elif user.account and (user.account == chan.founder or user.account in chan.did_ops):
+        elif is_did_op(chan, user):
             status = OP  # founder and DID operators pass +k/+l/+b/+i
             user.forget_invite(folded)
         else:
@@ -940,14 +946,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
             else:
                 self.num(user, "331", chan.name, "No topic is set")
             return
-        if user not in chan.members and not user.is_oper:
-            self.num(user, "442", chan.name, "You're not on that channel")
-            return
-        if "t" in chan.modes and not chan.is_op(user) and not user.is_oper:
-            self.num(user, "482", chan.name, "You're not channel operator")
-            return
-        if (user not in chan.members or ("t" in chan.modes and not chan.is_op(user))) \
-                and self._override_refused(user, chan, "TOPIC"):
+        if self._channel_refused(user, chan, topic_refusal(chan, user), "TOPIC"):
             return
         chan.topic = truncate(msg.params[1], self.config.topic_len)
         chan.topic_setter = user.hostmask
@@ -1057,23 +1056,12 @@ class IRCServer(HistoryCommands, IdentityCommands):
         if chan is None:
             self.num(user, "403", name, "No such channel")
             return
-        if user not in chan.members and not user.is_oper:
-            self.num(user, "442", chan.name, "You're not on that channel")
-            return
-        if "i" in chan.modes and not chan.is_op(user) and not user.is_oper:
-            self.num(user, "482", chan.name, "You're not channel operator")
-            return
-        if (user not in chan.members or ("i" in chan.modes and not chan.is_op(user))) \
-                and self._override_refused(user, chan, "INVITE"):
+        if self._channel_refused(user, chan, invite_refusal(chan, user), "INVITE"):
             return
         if target in chan.members:
             self.num(user, "443", target.nick, chan.name, "is already on channel")
             return
-        if len(target.invites) >= self.config.max_invites_per_user:
-            target.invites.pop()
-        target.invites.add(chan.folded)
-        if target.account is not None and len(chan.invited_accounts) < 500:
-            chan.invited_accounts.add(target.account)
+        grant_invite(chan, target, self.config.max_invites_per_user)
         self.s2s_notify("invite", user, target, chan)
         self.num_raw(user, "341", target.nick, chan.name)
         target.write(build(user.hostmask, "INVITE", target.nick, chan.name))
@@ -1103,17 +1091,15 @@ class IRCServer(HistoryCommands, IdentityCommands):
             if chan is None:
                 self.num(user, "403", name, "No such channel")
                 continue
-            if user not in chan.members and not user.is_oper:
-                self.num(user, "442", chan.name, "You're not on that channel")
-                continue
-            if not chan.is_op(user) and not user.is_oper:
-                self.num(user, "482", chan.name, "You're not channel operator")
+            refusal = kick_refusal(chan, user)
+            if refusal is not None and not user.is_oper:
+                self._channel_refused(user, chan, refusal, "KICK")
                 continue
             victim = self.users.get(fold(nick))
             if victim is None or victim not in chan.members:
                 self.num(user, "441", nick, chan.name, "They aren't on that channel")
                 continue
-            if not chan.is_op(user) and self._override_refused(user, chan, "KICK"):
+            if refusal is not None and self._override_refused(user, chan, "KICK"):
                 continue
             data = build_text(user.hostmask, "KICK", chan.name, victim.nick, reason)
             self.broadcast(chan.members, data)
@@ -1425,11 +1411,7 @@ class IRCServer(HistoryCommands, IdentityCommands):
                     if not notice:
                         self.num(user, "404", target, reason)
                     continue
-            status_min = 0
-            name = target
-            if target[0] in "@+" and len(target) > 1 and is_channel(target[1:]):
-                status_min = OP if target[0] == "@" else VOICE
-                name = target[1:]
+            status_min, name = status_target(target)
             tags = client_tags
             if user.account and not tagmsg:
                 sig = self.signature_tag(user, fold(name) if is_channel(name) else name, name, text, client_sig, now)
@@ -1459,34 +1441,18 @@ class IRCServer(HistoryCommands, IdentityCommands):
             if not notice:
                 self.num(user, "403", name, "No such channel")
             return
-        status = chan.members.get(user)
-        if status is None:
-            if "n" in chan.modes or "m" in chan.modes:
-                if not notice:
-                    self.num(user, "404", chan.name, "Cannot send to channel (no external messages)")
-                return
-            status = 0
-        if not status:
-            if "m" in chan.modes:
-                if not notice:
-                    self.num(user, "404", chan.name, "Cannot send to channel (+m)")
-                return
-            if chan.lists["b"] and chan.is_banned(user):
-                if not notice:
-                    self.num(user, "404", chan.name, "Cannot send to channel (you're banned)")
-                return
+        refused = send_refusal(chan, user)
+        if refused is not None:
+            if not notice:
+                self.num(user, "404", chan.name, _SEND_REFUSAL[refused])
+            return
         target_display = (target[0] + chan.name) if status_min else chan.name
-        if status_min:
-            if status_min == OP:
-                recipients: Iterable[User] = [m for m, s in chan.members.items() if s & OP]
-            else:
-                recipients = [m for m, s in chan.members.items() if s]
-        else:
-            recipients = chan.members
-        msgid = self.deliver(user, command, target_display, text, client_tags, recipients, now=now)
+        msgid = self.deliver(user, command, target_display, text, client_tags, status_recipients(chan, status_min),
+                             now=now)
         self.s2s_notify("message", user, command, target_display, chan, text, client_tags, msgid)
-        if self.store is not None and not status_min:
-            self.store.append_message(chan.folded, msgid, now, command, user.hostmask, user.account,
+        key = channel_history_key(chan, command, status_min)
+        if self.store is not None and key is not None:
+            self.store.append_message(key, msgid, now, command, user.hostmask, user.account,
                                       chan.name, text, client_tags)
 
     def _private_message(self, user: User, command: str, target: str, text: str,
@@ -1505,9 +1471,9 @@ class IRCServer(HistoryCommands, IdentityCommands):
         msgid = self.deliver(user, command, other.nick, text, client_tags, recipients, to_self=other is user,
                              now=now)
         self.s2s_notify("dm", user, command, other, text, client_tags, msgid)
-        if self.store is not None and user.account and other.account:
-            # Only conversations between accounts are kept: a guest nick can be taken by anyone later.
-            self.store.append_message(dm_key(user.account, other.account), msgid, now, command,
+        key = dm_history_key(command, user, other)
+        if self.store is not None and key is not None:
+            self.store.append_message(key, msgid, now, command,
                                       user.hostmask, user.account, other.nick, text, client_tags)
 
     def deliver(self, sender: User, command: str, target: str, text: str, client_tags: dict[str, str],
@@ -2039,6 +2005,20 @@ class IRCServer(HistoryCommands, IdentityCommands):
     def _override_refuser(self, chan: Channel) -> Optional[str]:
         """The server sharing ``chan`` that would not apply a server operator's override from here, if any."""
         return self.federation.override_refuser(chan) if self.federation is not None else None
+
+    def _channel_refused(self, user: User, chan: Channel, refusal: Optional[str], command: str) -> bool:
+        """Answer a ``freeq.state.rules`` refusal of ``user``'s ``command`` on ``chan`` (442 not on the channel,
+        482 not an operator) and return True; a server operator passes it unless a server sharing the channel
+        would not apply the override (``_override_refused``). ``refusal`` None: allowed, False."""
+        if refusal is None:
+            return False
+        if user.is_oper:
+            return self._override_refused(user, chan, command)
+        if refusal == NOT_ON_CHANNEL:
+            self.num(user, "442", chan.name, "You're not on that channel")
+        else:
+            self.num(user, "482", chan.name, "You're not channel operator")
+        return True
 
     def _override_refused(self, user: User, chan: Channel, command: str, refuser: Optional[str] = None) -> bool:
         """Refuse (482, logged) ``user``'s server-operator override on ``chan`` if a server sharing the channel

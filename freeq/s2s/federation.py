@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from twisted.application import service
@@ -37,13 +36,18 @@ from freeq.s2s.protocol import EventSigner, FrameError, ProtocolError, SequenceT
 from freeq.s2s.state import ChannelCRDT, HybridClock, materialize, merge_ops
 from freeq.state.channel import OP, VOICE, Channel
 from freeq.state.links import HeldPeer, LinkControl, LinkView
-from freeq.state.rules import join_refusal
+from freeq.state.rules import (
+    NOT_ON_CHANNEL, channel_history_key, dm_history_key, grant_invite, invite_refusal, is_did_op, join_refusal,
+    kick_refusal, mode_refusal, needs_invite, send_refusal, status_recipients, status_target, topic_refusal,
+)
 from freeq.state.user import User
 
 log = Logger()
 
 #: Why a peer's JOIN is refused here, by the mode that refuses it (freeq.state.rules.join_refusal).
 _JOIN_REASON = {"k": "+k (bad key)", "l": "+l (channel full)", "b": "+b (banned)", "i": "+i (not invited)"}
+#: Rejection reasons for freeq.state.rules.send_refusal's reasons.
+_SEND_REASON = {"n": "sender is not on the channel (+n)", "m": "channel is moderated (+m)", "b": "sender is banned"}
 
 SPLIT_REASON = "*.net *.split"
 ORIGIN_TAG = "+freeq.at/origin"
@@ -456,7 +460,7 @@ class Federation:
 
     def _needs_invite(self, chan: Channel, user: User) -> bool:
         """Whether joining ``chan`` takes an invite for ``user`` (+i, not passed by a DID op or an +I mask)."""
-        return "i" in chan.modes and not self._is_did_op(chan, user) and not chan.list_matches("I", user)
+        return needs_invite(chan, user) and not self._is_did_op(chan, user)
 
     def _admitting_invite(self, uid: str, chan: Channel, user: User) -> None:
         """``user`` just joined ``chan``: if it took an invite, the invite event becomes the membership's
@@ -1364,8 +1368,7 @@ class Federation:
         return link is not None and link.trust == "full"
 
     def _is_did_op(self, chan: Channel, user: User) -> bool:
-        return bool(user.account and (user.account == chan.founder or user.account in chan.did_ops)
-                    and self._has_did_authority(user))
+        return is_did_op(chan, user) and self._has_did_authority(user)
 
     def _adopt_ownership(self, user: User, owns: bool) -> None:
         if owns and user.account and self.server.nick_owner(user.nick) is None:
@@ -1801,8 +1804,7 @@ class Federation:
         reason = P.text(ctx.ev, "reason", 400)
         if chan is None or target is None or target not in chan.members:
             return True  # nothing to do here (already gone)
-        if (actor not in chan.members or not (chan.is_op(actor) or (actor.account and actor.account == chan.founder))) \
-                and not self._oper_override(ctx, actor, chan, f"kicks {target.nick}"):
+        if kick_refusal(chan, actor) and not self._oper_override(ctx, actor, chan, f"kicks {target.nick}"):
             self._warn_rejected(ctx.link, "kick", "unauthorized: kicker is not a channel operator",
                                 nick=actor.nick, channel=chan.name)
             return False
@@ -1823,12 +1825,11 @@ class Federation:
         if chan is None:
             self._warn_rejected(ctx.link, "topic", "unauthorized: setter is not on the channel", nick=actor.nick)
             return False
-        if actor not in chan.members and not self._oper_override(ctx, actor, chan, "sets the topic"):
-            self._warn_rejected(ctx.link, "topic", "unauthorized: setter is not on the channel", nick=actor.nick)
-            return False
-        if ("t" in chan.modes and not chan.is_op(actor) and actor in chan.members
-                and not self._oper_override(ctx, actor, chan, "sets the topic")):
-            self._warn_rejected(ctx.link, "topic", "unauthorized: channel is +t and setter is not an operator",
+        refusal = topic_refusal(chan, actor)
+        if refusal and not self._oper_override(ctx, actor, chan, "sets the topic"):
+            self._warn_rejected(ctx.link, "topic", "unauthorized: setter is not on the channel"
+                                if refusal == NOT_ON_CHANNEL else
+                                "unauthorized: channel is +t and setter is not an operator",
                                 nick=actor.nick, channel=chan.name)
             return False
         crdt = self._crdt(chan)
@@ -1848,8 +1849,7 @@ class Federation:
             raise ProtocolError("too many changes")
         if chan is None:
             return True
-        if (actor not in chan.members or not chan.is_op(actor)) and not self._oper_override(ctx, actor, chan,
-                                                                                             "changes modes"):
+        if mode_refusal(chan, actor) and not self._oper_override(ctx, actor, chan, "changes modes"):
             self._warn_rejected(ctx.link, "mode", "unauthorized: setter is not a channel operator",
                                 nick=actor.nick, channel=chan.name)
             return False
@@ -1897,16 +1897,11 @@ class Federation:
         target = self.user_by_uid(P.uid(ctx.ev, "target"))
         if chan is None or target is None:
             return True
-        if (actor not in chan.members or ("i" in chan.modes and not chan.is_op(actor))) \
-                and not self._oper_override(ctx, actor, chan, f"invites {target.nick}"):
+        if invite_refusal(chan, actor) and not self._oper_override(ctx, actor, chan, f"invites {target.nick}"):
             self._warn_rejected(ctx.link, "invite", "unauthorized: inviter is not allowed to invite",
                                 nick=actor.nick, channel=chan.name)
             return False
-        if len(target.invites) >= self.server.config.max_invites_per_user:
-            target.invites.pop()
-        target.invites.add(chan.folded)
-        if target.account is not None and len(chan.invited_accounts) < 500:
-            chan.invited_accounts.add(target.account)
+        grant_invite(chan, target, self.server.config.max_invites_per_user)
         self._keep_invite(ctx.ev)  # the proof, should the target's join reach a server that missed this
         line = build(actor.hostmask, "INVITE", target.nick, chan.name)
         if not self.is_remote(target):
@@ -1938,40 +1933,29 @@ class Federation:
             if target is None or not target.registered:
                 return True
             server.deliver(actor, command, target.nick, text, tags, server.group(target), msgid=msgid)
-            if server.store is not None and actor.account and target.account and command != "TAGMSG":
-                from freeq.core.history import dm_key
-
-                server.store.append_message(dm_key(actor.account, target.account), msgid, self.clock.seconds(),
-                                            command, actor.hostmask, actor.account, target.nick, text, tags)
+            key = dm_history_key(command, actor, target)
+            if server.store is not None and key is not None:
+                server.store.append_message(key, msgid, self.clock.seconds(), command, actor.hostmask, actor.account,
+                                            target.nick, text, tags)
             return True
         target_name = P.get(ev, "target", str)
-        status_min = 0
-        name = target_name
-        if name[:1] in ("@", "+") and is_channel(name[1:]):
-            status_min = OP if name[0] == "@" else VOICE
-            name = name[1:]
+        status_min, name = status_target(target_name)
         if not valid_channel(name, server.config.channel_len):
             raise ProtocolError("bad target")
         chan = server.channels.get(fold(name))
         if chan is None:
             return True
-        st = chan.members.get(actor)
-        blocked = None
-        if st is None and ("n" in chan.modes or "m" in chan.modes):
-            blocked = "sender is not on the channel (+n)"
-        elif not st and "m" in chan.modes:
-            blocked = "channel is moderated (+m)"
-        elif not st and chan.lists["b"] and chan.is_banned(actor):
-            blocked = "sender is banned"
-        if blocked:
-            self._warn_rejected(ctx.link, "message", f"unauthorized: {blocked}", nick=actor.nick, channel=chan.name)
+        blocked = send_refusal(chan, actor)
+        if blocked is not None:
+            self._warn_rejected(ctx.link, "message", f"unauthorized: {_SEND_REASON[blocked]}", nick=actor.nick,
+                                channel=chan.name)
             return False
         display = (target_name[0] + chan.name) if status_min else chan.name
-        local = [m for m, s in chan.members.items() if not self.is_remote(m) and (not status_min or s & status_min
-                                                                                   or (status_min == VOICE and s))]
+        local = [m for m in status_recipients(chan, status_min) if not self.is_remote(m)]
         server.deliver(actor, command, display, text, tags, local, msgid=msgid)
-        if server.store is not None and not status_min and command != "TAGMSG":
-            server.store.append_message(chan.folded, msgid, self.clock.seconds(), command, actor.hostmask,
+        key = channel_history_key(chan, command, status_min)
+        if server.store is not None and key is not None:
+            server.store.append_message(key, msgid, self.clock.seconds(), command, actor.hostmask,
                                         actor.account, chan.name, text, tags)
         return True
 
