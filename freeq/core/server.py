@@ -22,6 +22,7 @@ from freeq.config import Config
 from freeq.core.caps import CAPABILITIES, cap_ls_tokens
 from freeq.core.identity import IdentityCommands
 from freeq.core.history import MAX_LIMIT as HISTORY_LIMIT, HistoryCommands
+from freeq.core.monitor import MonitorCommands
 from freeq.core.operator import OperatorCommands
 from freeq.irc.confusables import NickOwners
 from freeq.irc.names import fold, is_channel, nick_problem, valid_channel, valid_nick
@@ -109,7 +110,7 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
     return b"@" + tag + b" " + line
 
 
-class IRCServer(OperatorCommands, HistoryCommands, IdentityCommands):
+class IRCServer(MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands):
     """All users and channels of one server, and the handlers for every command."""
 
     def __str__(self) -> str:
@@ -1769,87 +1770,6 @@ class IRCServer(OperatorCommands, HistoryCommands, IdentityCommands):
             replies.append(f"{other.nick}{'*' if other.is_oper else ''}={'-' if other.away is not None else '+'}"
                            f"{other.username}@{other.host}")
         self.num(user, "302", " ".join(replies))
-
-    def irc_MONITOR(self, user: User, msg: Message) -> None:
-        if not msg.params:
-            self.num(user, "461", "MONITOR", "Not enough parameters")
-            return
-        sub = msg.params[0]
-        limit = self.config.max_monitor
-        if sub == "+":
-            if len(msg.params) < 2:
-                self.num(user, "461", "MONITOR", "Not enough parameters")
-                return
-            online, offline = [], []
-            targets = [t for t in msg.params[1].split(",") if t]
-            for i, nick in enumerate(targets):
-                folded = fold(nick)
-                if folded in user.monitoring:
-                    continue
-                if len(user.monitoring) >= limit:
-                    self.num(user, "734", str(limit), ",".join(targets[i:]), "Monitor list is full.")
-                    break
-                if not valid_nick(nick, self.config.nick_len):
-                    continue
-                user.monitoring[folded] = nick
-                self.monitors.setdefault(folded, set()).add(user)
-                other = self.users.get(folded)
-                if other is not None and other.registered:
-                    online.append(other.hostmask)
-                else:
-                    offline.append(nick)
-            if online:
-                self.num(user, "730", ",".join(online))
-            if offline:
-                self.num(user, "731", ",".join(offline))
-        elif sub == "-":
-            if len(msg.params) < 2:
-                self.num(user, "461", "MONITOR", "Not enough parameters")
-                return
-            for nick in msg.params[1].split(","):
-                self._unmonitor(user, [fold(nick)])
-        elif sub in ("C", "c"):
-            self._unmonitor(user, list(user.monitoring))
-        elif sub in ("L", "l"):
-            names = sorted(user.monitoring.values(), key=fold)
-            for i in range(0, len(names), 20):
-                self.num(user, "732", ",".join(names[i:i + 20]))
-            self.num(user, "733", "End of MONITOR list")
-        elif sub in ("S", "s"):
-            online, offline = [], []
-            for folded, nick in sorted(user.monitoring.items()):
-                other = self.users.get(folded)
-                if other is not None and other.registered:
-                    online.append(other.hostmask)
-                else:
-                    offline.append(nick)
-            if online:
-                self.num(user, "730", ",".join(online))
-            if offline:
-                self.num(user, "731", ",".join(offline))
-
-    def _unmonitor(self, user: User, folded_nicks: Iterable[str]) -> None:
-        """Stop ``user`` watching these (folded) nicks."""
-        for folded in folded_nicks:
-            if folded not in user.monitoring:
-                continue
-            user.monitoring.pop(folded, None)
-            watchers = self.monitors.get(folded)
-            if watchers is not None:
-                watchers.discard(user)
-                if not watchers:
-                    del self.monitors[folded]
-
-    def monitor_notify(self, folded: str, online: Optional[User]) -> None:
-        """Tell MONITOR watchers of nick ``folded`` that it came online (``online``) or went offline (``None``)."""
-        watchers = self.monitors.get(folded)
-        if not watchers:
-            return
-        for w in watchers:
-            if online is not None:
-                self.num(w, "730", online.hostmask)
-            else:
-                self.num(w, "731", w.monitoring.get(folded, folded))
 
     # ------------------------------------------------------------------
     # Server information
