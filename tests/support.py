@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import os
 import re
 import subprocess
 import tempfile
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, Iterable, Optional, Union
 
 from twisted.internet import defer, endpoints, protocol, reactor, ssl
 from twisted.internet.task import Clock, deferLater
@@ -86,6 +87,7 @@ class IRCClient(protocol.Protocol):
         self.connected_d: defer.Deferred = defer.Deferred()
         self.is_closed = False
         self._waiters: list[tuple[Callable[[Line], bool], defer.Deferred]] = []
+        self._barriers: dict[str, defer.Deferred] = {}
         self.nick = "*"
 
     def connectionMade(self) -> None:
@@ -96,6 +98,9 @@ class IRCClient(protocol.Protocol):
         while b"\n" in self.buffer:
             raw, self.buffer = self.buffer.split(b"\n", 1)
             line = Line(raw.rstrip(b"\r").decode("utf-8", "replace"))
+            if self._barriers and line.command == "PONG" and line.params[-1:] and line.params[-1] in self._barriers:
+                self._barriers.pop(line.params[-1]).callback(None)  # a barrier's own PONG: not part of the transcript
+                continue
             self.lines.append(line)
             self._check()
 
@@ -103,6 +108,9 @@ class IRCClient(protocol.Protocol):
         self.is_closed = True
         self.closed.callback(None)
         self._check()
+        barriers, self._barriers = self._barriers, {}
+        for d in barriers.values():
+            d.callback(None)  # closed: nothing more can arrive, which is all a barrier proves
 
     def _check(self) -> None:
         for pred, d in list(self._waiters):
@@ -151,11 +159,59 @@ class IRCClient(protocol.Protocol):
         d.addBoth(_cancel_and_pass, call)
         return d
 
-    async def expect_not(self, pred: Pred, wait: float = 0.3) -> None:
-        """Assert that no line matching ``pred`` arrives within ``wait`` seconds."""
-        await sleep(wait)
+    async def sync(self, timeout: float = 5.0) -> None:
+        """A barrier: send ``PING`` with a unique token and wait for its ``PONG``.
+
+        The server answers a PING in order on the same connection, so when this returns every line
+        it wrote to this connection before it handled the PING has arrived. The PONG is not recorded
+        in :attr:`lines` and the cursor does not move, so a barrier never hides or consumes a line.
+        A closed connection needs no barrier: nothing more can arrive on it.
+        """
+        if self.is_closed:
+            return
+        token = f"barrier-{next(_barrier_tokens)}"
+        d: defer.Deferred = defer.Deferred()
+        self._barriers[token] = d
+        self.send(f"PING :{token}")
+
+        def on_timeout() -> None:
+            if self._barriers.pop(token, None) is d:
+                d.errback(TimeoutError_(f"{self.nick}: no PONG for barrier {token} in {timeout}s"))
+
+        call = reactor.callLater(timeout, on_timeout)
+        d.addBoth(_cancel_and_pass, call)
+        await d
+
+    async def expect_not(self, pred: Pred, after: Iterable["IRCClient"] = (), until: Optional[Pred] = None,
+                         wait: Optional[float] = None) -> None:
+        """Assert that no unread line matches ``pred``, once anything that could carry one has arrived.
+
+        By default this is a barrier, not a timer: first each client of ``after`` (those whose earlier
+        commands could cause the line) round-trips a PING (:meth:`sync`), so the server has handled
+        those commands and made every write they cause (it makes them in the same reactor turn); then
+        this client does, so every such write to it has arrived. That is sound for lines a server
+        writes while handling a command or a call the test made. It proves nothing about a line still
+        in flight elsewhere (from another server, the DB thread, a timer). For those:
+
+        - ``until``: a later line the test caused along the same ordered path (the same link, the same
+          DB thread) that this client does receive; once it arrives the forbidden line would have
+          arrived before it. It is consumed (the cursor moves past it) and is not itself checked.
+        - ``wait``: sleep that many seconds instead, only where neither is sound; say at the call site
+          why.
+        """
+        start = self.cursor
+        marker: Optional[Line] = None
+        if wait is not None:
+            await sleep(wait)
+        elif until is not None:
+            marker = await self.expect(until)
+        else:
+            for other in after:
+                if other is not self:
+                    await other.sync()
+            await self.sync()
         check = _predicate(pred)
-        bad = [l.raw for l in self.lines[self.cursor:] if check(l)]
+        bad = [l.raw for l in self.lines[start:] if l is not marker and check(l)]
         if bad:
             raise AssertionError(f"{self.nick}: unexpected {bad}")
 
@@ -173,6 +229,10 @@ class IRCClient(protocol.Protocol):
         """Close the connection from the client side."""
         if not self.is_closed:
             self.transport.loseConnection()
+
+
+#: Unique tokens for :meth:`IRCClient.sync` barriers (never repeated, so a stale PONG cannot satisfy a later barrier).
+_barrier_tokens = itertools.count(1)
 
 
 def _cancel_and_pass(result: Any, call: Any) -> Any:

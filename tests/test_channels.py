@@ -95,7 +95,7 @@ class JoinTests(unittest.TestCase):
         srv = await start(self)
         (alice,) = await setup_channel(srv, "#c", "alice")
         alice.send("JOIN #c")
-        await alice.expect_not(lambda l: l.command in ("JOIN", "353", "366"), wait=0.15)
+        await alice.expect_not(lambda l: l.command in ("JOIN", "353", "366"))
 
     @asynctest
     async def test_topic_sent_on_join(self) -> None:
@@ -246,8 +246,8 @@ class JoinTests(unittest.TestCase):
         line = await alice.expect(lambda l: True)
         self.assertEqual(line.raw, ":bob!~bob@freeq/guest AWAY :out to lunch")
         await carol.expect("JOIN")
-        await carol.expect_not("AWAY", wait=0.1)
-        await bob.expect_not("AWAY", wait=0)
+        await carol.expect_not("AWAY", after=(bob,))
+        await bob.expect_not("AWAY")
 
     @asynctest
     async def test_empty_channel_is_destroyed(self) -> None:
@@ -332,8 +332,8 @@ class InviteTests(unittest.TestCase):
         alice.send("INVITE bob #c")
         line = await carol.expect("INVITE")
         self.assertEqual(line.raw, ":alice!~alice@freeq/guest INVITE bob #c")
-        await dave.expect_not("INVITE", wait=0.15)
-        await alice.expect_not("INVITE", wait=0)
+        await dave.expect_not("INVITE", after=(alice,))
+        await alice.expect_not("INVITE")
         await bob.expect("INVITE")
 
     @asynctest
@@ -353,7 +353,7 @@ class InviteTests(unittest.TestCase):
         bob.send("INVITE carol #c")
         line = await bob.expect("482")
         self.assertEqual(line.params[:2], ["bob", "#c"])
-        await carol.expect_not("INVITE", wait=0.1)
+        await carol.expect_not("INVITE", after=(bob,))
         alice.send("INVITE nobody #c")
         await alice.expect(numeric("401", "nobody"))
         alice.send("INVITE carol #nowhere")
@@ -457,7 +457,7 @@ class PartTests(unittest.TestCase):
         bob.send("PART #nowhere")
         line = await bob.expect("403")
         self.assertEqual(line.params[:2], ["bob", "#nowhere"])
-        await alice.expect_not("PART", wait=0.1)
+        await alice.expect_not("PART", after=(bob,))
 
 
 class TopicTests(unittest.TestCase):
@@ -492,7 +492,7 @@ class TopicTests(unittest.TestCase):
         bob.send("TOPIC #c :mine")
         line = await bob.expect("482")
         self.assertEqual(line.params[:2], ["bob", "#c"])
-        await alice.expect_not("TOPIC", wait=0.1)
+        await alice.expect_not("TOPIC", after=(bob,))
         alice.send("MODE #c -t")
         await bob.expect(mode_line("#c", "-t"))
         bob.send("TOPIC #c :mine")
@@ -682,7 +682,7 @@ class ModeTests(unittest.TestCase):
         alice.send("MODE #c -mi+p-o bob")
         line = await bob.expect("MODE")
         self.assertEqual(line.params, ["#c", "-mi+p-o", "bob"])
-        await bob.expect_not("MODE", wait=0.1)
+        await bob.expect_not("MODE", after=(alice,))
 
     @asynctest
     async def test_redundant_changes_are_not_broadcast(self) -> None:
@@ -691,7 +691,7 @@ class ModeTests(unittest.TestCase):
         alice, bob = await setup_channel(srv, "#c", "alice", "bob")
         alice.send("MODE #c +nt")
         alice.send("MODE #c +o alice")
-        await bob.expect_not("MODE", wait=0.15)
+        await bob.expect_not("MODE", after=(alice,))
 
     @asynctest
     async def test_list_modes(self) -> None:
@@ -727,7 +727,7 @@ class ModeTests(unittest.TestCase):
         self.assertEqual(line.params[:2], ["bob", "#c"])
         bob.send("MODE #c +o bob")
         await bob.expect("482")
-        await alice.expect_not("MODE", wait=0.1)
+        await alice.expect_not("MODE", after=(bob,))
         alice.send("MODE #c +Z")
         line = await alice.expect("472")
         self.assertEqual(line.params[:2], ["alice", "Z"])
@@ -739,7 +739,7 @@ class ModeTests(unittest.TestCase):
         self.assertEqual(line.params[:2], ["alice", "ghost"])
         alice.send("MODE #nowhere +m")
         await alice.expect(numeric("403", "#nowhere"))
-        await carol.expect_not("MODE", wait=0)
+        await carol.expect_not("MODE", after=(alice,))
 
     @asynctest
     async def test_unknown_letter_does_not_stop_the_rest(self) -> None:
@@ -794,7 +794,7 @@ class ModeTests(unittest.TestCase):
             alice.send(f"MODE #c +l {bad}")
             line = await alice.expect("696")
             self.assertEqual(line.params[1:4], ["#c", "l", bad])
-        await bob.expect_not("MODE", wait=0.1)
+        await bob.expect_not("MODE", after=(alice,))
         alice.send("MODE #c")
         line = await alice.expect("324")
         self.assertEqual(line.params[2:], ["+nt"])
@@ -812,7 +812,7 @@ class ModeTests(unittest.TestCase):
         self.assertEqual(line.params[1:4], ["#c", "k", "*"])
         alice.send("MODE #c +b :x y")
         alice.send("MODE #c +b ::n!u@h")
-        await bob.expect_not("MODE", wait=0.15)
+        await bob.expect_not("MODE", after=(alice,))
         alice.send("MODE #c +bl good 5")
         await bob.expect(mode_line("#c", "+bl", "good!*@*", "5"))
         alice.send("MODE #c")
@@ -832,7 +832,7 @@ class ModeTests(unittest.TestCase):
         alice.send("MODE #c +b three")
         line = await alice.expect("478")
         self.assertEqual(line.params[:2], ["alice", "#c"])
-        await alice.expect_not("MODE", wait=0.1)
+        await alice.expect_not("MODE")
         self.assertEqual(len(srv.server.channels["#c"].lists["b"]), 2)
 
     @asynctest
@@ -893,5 +893,5 @@ class KickTests(unittest.TestCase):
         carol.send("KICK #nowhere bob")
         line = await carol.expect("403")
         self.assertEqual(line.params[:2], ["carol", "#nowhere"])
-        await bob.expect_not("KICK", wait=0.1)
+        await bob.expect_not("KICK", after=(alice, carol))
         self.assertEqual(len(srv.server.channels["#c"].members), 2)

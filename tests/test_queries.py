@@ -435,10 +435,9 @@ class AwayTests(unittest.TestCase):
         line = await watcher.expect("AWAY")
         self.assertEqual(line.params, [])
         self.assertTrue(line.raw.endswith(" AWAY"), line.raw)
-        await sync(plain, outsider)
-        await plain.expect_not("AWAY", wait=0.1)
-        await outsider.expect_not("AWAY", wait=0)
-        await alice.expect_not("AWAY", wait=0)
+        await plain.expect_not("AWAY", after=(alice,))
+        await outsider.expect_not("AWAY")
+        await alice.expect_not("AWAY")
 
     @asynctest
     async def test_away_sent_on_join_and_301(self) -> None:
@@ -634,9 +633,8 @@ class SetnameTests(unittest.TestCase):
         self.assertEqual(line.params, ["New Name Here"])
         line = await bob.expect("SETNAME")
         self.assertEqual(line.params, ["New Name Here"])
-        await sync(carol, dave)
-        await carol.expect_not("SETNAME", wait=0.1)
-        await dave.expect_not("SETNAME", wait=0)
+        await carol.expect_not("SETNAME", after=(alice,))
+        await dave.expect_not("SETNAME")
         carol.send("WHOIS alice")
         line = await carol.expect("311")
         self.assertEqual(line.params[-1], "New Name Here")
@@ -677,9 +675,8 @@ class ChghostTests(unittest.TestCase):
         for c in (alice, modern):
             line = await c.expect("CHGHOST")
             self.assertEqual(line.raw, ":alice!~alice@freeq/guest CHGHOST ~new new/host")
-        await sync(alice, modern)
-        await alice.expect_not(lambda l: l.command in ("QUIT", "JOIN", "MODE"), wait=0)
-        await modern.expect_not(lambda l: l.command in ("QUIT", "JOIN", "MODE"), wait=0)
+        await alice.expect_not(lambda l: l.command in ("QUIT", "JOIN", "MODE"))
+        await modern.expect_not(lambda l: l.command in ("QUIT", "JOIN", "MODE"))
         lines = await legacy.collect_until("MODE")
         self.assertEqual([l.raw for l in lines], [
             ":alice!~alice@freeq/guest QUIT :Changing host",
@@ -691,8 +688,7 @@ class ChghostTests(unittest.TestCase):
         self.assertEqual(line.source, "alice!~new@new/host")
         self.assertEqual(line.params, ["#c", "*", "Test User"])
         await extended.expect(lambda l: l.command == "MODE" and l.params == ["#c", "+o", "alice"])
-        await sync(legacy)
-        await legacy.expect_not("CHGHOST", wait=0)
+        await legacy.expect_not("CHGHOST")
         legacy.send("WHOIS alice")
         line = await legacy.expect("311")
         self.assertEqual(line.params[2:4], ["~new", "new/host"])
@@ -711,8 +707,7 @@ class ChghostTests(unittest.TestCase):
         await owner.expect("QUIT")
         joins = [await owner.expect("JOIN"), await owner.expect("JOIN")]
         self.assertEqual(sorted(l.params[0] for l in joins), ["#a", "#b"])
-        await sync(owner)
-        await owner.expect_not(lambda l: l.command in ("MODE", "QUIT"), wait=0)
+        await owner.expect_not(lambda l: l.command in ("MODE", "QUIT"))
 
     @asynctest
     async def test_chghost_fallback_keeps_away_state(self) -> None:
@@ -785,8 +780,7 @@ class MonitorTests(unittest.TestCase):
         lines = await watcher.collect_until("733")
         self.assertEqual(only(lines, "732"), [])
         await srv.client("carol")
-        await sync(watcher)
-        await watcher.expect_not("730", wait=0)
+        await watcher.expect_not("730")
 
     @asynctest
     async def test_monitor_full(self) -> None:
@@ -996,8 +990,7 @@ class KillTests(unittest.TestCase):
         self.assertEqual(line.source, "bob!~bob@freeq/guest")
         self.assertEqual(line.params, ["Killed (oper (spamming))"])
         self.assertNotIn("bob", srv.server.users)
-        await sync(oper)
-        await oper.expect_not("QUIT", wait=0)
+        await oper.expect_not("QUIT")
 
 
 class WallopsTests(unittest.TestCase):
@@ -1019,9 +1012,8 @@ class WallopsTests(unittest.TestCase):
         line = await wuser.expect("WALLOPS")
         self.assertEqual(line.source, "oper!~oper@freeq/guest")
         self.assertEqual(line.params, ["server going down"])
-        await sync(plain, oper)
-        await plain.expect_not("WALLOPS", wait=0.1)
-        await oper.expect_not("WALLOPS", wait=0)
+        await plain.expect_not("WALLOPS", after=(oper,))
+        await oper.expect_not("WALLOPS")
 
 
 class OperOverrideTests(unittest.TestCase):

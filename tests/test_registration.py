@@ -177,7 +177,7 @@ class NickTests(unittest.TestCase):
         c.send("USER u 0 * :R")
         line = await c.expect("432")
         self.assertEqual(line.params[:2], ["*", "n" * 65])
-        await c.expect_not("001", wait=0.2)
+        await c.expect_not("001")
         c.send("NICK short")
         await c.expect("001")
 
@@ -211,7 +211,7 @@ class NickTests(unittest.TestCase):
             c.send(f"NICK {bad}")
             line = await c.expect("432")
             self.assertEqual(line.params[:2], ["alice", bad])
-        await c.expect_not("NICK", wait=0.1)
+        await c.expect_not("NICK")
 
     @asynctest
     async def test_nick_without_parameter(self) -> None:
@@ -236,7 +236,7 @@ class NickTests(unittest.TestCase):
         c.send("USER u 0 * :R")
         line = await c.expect("433")
         self.assertEqual(line.params[:2], ["*", "ALICE"])
-        await c.expect_not("001", wait=0.2)
+        await c.expect_not("001")
         c.send("NICK alice2")
         line = await c.expect("001")
         self.assertEqual(line.params[0], "alice2")
@@ -250,7 +250,7 @@ class NickTests(unittest.TestCase):
         alice.send("NICK Bob")
         line = await alice.expect("433")
         self.assertEqual(line.params[:2], ["alice", "Bob"])
-        await alice.expect_not("NICK", wait=0.1)
+        await alice.expect_not("NICK")
         alice.send("WHOIS alice")
         await alice.expect("311")
 
@@ -314,7 +314,7 @@ class RegistrationRulesTests(unittest.TestCase):
             c.send(command)
             line = await c.expect("451")
             self.assertEqual(line.params[0], "*")
-        await c.expect_not(lambda l: l.command in ("JOIN", "403", "401"), wait=0.1)
+        await c.expect_not(lambda l: l.command in ("JOIN", "403", "401"))
 
     @asynctest
     async def test_unknown_command_gets_421(self) -> None:
@@ -349,7 +349,7 @@ class RegistrationRulesTests(unittest.TestCase):
         c.send("USER only")
         line = await c.expect("461")
         self.assertEqual(line.params[1], "USER")
-        await c.expect_not("001", wait=0.1)
+        await c.expect_not("001")
 
 
 class PasswordTests(unittest.TestCase):
@@ -420,7 +420,7 @@ class CapTests(unittest.TestCase):
         for cap in ("message-tags", "server-time", "echo-message", "labeled-response", "batch",
                     "multi-prefix", "extended-join", "away-notify", "invite-notify", "userhost-in-names"):
             self.assertIn(cap, caps)
-        await c.expect_not("CAP", wait=0.1)
+        await c.expect_not("CAP")
 
     @asynctest
     async def test_cap_ls_302_enables_cap_notify(self) -> None:
@@ -471,7 +471,7 @@ class CapTests(unittest.TestCase):
         await c.expect("CAP")
         c.send("CAP REQ :server-time")
         await c.expect(lambda l: l.command == "CAP" and l.params[1] == "ACK")
-        await c.expect_not("001", wait=0.2)
+        await c.expect_not("001")
         c.send("CAP END")
         line = await c.expect("001")
         self.assertEqual(line.params[0], "alice")
@@ -486,7 +486,7 @@ class CapTests(unittest.TestCase):
         c.send("NICK alice")
         c.send("USER u 0 * :R")
         await c.expect(lambda l: l.command == "CAP" and l.params[1] == "ACK")
-        await c.expect_not("001", wait=0.2)
+        await c.expect_not("001")
         c.send("CAP END")
         await c.expect("001")
 
@@ -503,7 +503,7 @@ class CapTests(unittest.TestCase):
         line = await c.expect("CAP")
         self.assertEqual(line.params[:2], ["alice", "ACK"])
         c.send("CAP END")
-        await c.expect_not("001", wait=0.2)
+        await c.expect_not("001")
         c.send("PRIVMSG alice :me")
         echo = await c.expect("PRIVMSG")
         self.assertEqual(echo.params, ["alice", "me"])
@@ -553,7 +553,7 @@ class PingQuitTests(unittest.TestCase):
         error = await bob.expect("ERROR")
         self.assertIn("Quit: gone fishing", error.params[0])
         await bob.closed
-        await carol.expect_not("QUIT", wait=0.1)
+        await carol.expect_not("QUIT")  # alice saw the QUIT: the server has handled it
         again = await srv.client("bob")
         self.assertEqual(again.nick, "bob")
 
