@@ -111,7 +111,7 @@ class MaskCapTests(unittest.TestCase):
         fits = "x" * 196 + "!*@*"
         op.send(f"MODE #c +I {fits}")
         await op.expect(lambda l: l.command == "MODE" and l.params[1:] == ["+I", fits])
-        await op.expect_not("MODE", wait=0.1)
+        await op.expect_not("MODE")
         chan = srv.server.channels["#c"]
         self.assertEqual({m: [e.mask for e in entries] for m, entries in chan.lists.items()},
                          {"b": [], "e": [], "I": [fits]})

@@ -100,7 +100,7 @@ class FramingTests(unittest.TestCase):
         reply = await alice.expect("417")
         self.assertEqual(reply.params[0], "alice")
         await pong(alice)
-        await bob.expect_not("PRIVMSG", wait=0.1)
+        await bob.expect_not("PRIVMSG", after=(alice,))
         alice.send("PRIVMSG bob :short")
         self.assertEqual((await bob.expect("PRIVMSG")).params, ["bob", "short"])
 
@@ -127,7 +127,7 @@ class FramingTests(unittest.TestCase):
         c.send("@+ok=" + "t" * (8191 - len("@+ok=")) + " PING fits")
         pong_line = await c.expect("PONG")
         self.assertEqual(pong_line.params[-1], "fits")
-        await c.expect_not("417", wait=0.05)
+        await c.expect_not("417")
 
     @asynctest
     async def test_endless_line_is_discarded_with_one_417_and_bounded_buffer(self) -> None:
@@ -361,7 +361,7 @@ class TimeoutTests(unittest.TestCase):
         await until(lambda: any(u.nick == "loris" for u in srv.server.connections))
         clock.advance(59)
         srv.server.sweep()
-        await loris.expect_not("ERROR", wait=0.1)
+        await loris.expect_not("ERROR")  # a PING before registration leaves signon (the timeout's start) alone
         clock.advance(1)
         srv.server.sweep()
         error = await loris.expect("ERROR")
@@ -383,6 +383,7 @@ class TimeoutTests(unittest.TestCase):
 
         clock.advance(89)
         srv.server.sweep()
+        # Timed, not a barrier: a barrier PING from idle would itself reset the idleness under test.
         await idle.expect_not("PING", wait=0.1)
         clock.advance(1)
         srv.server.sweep()
@@ -390,7 +391,7 @@ class TimeoutTests(unittest.TestCase):
         self.assertEqual(ping.params, ["freeq"])
         await lively.expect("PING")
         srv.server.sweep()
-        await idle.expect_not("PING", wait=0.1)  # one PING per idle period, not one per sweep
+        await idle.expect_not("PING", wait=0.1)  # one PING per idle period, not one per sweep (timed: as above)
         lively.send("PONG freeq")
         await until(lambda: srv.server.users["lively"].last_active == 90)
 
@@ -417,6 +418,7 @@ class TimeoutTests(unittest.TestCase):
         await c.expect("421")
         clock.advance(20)
         srv.server.sweep()
+        # Timed, not a barrier: a barrier PING would reset the idleness the ERROR below is timed from.
         await c.expect_not("ERROR", wait=0.1)
         self.assertFalse(c.is_closed)
         clock.advance(160)

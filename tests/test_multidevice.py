@@ -39,7 +39,7 @@ class MultiDeviceTests(unittest.TestCase):
         self.assertTrue(join.source.startswith("alice!"))
         names = await laptop.expect("353")
         self.assertEqual(sorted(names.params[-1].split()), ["@alice", "bob"])
-        await bob.expect_not(lambda l: l.command in ("JOIN", "NICK") or "alice_" in l.raw)
+        await bob.expect_not(lambda l: l.command in ("JOIN", "NICK") or "alice_" in l.raw, after=(laptop,))
         bob.send("NAMES #home")
         names = await bob.expect("353")
         self.assertEqual(sorted(names.params[-1].split()), ["@alice", "bob"])
@@ -75,7 +75,7 @@ class MultiDeviceTests(unittest.TestCase):
         bob.skip()
         phone.send("QUIT :phone off")
         await phone.closed
-        await bob.expect_not("QUIT")
+        await bob.expect_not("QUIT")  # phone saw its connection closed: the server has handled the QUIT
         bob.send("PRIVMSG alice :still there?")
         line = await laptop.expect(lambda l: l.command == "PRIVMSG" and l.params[-1] == "still there?")
         self.assertEqual(line.params[0], "alice")
@@ -101,7 +101,7 @@ class MultiDeviceTests(unittest.TestCase):
         phone.send("PART #home :bye")
         for c in (phone, laptop, bob):
             await c.expect("PART")
-        await bob.expect_not("PART")
+        await bob.expect_not("PART", after=(phone,))
         chan = srv.server.channels["#home"]
         self.assertEqual([m.nick for m in chan.members], ["bob"])
 
