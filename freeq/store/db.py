@@ -10,118 +10,64 @@ transaction across a crash of the process, so a message is durable within one fl
 History is stored in chunks (schema v2): each group commit turns the new messages of one
 conversation into one ``message_chunks`` row, encrypted as a whole, which costs far less per
 message than a row each (see docs/persistence.md and bench/store_micro.py).
+
+The store is one :class:`Store` assembled from its parts: the server-state tables
+(:mod:`freeq.store.state_tables`), key records (:mod:`freeq.store.key_records`), the commit
+generation and its high-water mark (:mod:`freeq.store.high_water`), the DB thread and group
+commit (:mod:`freeq.store.group_commit`) and the chunk format (:mod:`freeq.store.chunks`). This
+module opens and upgrades the database, cuts new messages into chunks, answers history queries
+and prunes by retention; it holds the tunables of the chunk layout and of msgid lookups.
 """
 from __future__ import annotations
 
-import collections
-import dataclasses
 import heapq
-import json
 import os
 import sqlite3
 import time
 from importlib import resources
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from freeq.state.channel import ChannelRecord  # the channel's snapshot; the store persists it
-from freeq.store.crypto import DecryptionError, MessageCipher
+from freeq.store.chunks import (
+    CHUNK_COLUMNS, UNDECRYPTABLE, ChunkCodec, Key, StoredMessage, pack_columns, ulid_ms, unpack_columns)
+from freeq.store.crypto import MessageCipher
+from freeq.store.errors import StoreError
+from freeq.store.group_commit import MAX_COUNTED_TARGETS, MAX_PENDING_WRITES, RECENT_MSGIDS, GroupCommit
+from freeq.store.high_water import (
+    GENERATION_KEY, HWM_INTERVAL, HWM_SUFFIX, HighWaterMark, hwm_path, read_high_water_mark, write_high_water_mark)
+from freeq.store.key_records import KeyRecords
+from freeq.store.state_tables import StateTables
+
+#: Names other modules import from here (the store's public face, as before its parts were split out).
+__all__ = [
+    "SCHEMA_VERSION", "CHUNK_MAX_MESSAGES", "CHUNK_MAX_SPAN_MS", "MSGID_NEAR_MS", "MSGID_SKEW_MS",
+    "MSGID_SCAN_CHUNKS", "MAX_PENDING_WRITES", "MAX_COUNTED_TARGETS", "RECENT_MSGIDS", "UNDECRYPTABLE",
+    "HWM_SUFFIX", "HWM_INTERVAL", "ChannelRecord", "Key", "Store", "StoreError", "StoredMessage",
+    "hwm_path", "read_high_water_mark", "write_high_water_mark", "pack_columns", "unpack_columns",
+]
 
 log = Logger()
 
 SCHEMA_VERSION = 2
-#: Queued writes kept while the disk refuses them, before the oldest are dropped (and logged).
-MAX_PENDING_WRITES = 200_000
-#: Per-target row counts kept in memory for the history cap; past this many targets they are re-read.
-MAX_COUNTED_TARGETS = 100_000
 
+# The tunables below are read from this module when used (tests patch them here).
 #: A chunk holds at most this many messages (bigger batches of one conversation are split) ...
 CHUNK_MAX_MESSAGES = 256
 #: ... and messages at most this far apart in time, so a time bound maps to a short index range.
 CHUNK_MAX_SPAN_MS = 60_000
-#: How many of the newest msgids the duplicate check remembers (seeded from the database on start).
-RECENT_MSGIDS = 100_000
 #: A msgid lookup first searches chunks this close to the time in a ULID msgid, then this far.
 MSGID_NEAR_MS = 2_000
 MSGID_SKEW_MS = 120_000
 #: Across all conversations, a msgid that is not a ULID is looked for in this many newest chunks only.
 MSGID_SCAN_CHUNKS = 20_000
-#: Tag on a history message whose stored row does not decrypt.
-UNDECRYPTABLE = "+freeq.at/undecryptable"
-#: The high-water mark beside a database file: ``<db>.hwm`` holds the newest commit generation known
-#: to be durable, so a database rolled back (a lost or corrupt WAL, an old copy) is noticed at start-up.
-HWM_SUFFIX = ".hwm"
-#: The mark is rewritten (fsync of the WAL, then of the mark) at most this often while writes go on,
-#: and on every clean stop: a roll-back of less than this many seconds of commits may go unnoticed.
-HWM_INTERVAL = 5.0
-_GENERATION_KEY = "commit_generation"
-_SET_GENERATION = "INSERT OR REPLACE INTO meta(key, value) VALUES ('commit_generation', ?)"
 
-#: A message's place in a conversation: (time in ms, chunk id, position in the chunk).
-Key = tuple[int, int, int]
 _INF = 1 << 62
-_CHUNK_COLS = "id, target, first_ms, last_ms, count, msgids, key_fp, format, legacy, payload"
-_INSERT_CHUNK = ("INSERT INTO message_chunks(target, first_ms, last_ms, count, msgids, key_fp, format, payload) "
-                 "VALUES (?,?,?,?,?,?,2,?)")
 #: Exact membership of one msgid in a chunk's space-separated list (no LIKE wildcards).
 _HAS_MSGID = "instr(' ' || msgids || ' ', ' ' || ? || ' ') > 0"
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_CROCKFORD_SET = frozenset(_CROCKFORD)
-
-
-class StoreError(Exception):
-    """The database cannot be used; the message is one line for the operator."""
-
-
-@dataclasses.dataclass
-class StoredMessage:
-    """One history message, decrypted."""
-
-    msgid: str
-    time_ms: int
-    command: str
-    sender: str
-    account: Optional[str]
-    shown_to: str
-    text: str
-    tags: dict[str, str]
-
-
-def hwm_path(db_path: str) -> str:
-    """The high-water-mark file of the database at ``db_path``."""
-    return db_path + HWM_SUFFIX
-
-
-def read_high_water_mark(path: str) -> Optional[int]:
-    """The commit generation recorded in the high-water-mark file ``path``; None if there is none.
-
-    Raises :class:`StoreError` (one line) if the file exists but cannot be read or parsed.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read(4096)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise StoreError(f"cannot read the high-water mark {path}: {e.strerror}") from None
-    try:
-        record = json.loads(data)
-        generation = record["generation"]
-        if record.get("format") != 1 or not isinstance(generation, int) or generation < 0:
-            raise ValueError(generation)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        raise StoreError(f"the high-water mark {path} is corrupt ({len(data)} bytes)") from None
-    return generation
-
-
-def write_high_water_mark(path: str, generation: int) -> None:
-    """Record ``generation`` in ``path``: 0600, temporary file, fsync, rename, fsync of the directory."""
-    from freeq.store.keys import write_secret_atomically
-
-    write_secret_atomically(path, json.dumps({"format": 1, "generation": generation}).encode())
 
 
 def _schema_script(name: str) -> str:
@@ -134,7 +80,7 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class Store:
+class Store(StateTables, KeyRecords, HighWaterMark, GroupCommit, ChunkCodec):
     """Persistence for one server. Construct with :meth:`open`."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, reactor: Any, flush_interval: float = 0.2,
@@ -233,56 +179,9 @@ class Store:
         store._migrate(tables)
         store.created = not tables
         store.hwm_file = hwm_path(path)
-        row = conn.execute("SELECT value FROM meta WHERE key=?", (_GENERATION_KEY,)).fetchone()
+        row = conn.execute("SELECT value FROM meta WHERE key=?", (GENERATION_KEY,)).fetchone()
         store.generation = int(row[0]) if row else 0
         return store
-
-    def rebaseline(self, generation: int) -> None:
-        """At start-up: make both the database and the high-water mark say at least ``generation``.
-
-        Called once the database has passed its checks (with ``--accept-data-loss``, the mark it
-        failed is raised past, so an even older copy is still noticed later). Synchronous.
-        """
-        if generation > self.generation:
-            self.conn.execute(_SET_GENERATION, (str(generation),))
-            self.generation = generation
-        if self.hwm_file is not None:
-            self._sync_wal()
-            write_high_water_mark(self.hwm_file, self.generation)
-            self._hwm_generation, self._hwm_at = self.generation, self.clock()
-
-    def _sync_wal(self) -> None:
-        """fsync the WAL: with ``synchronous=NORMAL`` commits reach it unsynced, and the mark must
-        never be ahead of what survives a power cut."""
-        try:
-            fd = os.open(self.path + "-wal", os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _mark_high_water(self, force: bool = False) -> None:
-        """DB thread, after a commit (or idle, or at stop): record the generation in the mark file if
-        it moved and ``hwm_interval`` has passed (or ``force``). Never raises: a failed write is logged."""
-        if self.hwm_file is None or self.generation == self._hwm_generation:
-            return
-        now = self.clock()
-        if not force and now - self._hwm_at < self.hwm_interval:
-            return
-        generation = self.generation
-        try:
-            self._sync_wal()
-            write_high_water_mark(self.hwm_file, generation)
-        except OSError as e:
-            if not self._hwm_failing and self.reactor is not None:
-                self.reactor.callFromThread(log.error, "Cannot write the high-water mark {path}: {error}",
-                                            path=self.hwm_file, error=e.strerror)
-            self._hwm_failing = True
-            self._hwm_at = now  # retry after the interval, not on every commit
-            return
-        self._hwm_generation, self._hwm_at, self._hwm_failing = generation, now, False
 
     def _version(self) -> int:
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -318,274 +217,6 @@ class Store:
                 self.conn.execute("ROLLBACK")
             raise StoreError(f"--db-path: schema upgrade of {self.path} failed ({e}); nothing was changed") from None
         log.info("Database {path} at schema v{version}", path=self.path, version=SCHEMA_VERSION)
-
-    # ------------------------------------------------------------------
-    # Keys
-    # ------------------------------------------------------------------
-    def recorded_key_fingerprint(self) -> Optional[str]:
-        """The fingerprint of the key the stored messages were written with (None for a new DB)."""
-        row = self.conn.execute("SELECT value FROM meta WHERE key='db_key_fingerprint'").fetchone()
-        return row[0] if row else None
-
-    def use_cipher(self, cipher: MessageCipher) -> None:
-        """Check the key against the one the data was written with, and use it."""
-        recorded = self.recorded_key_fingerprint()
-        if recorded is None:
-            self.conn.execute("INSERT INTO meta(key, value) VALUES ('db_key_fingerprint', ?)", (cipher.fingerprint,))
-        elif recorded != cipher.fingerprint:
-            raise StoreError(
-                f"db-encryption-key.secret (fingerprint {cipher.fingerprint}) is not the key this database was "
-                f"written with (fingerprint {recorded}); refusing to start. Restore the right key file "
-                f"(or finish a rotation with `freeq-admin rekey`)")
-        self.cipher = cipher
-
-    def record_signing_key(self, public_key_b64: str, now: float) -> None:
-        """Note the current message-signing public key; retire any previous one (kept for verification)."""
-        ts = int(now)
-        row = self.conn.execute("SELECT valid_until FROM signing_keys WHERE public_key=?", (public_key_b64,)).fetchone()
-        self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.execute("UPDATE signing_keys SET valid_until=? WHERE valid_until IS NULL AND public_key<>?",
-                          (ts, public_key_b64))
-        if row is None:
-            self.conn.execute("INSERT INTO signing_keys(public_key, valid_from, valid_until) VALUES (?, ?, NULL)",
-                              (public_key_b64, ts))
-        elif row[0] is not None:
-            self.conn.execute("UPDATE signing_keys SET valid_until=NULL WHERE public_key=?", (public_key_b64,))
-        self.conn.execute("COMMIT")
-
-    def signing_keys(self) -> list[tuple[str, int, Optional[int]]]:
-        """Every signing key on record: (public key, valid from, valid until or None)."""
-        return [tuple(r) for r in self.conn.execute(  # type: ignore[misc]
-            "SELECT public_key, valid_from, valid_until FROM signing_keys ORDER BY valid_from")]
-
-    # ------------------------------------------------------------------
-    # Start-up loading (synchronous, before listening)
-    # ------------------------------------------------------------------
-    def load_channels(self) -> list[ChannelRecord]:
-        """Every persisted channel with its lists and DID ops."""
-        out: dict[str, ChannelRecord] = {}
-        for r in self.conn.execute("SELECT * FROM channels"):
-            out[r["name"]] = ChannelRecord(
-                r["display"], r["created_at"], r["modes"], r["chan_key"], r["user_limit"], r["topic"],
-                r["topic_setter"], r["topic_time"], r["founder_did"], {"b": [], "e": [], "I": []}, {})
-        for r in self.conn.execute("SELECT * FROM channel_lists ORDER BY rowid"):
-            rec = out.get(r["channel"])
-            if rec is not None:
-                rec.lists[r["mode"]].append((r["mask"], r["setter"], r["set_at"]))
-        for r in self.conn.execute("SELECT * FROM channel_did_ops"):
-            rec = out.get(r["channel"])
-            if rec is not None:
-                rec.did_ops[r["did"]] = (r["granted_by"], r["granted_at"])
-        return list(out.values())
-
-    def load_nick_owners(self) -> dict[str, tuple[str, str]]:
-        """folded nick -> (display nick, DID)."""
-        return {r["nick"]: (r["display"], r["did"]) for r in self.conn.execute("SELECT * FROM nick_owners")}
-
-    def load_oper_dids(self) -> set[str]:
-        """DIDs granted server-operator status in the database."""
-        return {r[0] for r in self.conn.execute("SELECT did FROM oper_dids")}
-
-    def load_channel_crdts(self) -> dict[str, str]:
-        """folded channel -> serialized CRDT state, as saved by :meth:`save_channel_crdt`."""
-        return {r[0]: r[1] for r in self.conn.execute("SELECT channel, state FROM channel_crdt")}
-
-    # ------------------------------------------------------------------
-    # The DB thread
-    # ------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the DB thread and the periodic flush (called by the store service)."""
-        self.pool = ThreadPool(1, 1, name="freeq-db")
-        self.pool.start()
-        from twisted.internet.task import LoopingCall
-
-        self._loop = LoopingCall(self._flush_guarded)
-        self._loop.clock = self.reactor
-        self._loop.start(self.flush_interval, now=False)
-        if self.retention_days:
-            self._retention_loop = LoopingCall(self._retention_guarded)
-            self._retention_loop.clock = self.reactor
-            self._retention_loop.start(3600, now=True)
-
-    @defer.inlineCallbacks
-    def stop(self) -> Any:
-        """Flush everything queued, then stop the thread and close the database."""
-        if getattr(self, "_loop", None) is not None and self._loop.running:
-            self._loop.stop()
-        if getattr(self, "_retention_loop", None) is not None and self._retention_loop.running:
-            self._retention_loop.stop()
-        if self.pool is not None:
-            yield self.flush()
-            yield self._in_thread(lambda: self._mark_high_water(force=True))
-            self.pool.stop()
-            self.pool = None
-        if self._pending or self._messages:
-            log.critical("Database unwritable at shutdown: {n} queued writes are lost",
-                         n=len(self._pending) + len(self._messages))
-        self.conn.close()
-
-    def _in_thread(self, fn: Callable[[], Any]) -> defer.Deferred:
-        assert self.pool is not None
-        return threads.deferToThreadPool(self.reactor, self.pool, fn)
-
-    def _flush_guarded(self) -> None:
-        try:
-            self.flush()
-        except Exception:
-            log.failure("store flush failed")
-
-    def flush(self) -> defer.Deferred:
-        """Send queued writes to the DB thread as one transaction; fires when committed."""
-        if not (self._pending or self._messages) or self.pool is None:
-            if (self.pool is not None and self.generation != self._hwm_generation
-                    and self.clock() - self._hwm_at >= self.hwm_interval):
-                return self._in_thread(self._mark_high_water)  # the last commits of a burst, once quiet
-            return defer.succeed(None)
-        ops, self._pending = self._pending, []
-        messages, self._messages = self._messages, []
-        d = self._in_thread(lambda: self._apply(ops, messages))
-        d.addErrback(self._write_failed, ops, messages)
-        return d
-
-    def _write_failed(self, failure: Any, ops: list[tuple[str, tuple[Any, ...]]],
-                      messages: list[tuple[Any, ...]]) -> None:
-        # Keep the batch for the next flush (a full disk may recover); bound what we hold, giving up
-        # the oldest history first: channel state and nick ownership are worth more than old lines.
-        if not self._failing:
-            log.error("Database write failed; will retry ({n} writes pending): {error}",
-                      n=len(ops) + len(self._pending) + len(messages) + len(self._messages),
-                      error=failure.getErrorMessage())
-        self._failing = True
-        self._pending[:0] = ops
-        self._messages[:0] = messages
-        excess = len(self._pending) + len(self._messages) - MAX_PENDING_WRITES
-        if excess > 0:
-            from_history = min(excess, len(self._messages))
-            del self._messages[:from_history]
-            del self._pending[:excess - from_history]
-            self._dropped += excess
-            log.critical("Database unwritable: dropped {n} oldest pending writes ({total} in all)",
-                         n=excess, total=self._dropped)
-
-    def _apply(self, ops: Sequence[tuple[str, tuple[Any, ...]]], messages: Sequence[tuple[Any, ...]] = ()) -> None:
-        """Commit one group of queued writes; the messages of each conversation become one chunk."""
-        conn = self.conn
-        if self._recent_order is None:
-            self._load_recent_msgids(conn)
-        by_target: collections.defaultdict[str, list[tuple[Any, ...]]] = collections.defaultdict(list)
-        stored: list[Sequence[str]] = []  # the msgids this batch stores, per chunk
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for kind, args in ops:
-                if kind == "message":
-                    by_target[args[0]].append(args)
-                else:
-                    getattr(self, "_op_" + kind)(conn, *args)
-            for m in messages:
-                by_target[m[0]].append(m)
-            if by_target:
-                rows: list[tuple[Any, ...]] = []
-                added: dict[str, int] = {}
-                for target, msgs in by_target.items():
-                    n = self._chunk_rows(target, msgs, rows, stored)
-                    if n:
-                        added[target] = n
-                conn.executemany(_INSERT_CHUNK, rows)  # history has no ordering ties with the other tables
-            counts = self._trim(conn, added) if self.max_messages_per_target and by_target else {}
-            conn.execute(_SET_GENERATION, (str(self.generation + 1),))
-            conn.execute("COMMIT")
-        except BaseException:
-            self._recent.difference_update(*stored)  # not stored after all: a retry must not see duplicates
-            if conn.in_transaction:  # on SQLITE_FULL SQLite rolls back itself; keep the real error
-                conn.execute("ROLLBACK")
-            raise
-        self.generation += 1
-        self._mark_high_water()
-        order = self._recent_order
-        assert order is not None
-        for ids in stored:
-            order.extend(ids)
-        excess = len(order) - RECENT_MSGIDS
-        if excess > RECENT_MSGIDS // 4:  # forget the oldest in bulk (set and list operations in C)
-            self._recent.difference_update(order[:excess])
-            del order[:excess]
-        if len(self._row_counts) + len(counts) > MAX_COUNTED_TARGETS:
-            self._row_counts.clear()
-        self._row_counts.update(counts)  # only once committed: a rolled-back trim must not be believed
-        if self._failing:
-            self._failing = False
-            self.reactor.callFromThread(log.info, "Database writes recovered")
-
-    def _load_recent_msgids(self, conn: sqlite3.Connection) -> None:
-        """Seed the duplicate check with the newest stored msgids (the first write after a start)."""
-        newest: list[str] = []
-        for (msgids,) in conn.execute("SELECT msgids FROM message_chunks ORDER BY id DESC"):
-            newest.extend(reversed(msgids.split(" ")))
-            if len(newest) >= RECENT_MSGIDS:
-                break
-        del newest[RECENT_MSGIDS:]
-        newest.reverse()
-        self._recent_order = newest
-        self._recent = set(newest)
-
-    # ------------------------------------------------------------------
-    # Writes (queued; reactor thread)
-    # ------------------------------------------------------------------
-    def save_channel(self, rec: ChannelRecord) -> None:
-        """Insert or replace a channel with its lists and DID ops."""
-        self._pending.append(("channel", (rec,)))
-
-    def delete_channel(self, name: str) -> None:
-        """Forget a channel (its history is kept until retention removes it)."""
-        self._pending.append(("delete_channel", (name,)))
-
-    def save_channel_crdt(self, folded: str, state: str) -> None:
-        """Insert or replace the federation CRDT state of channel ``folded``."""
-        self._pending.append(("channel_crdt", (folded, state)))
-
-    def delete_channel_crdt(self, folded: str) -> None:
-        """Forget the federation CRDT state of channel ``folded``."""
-        self._pending.append(("delete_channel_crdt", (folded,)))
-
-    def bind_nick(self, folded: str, display: str, did: str, now: float) -> None:
-        """Record that ``did`` owns ``display`` (replacing its previous nick)."""
-        self._pending.append(("bind_nick", (folded, display, did, int(now))))
-
-    def _op_channel(self, conn: sqlite3.Connection, rec: ChannelRecord) -> None:
-        from freeq.irc.names import fold
-
-        name = fold(rec.name)
-        conn.execute(
-            "INSERT OR REPLACE INTO channels(name, display, created_at, modes, chan_key, user_limit, topic, "
-            "topic_setter, topic_time, founder_did) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (name, rec.name, rec.created_at, rec.modes, rec.key, rec.limit, rec.topic, rec.topic_setter,
-             rec.topic_time, rec.founder))
-        conn.execute("DELETE FROM channel_lists WHERE channel=?", (name,))
-        conn.executemany("INSERT OR IGNORE INTO channel_lists(channel, mode, mask, setter, set_at) VALUES (?,?,?,?,?)",
-                         [(name, mode, m, s, t) for mode, entries in rec.lists.items() for m, s, t in entries])
-        conn.execute("DELETE FROM channel_did_ops WHERE channel=?", (name,))
-        conn.executemany("INSERT INTO channel_did_ops(channel, did, granted_by, granted_at) VALUES (?,?,?,?)",
-                         [(name, did, by, at) for did, (by, at) in rec.did_ops.items()])
-
-    def _op_delete_channel(self, conn: sqlite3.Connection, name: str) -> None:
-        conn.execute("DELETE FROM channels WHERE name=?", (name,))
-
-    def _op_channel_crdt(self, conn: sqlite3.Connection, folded: str, state: str) -> None:
-        conn.execute("INSERT OR REPLACE INTO channel_crdt(channel, state) VALUES (?,?)", (folded, state))
-
-    def _op_delete_channel_crdt(self, conn: sqlite3.Connection, folded: str) -> None:
-        conn.execute("DELETE FROM channel_crdt WHERE channel=?", (folded,))
-
-    def _op_bind_nick(self, conn: sqlite3.Connection, folded: str, display: str, did: str, ts: int) -> None:
-        conn.execute("DELETE FROM nick_owners WHERE did=? OR nick=?", (did, folded))
-        conn.execute("INSERT INTO nick_owners(nick, display, did, bound_at) VALUES (?,?,?,?)",
-                     (folded, display, did, ts))
-
-
-    def append_message(self, target: str, msgid: str, now: float, command: str, sender: str,
-                       account: Optional[str], shown_to: str, text: str, tags: dict[str, str]) -> None:
-        """Queue one message for history; it is encrypted, with its conversation's others, on the DB thread."""
-        self._messages.append((target, msgid, int(now * 1000), command, sender, account, shown_to, text, tags))
 
     # ------------------------------------------------------------------
     # History chunks (DB thread)
@@ -642,126 +273,9 @@ class Store:
         out.append(self._seal_chunk(target, list(zip(*part)), lo, hi))
         return len(msgs)
 
-    def _seal_chunk(self, target: str, cols: Sequence[Sequence[Any]], lo: int, hi: int) -> tuple[Any, ...]:
-        """The ``message_chunks`` row (format 2) of messages of ``target`` from ``lo`` to ``hi`` ms, given
-        as the columns of their queued tuples (target, msgid, time_ms, command, ..., tags)."""
-        cipher = self.cipher
-        assert cipher is not None, "use_cipher() before storing messages"
-        msgids = " ".join(cols[1])
-        # The payload is the columns time_ms, command, sender, account, shown_to, text, tags, in chunk
-        # order (see pack_columns); target and msgids are bound as associated data instead.
-        plain = pack_columns(cols[2:]).encode()
-        return (target, lo, hi, len(cols[1]), msgids, cipher.fingerprint, cipher.encrypt_chunk(plain, target, msgids))
-
-    def _open_chunk(self, row: sqlite3.Row) -> tuple[list[tuple[Key, StoredMessage]], bool]:
-        """Decrypt one chunk row: its messages with their sort keys, and whether it decrypted.
-
-        A row that does not decrypt is logged and stands for placeholder messages (no text, the
-        ``+freeq.at/undecryptable`` tag) so a client still sees that something is missing.
-        """
-        cipher = self.cipher
-        assert cipher is not None
-        cid, target, msgids = row["id"], row["target"], row["msgids"]
-        try:
-            if row["format"] == 2:
-                ids = msgids.split(" ")
-                cols = unpack_columns(cipher.decrypt_chunk(row["payload"], target, msgids).decode(), len(ids))
-                if not isinstance(cols, list) or len(cols) != 7 or any(len(c) != len(ids) for c in cols):
-                    raise ValueError("chunk shape")
-                out = []
-                for idx, (msgid, t, command, sender, account, shown_to, text, tags) in enumerate(zip(ids, *cols)):
-                    out.append(((t, cid, idx), StoredMessage(msgid, t, command, sender, account, shown_to, text, tags)))
-                return out, True
-            command, sender, account, shown_to = json.loads(row["legacy"])
-        except (DecryptionError, ValueError, TypeError):
-            log.error("History chunk {chunk} in {target} ({count} messages) does not decrypt; skipped",
-                      chunk=cid, target=target, count=row["count"])
-            first, last = row["first_ms"], row["last_ms"]
-            out = []
-            for idx, msgid in enumerate(msgids.split(" ")):
-                hint = _ulid_ms(msgid)
-                t = hint if hint is not None and first <= hint <= last else first
-                out.append(((t, cid, idx), StoredMessage(msgid, t, "NOTICE", "*", None, "*", "", {UNDECRYPTABLE: ""})))
-            return out, False
-        # Format 1: one v1 message, its clear columns in `legacy`.
-        t = row["first_ms"]
-        try:
-            body = json.loads(cipher.decrypt(row["payload"], msgids, target))
-            text, tags, ok = body["text"], body.get("tags", {}), True
-        except (DecryptionError, ValueError, KeyError, TypeError):
-            log.error("History row {msgid} in {target} does not decrypt; skipped", msgid=msgids, target=target)
-            text, tags, ok = "", {UNDECRYPTABLE: ""}, False
-        return [((t, cid, 0), StoredMessage(msgids, t, command, sender, account, shown_to, text, tags))], ok
-
-    def _rewrite_chunk(self, conn: sqlite3.Connection, row: sqlite3.Row, keep: Callable[[Key], bool]) -> int:
-        """Keep only the messages of chunk ``row`` whose key ``keep`` accepts (re-encrypting it under the
-        current key as format 2, same id, so order is unchanged); return how many it holds now.
-
-        A chunk that does not decrypt cannot be split and is left whole.
-        """
-        entries, ok = self._open_chunk(row)
-        if not ok:
-            return int(row["count"])
-        kept = [(row["target"], m.msgid, m.time_ms, m.command, m.sender, m.account, m.shown_to, m.text, m.tags)
-                for key, m in entries if keep(key)]
-        if len(kept) == len(entries):
-            return len(kept)
-        if not kept:
-            conn.execute("DELETE FROM message_chunks WHERE id=?", (row["id"],))
-            return 0
-        cols = list(zip(*kept))
-        target, lo, hi, count, msgids, key_fp, payload = self._seal_chunk(row["target"], cols, min(cols[2]),
-                                                                          max(cols[2]))
-        conn.execute("UPDATE message_chunks SET first_ms=?, last_ms=?, count=?, msgids=?, key_fp=?, format=2, "
-                     "legacy=NULL, payload=? WHERE id=?", (lo, hi, count, msgids, key_fp, payload, row["id"]))
-        return count
-
-    def _trim(self, conn: sqlite3.Connection, added: dict[str, int]) -> dict[str, int]:
-        """Cut each target that ``added`` took past the cap plus the slack back to its newest messages.
-
-        Returns the new message counts. A count is read once per target (``SUM(count)``), then kept
-        up to date; it may run high (a retention pass), which only makes the next trim come early.
-        """
-        cap = self.max_messages_per_target
-        limit = cap + self.trim_slack
-        known = self._row_counts
-        counts: dict[str, int] = {}
-        for target, n in added.items():
-            count = known.get(target)
-            if count is None:
-                count = conn.execute("SELECT COALESCE(SUM(count), 0) FROM message_chunks WHERE target=?",
-                                     (target,)).fetchone()[0]
-            else:
-                count += n
-            if count > limit:
-                count = self._cut(conn, target, cap)
-            counts[target] = count
-        return counts
-
-    def _cut(self, conn: sqlite3.Connection, target: str, keep: int) -> int:
-        """Keep the newest ``keep`` messages of ``target`` (by insertion order, as v1 did); return the count.
-
-        Whole older chunks are deleted; the chunk the cut falls in is re-encrypted without its
-        older messages, so the cap is exact.
-        """
-        total = 0
-        cut: Optional[tuple[int, int]] = None
-        for cid, n in conn.execute("SELECT id, count FROM message_chunks WHERE target=? ORDER BY id DESC",
-                                   (target,)).fetchall():
-            if total + n >= keep:
-                cut = (cid, n)
-                break
-            total += n
-        if cut is None:
-            return total
-        cid, n = cut
-        conn.execute("DELETE FROM message_chunks WHERE target=? AND id<?", (target, cid))
-        need = keep - total
-        if need >= n:
-            return total + n
-        row = conn.execute(f"SELECT {_CHUNK_COLS} FROM message_chunks WHERE id=?", (cid,)).fetchone()
-        return total + self._rewrite_chunk(conn, row, lambda key: key[2] >= n - need)
-
+    # ------------------------------------------------------------------
+    # Retention (hourly; DB thread)
+    # ------------------------------------------------------------------
     def _retention_guarded(self) -> Optional[defer.Deferred]:
         if self.pool is None:
             return None
@@ -773,7 +287,7 @@ class Store:
             try:
                 conn.execute("DELETE FROM message_chunks WHERE last_ms < ?", (cutoff,))
                 # Chunks straddling the cutoff lose their expired messages (re-encrypted without them).
-                for row in conn.execute(f"SELECT {_CHUNK_COLS} FROM message_chunks WHERE last_ms >= ? AND "
+                for row in conn.execute(f"SELECT {CHUNK_COLUMNS} FROM message_chunks WHERE last_ms >= ? AND "
                                         f"last_ms <= ? AND first_ms < ?",
                                         (cutoff, cutoff + CHUNK_MAX_SPAN_MS, cutoff)).fetchall():
                     self._rewrite_chunk(conn, row, lambda key: key[0] >= cutoff)
@@ -813,8 +327,8 @@ class Store:
         if not msgid or " " in msgid:
             return None
         where, params = ("target=? AND ", [target]) if target is not None else ("", [])
-        base = f"SELECT {_CHUNK_COLS} FROM message_chunks WHERE {where}"
-        hint = _ulid_ms(msgid)
+        base = f"SELECT {CHUNK_COLUMNS} FROM message_chunks WHERE {where}"
+        hint = ulid_ms(msgid)
         if hint is not None:
             for slack in (MSGID_NEAR_MS, MSGID_SKEW_MS):
                 row = conn.execute(
@@ -905,7 +419,7 @@ class Store:
                 params.append(lo[0] - CHUNK_MAX_SPAN_MS)
         order = "last_ms DESC" if newest else "first_ms"  # index order; ties are sorted out below
         heap: list[tuple[Key, StoredMessage]] = []  # the best `limit` so far; heap[0] the worst of them
-        for row in conn.execute(f"SELECT {_CHUNK_COLS} FROM message_chunks WHERE {' AND '.join(clauses)} "
+        for row in conn.execute(f"SELECT {CHUNK_COLUMNS} FROM message_chunks WHERE {' AND '.join(clauses)} "
                                 f"ORDER BY {order}", params):
             if len(heap) >= limit:
                 worst = heap[0][0][0]
@@ -952,7 +466,7 @@ class Store:
                 f"GROUP BY target", (*params, lo, hi)).fetchall())
             # Chunks reaching past `hi` may still hold messages before it.
             for row in self.conn.execute(
-                    f"SELECT {_CHUNK_COLS} FROM message_chunks WHERE ({where}) AND last_ms >= ? AND last_ms <= ? "
+                    f"SELECT {CHUNK_COLUMNS} FROM message_chunks WHERE ({where}) AND last_ms >= ? AND last_ms <= ? "
                     f"AND first_ms < ?", (*params, hi, hi + CHUNK_MAX_SPAN_MS, hi)).fetchall():
                 times = [k[0] for k, _ in self._open_chunk(row)[0] if lo < k[0] < hi]
                 if times:
@@ -961,7 +475,7 @@ class Store:
             for key, t in sorted(latest.items(), key=lambda kv: kv[1], reverse=True)[:limit]:
                 name = key
                 if key.startswith("dm:"):
-                    last = self.conn.execute(f"SELECT {_CHUNK_COLS} FROM message_chunks WHERE target=? "
+                    last = self.conn.execute(f"SELECT {CHUNK_COLUMNS} FROM message_chunks WHERE target=? "
                                              f"ORDER BY last_ms DESC, id DESC LIMIT 1", (key,)).fetchone()
                     if last is not None:
                         entries, ok = self._open_chunk(last)
@@ -994,59 +508,6 @@ class Store:
             return row["target"], entries[row["msgids"].split(" ").index(msgid)][1]
 
         return self._in_thread(run)
-
-
-_PACKED = "\x01"  # first field of a packed chunk payload (a JSON one starts with "[")
-_SEP = "\x00"  # IRC text cannot hold NUL; a chunk whose fields do falls back to JSON
-
-
-def pack_columns(cols: Sequence[Sequence[Any]]) -> str:
-    """Serialize a chunk's columns (time_ms, command, sender, account, shown_to, text, tags).
-
-    The usual form is every field of every column joined by NUL after a marker field: one
-    ``str.join`` instead of a JSON encoder walking every value (about a third of the DB thread's
-    time per message). Tags are JSON only when a message has any; a missing account is empty.
-    If any field holds a NUL (the fields are checked by counting separators) the columns are
-    written as a JSON array instead; :func:`unpack_columns` reads both.
-    """
-    times, commands, senders, accounts, shown, texts, tags = cols
-    packed = _SEP.join([_PACKED, *map(str, times), *commands, *senders, *[a or "" for a in accounts], *shown,
-                        *texts, *[json.dumps(t, separators=(",", ":")) if t else "" for t in tags]])
-    if packed.count(_SEP) != 7 * len(times):
-        return json.dumps(list(cols), separators=(",", ":"))
-    return packed
-
-
-def unpack_columns(text: str, n: int) -> list[Any]:
-    """Inverse of :func:`pack_columns` for a chunk of ``n`` messages; ValueError if malformed."""
-    if text.startswith("["):
-        cols = json.loads(text)
-        if not isinstance(cols, list):
-            raise ValueError("chunk shape")
-        return cols
-    parts = text.split(_SEP)
-    if len(parts) != 7 * n + 1 or parts[0] != _PACKED:
-        raise ValueError("chunk shape")
-    col: list[Any] = [parts[1 + i * n:1 + (i + 1) * n] for i in range(7)]
-    col[0] = [int(t) for t in col[0]]
-    col[3] = [a or None for a in col[3]]
-    col[6] = [json.loads(t) if t else {} for t in col[6]]
-    return col
-
-
-def _ulid_ms(msgid: str) -> Optional[int]:
-    """The millisecond time encoded in a ULID msgid (its first 10 characters), or None if not a ULID."""
-    if len(msgid) != 26 or msgid[0] > "7":
-        return None
-    value = 0
-    for c in msgid[:10]:
-        digit = _CROCKFORD.find(c)
-        if digit < 0:
-            return None
-        value = value * 32 + digit
-    if not set(msgid[10:]) <= _CROCKFORD_SET:
-        return None
-    return value
 
 
 def _split_sql(script: str) -> list[str]:
