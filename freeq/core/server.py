@@ -27,6 +27,7 @@ from freeq.core.messages import MessageCommands
 from freeq.core.monitor import MonitorCommands
 from freeq.core.operator import OperatorCommands
 from freeq.core.queries import QueryCommands
+from freeq.core.registration import RegistrationCommands
 from freeq.irc.confusables import NickOwners
 from freeq.irc.names import fold, is_channel, nick_problem, valid_channel, valid_nick
 from freeq.irc.parser import Message, UnsafeLineError, build, build_text, format_tags
@@ -113,7 +114,7 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
     return b"@" + tag + b" " + line
 
 
-class IRCServer(ChannelCommands, MessageCommands, QueryCommands, MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands):
+class IRCServer(RegistrationCommands, ChannelCommands, MessageCommands, QueryCommands, MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands):
     """All users and channels of one server, and the handlers for every command."""
 
     def __str__(self) -> str:
@@ -123,11 +124,14 @@ class IRCServer(ChannelCommands, MessageCommands, QueryCommands, MonitorCommands
 
     def __init__(self, config: Config, clock: Any, hooks: Sequence[IServerHook] = (),
                  store: Optional["Store"] = None, *, signer: Any = None, verifier: Any = None, metrics: Any = None,
-                 web_tokens: Any = None, bearer_tokens: Any = None) -> None:
+                 web_tokens: Any = None, bearer_tokens: Any = None,
+                 federation: Optional[Callable[["IRCServer"], FederationControl]] = None) -> None:
         """Collaborators come in here, from the composition root (:func:`freeq.tap.make_irc_server`):
         ``signer`` (freeq.signing.MessageSigner), ``verifier`` (freeq.auth.verify.ChallengeVerifier),
         ``metrics`` (freeq.metrics.Metrics), and the web listener's SASL web-token and REST bearer stores
-        (freeq.web.tokens). Each may be ``None`` where a test does without it."""
+        (freeq.web.tokens). Each may be ``None`` where a test does without it. ``federation`` builds the
+        federation of this server (freeq.s2s.federation.FederationFactory), called last, with the server
+        complete; without it the server stands alone."""
         self.config = config
         self.store = store
         self.web_tokens = web_tokens  # SASL method web-token (the auth broker mints them)
@@ -144,8 +148,8 @@ class IRCServer(ChannelCommands, MessageCommands, QueryCommands, MonitorCommands
         self.clock = clock
         self.name = config.server_name
         self.hooks = list(hooks)
-        self.s2s: list[Any] = []  # federation observers (freeq.s2s.federation.Federation), told of local changes
-        # freeq.s2s.federation.Federation when federation is on (set by the wiring): LINKS, SQUIT, CONNECT
+        # freeq.s2s.federation.Federation when federation is on (built last, below): told of local changes
+        # (s2s_notify); LINKS, SQUIT, CONNECT, remote KILL and server-operator overrides call through it
         self.federation: Optional[FederationControl] = None
         self.users: dict[str, User] = {}  # folded nick -> user (registered or holding a nick)
         self.channels: ChannelTable = ChannelTable()  # counts the channels with members itself
@@ -171,6 +175,8 @@ class IRCServer(ChannelCommands, MessageCommands, QueryCommands, MonitorCommands
         self.handlers: dict[str, Callable[[User, Message], None]] = {
             attr[4:]: getattr(self, attr) for attr in dir(self) if attr.startswith("irc_")
         }
+        if federation is not None:
+            self.federation = federation(self)
 
     # ------------------------------------------------------------------
     # Output helpers
@@ -438,24 +444,6 @@ class IRCServer(ChannelCommands, MessageCommands, QueryCommands, MonitorCommands
         for user in list(self.connections):
             self.close(user, reason)
 
-    # ------------------------------------------------------------------
-    # Registration
-    # ------------------------------------------------------------------
-    def _make_isupport(self) -> list[list[str]]:
-        c = self.config
-        tokens = [
-            f"AWAYLEN={c.away_len}", "BOT=B", "CASEMAPPING=ascii", f"CHANLIMIT=#&:{c.max_channels_per_user}",
-            "CHANMODES=beI,k,l,imnpst", f"CHANNELLEN={c.channel_len}", "CHANTYPES=#&", "ELIST=CMNTU",
-            "EXCEPTS=e", "INVEX=I", f"KICKLEN={c.kick_len}", f"MAXLIST=beI:{c.max_list_entries}",
-            f"MAXTARGETS={c.max_targets}", f"MODES={c.max_modes}", f"MONITOR={c.max_monitor}",
-            f"NETWORK={c.network_name}", f"NICKLEN={c.nick_len}", "PREFIX=(ov)@+", "SAFELIST",
-            "STATUSMSG=@+", f"CHATHISTORY={HISTORY_LIMIT}", "MSGREFTYPES=msgid,timestamp",
-            f"TARGMAX=PRIVMSG:{c.max_targets},NOTICE:{c.max_targets},TAGMSG:{c.max_targets},JOIN:,PART:,"
-            f"KICK:{c.max_targets},WHOIS:{c.max_targets},NAMES:1,LIST:1,MONITOR:{c.max_monitor},USERHOST:5,ISON:",
-            f"TOPICLEN={c.topic_len}", f"USERLEN={c.user_len}", "WHOX",
-        ]
-        return [tokens[i:i + 12] for i in range(0, len(tokens), 12)]
-
     def metric(self, name: str) -> None:
         """Count one event in the server's metrics (if metrics are wired)."""
         m = self.metrics
@@ -463,68 +451,13 @@ class IRCServer(ChannelCommands, MessageCommands, QueryCommands, MonitorCommands
             setattr(m, name, getattr(m, name, 0) + 1)
 
     def s2s_notify(self, event: str, *args: Any) -> None:
-        """Tell the federation observers (``local_<event>``) about a local state change."""
-        for observer in self.s2s:
+        """Tell the federation (its observer ``local_<event>``) about a local state change."""
+        federation = self.federation
+        if federation is not None:
             try:
-                getattr(observer, "local_" + event)(*args)
+                federation.notify(event, *args)
             except Exception:
                 log.failure("S2S observer failed on {event}", event=event)
-
-    def _try_register(self, user: User) -> None:
-        if user.registered or user.cap_negotiating or not (user.nick_given and user.user_given):
-            return
-        if user.sasl is not None and user.sasl.in_progress:
-            return  # registration waits for the SASL exchange
-        if self.config.server_password is not None and not user.pass_ok:
-            self.num(user, "464", "Password incorrect")
-            self.close(user, "Bad password")
-            return
-        primary = self.primary_session(user.account) if user.account else None
-        if primary is not None:
-            # Another device of this DID is online: share its nick (and, below, its channels).
-            if self.users.get(user.folded) is user:
-                del self.users[user.folded]
-            user.set_nick(primary.nick)
-        else:
-            self.enforce_nick_ownership(user)
-        user.registered = True
-        self._count_registered(user, 1)
-        if user.account:
-            self.sessions.setdefault(user.account, []).append(user)
-        nick = user.nick
-        self.num(user, "001", f"Welcome to the {self.config.network_name} IRC Network {user.hostmask}")
-        self.num(user, "002", f"Your host is {self.name}, running version {VERSION}")
-        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
-        self.num(user, "003", f"This server was created {started}")
-        user.write(build(self.name, "004", nick, self.name, VERSION, USER_MODES, CHANNEL_MODES, "beIklov"))
-        self._send_isupport(user)
-        self._send_lusers(user)
-        self._send_motd(user)
-        if user.modes:
-            user.write(build(user.nick, "MODE", user.nick, "+" + "".join(sorted(user.modes))))
-        if primary is not None:
-            self._attach_session(user, primary)
-        else:
-            self.monitor_notify(user.folded, user)
-        log.info("{nick} registered from {ip}", nick=nick, ip=user.ip)
-        self.s2s_notify("register", user)
-        for hook in self.hooks:
-            try:
-                hook.on_register(user)
-            except Exception:
-                log.failure("plugin on_register failed")
-
-    def _send_isupport(self, user: User) -> None:
-        for chunk in self._isupport:
-            user.write(build_text(self.name, "005", user.nick, *chunk, "are supported by this server"))
-
-    def _count_registered(self, user: User, delta: int) -> None:
-        """A local connection registered (``delta`` 1) or went away registered (-1): the LUSERS counts."""
-        self.registered_count += delta
-        if "i" in user.modes:
-            self.invisible_count += delta
-        if "o" in user.modes:
-            self.oper_count += delta
 
     def set_user_mode(self, user: User, mode: str, on: bool) -> bool:
         """Set or clear user mode ``mode`` (no message is sent); return whether it changed.
@@ -542,186 +475,6 @@ class IRCServer(ChannelCommands, MessageCommands, QueryCommands, MonitorCommands
             else:
                 self.oper_count += delta
         return True
-
-    def _send_lusers(self, user: User) -> None:
-        total = self.registered_count
-        invisible = self.invisible_count
-        opers = self.oper_count
-        unknown = len(self.connections) - total
-        self.num(user, "251", f"There are {total - invisible} users and {invisible} invisible on 1 servers")
-        self.num(user, "252", str(opers), "operator(s) online")
-        self.num(user, "253", str(unknown), "unknown connection(s)")
-        self.num(user, "254", str(self.channels.formed), "channels formed")
-        self.num(user, "255", f"I have {total} clients and 0 servers")
-        self.num(user, "265", str(total), str(self.config.max_clients),
-                 f"Current local users {total}, max {self.config.max_clients}")
-        self.num(user, "266", str(total), str(self.config.max_clients),
-                 f"Current global users {total}, max {self.config.max_clients}")
-
-    def _send_motd(self, user: User) -> None:
-        if not self.motd:
-            self.num(user, "422", "MOTD File is missing")
-            return
-        self.num(user, "375", f"- {self.name} Message of the day - ")
-        for line in self.motd:
-            self.num(user, "372", f"- {line}")
-        self.num(user, "376", "End of /MOTD command.")
-
-    def irc_PASS(self, user: User, msg: Message) -> None:
-        if user.registered:
-            self.num(user, "462", "You may not reregister")
-            return
-        if not msg.params:
-            self.num(user, "461", "PASS", "Not enough parameters")
-            return
-        expected = self.config.server_password
-        if expected is not None:
-            user.pass_ok = hmac.compare_digest(msg.params[0].encode(), expected.encode())
-
-    def irc_NICK(self, user: User, msg: Message) -> None:
-        if not msg.params or not msg.params[0]:
-            self.num(user, "431", "No nickname given")
-            return
-        nick = msg.params[0]
-        problem = nick_problem(nick, self.config.nick_len)
-        if problem is not None:
-            self.num(user, "432", nick, problem)
-            return
-        folded = fold(nick)
-        holder = self.users.get(folded)
-        if holder is not None and holder is not user:
-            self.num(user, "433", nick, "Nickname is already in use")
-            return
-        if nick == user.nick:
-            return
-        owner = self.nick_owner(nick)
-        if user.registered and owner is not None and owner != user.account:
-            self.num(user, "433", nick, "Nickname is registered to another identity")
-            return
-        lookalike = self.nick_owners.lookalike(nick, user.account)
-        if lookalike is not None:
-            # Before registration too: a guest cannot hold a look-alike even for the moment.
-            self.num(user, "433", nick, f"Nickname looks like {lookalike[0]}, which is registered to another identity")
-            return
-        old_folded, old_mask = user.folded, user.hostmask
-        if not user.registered:
-            if self.users.get(old_folded) is user:
-                del self.users[old_folded]
-            user.set_nick(nick)
-            self.users[folded] = user
-            user.nick_given = True
-            self._try_register(user)
-            return
-        data = build_text(old_mask, "NICK", nick)
-        devices = self.group(user)
-        holder = self.users.get(old_folded)
-        primary = holder if holder in devices else user
-        self.broadcast(self.co_members(user) | set(devices), data)
-        self.whowas.append((user.nick, user.username, user.host, user.realname, self.clock.seconds()))
-        if old_folded != folded:
-            if holder is primary:
-                del self.users[old_folded]
-            self.monitor_notify(old_folded, None)
-        for device in devices:
-            device.set_nick(nick)
-        self.users[folded] = primary
-        if old_folded != folded:
-            self.monitor_notify(folded, primary)
-        self.s2s_notify("nick", primary, old_mask)
-
-    def irc_USER(self, user: User, msg: Message) -> None:
-        if user.registered or user.user_given:
-            self.num(user, "462", "You may not reregister")
-            return
-        if len(msg.params) < 4 or not msg.params[0]:
-            self.num(user, "461", "USER", "Not enough parameters")
-            return
-        ident = "".join(ch for ch in msg.params[0] if ch.isascii() and (ch.isalnum() or ch in "-_."))
-        ident = ident[: self.config.user_len - 1] or "u"
-        user.set_userhost("~" + ident, user.host)
-        user.realname = truncate(msg.params[3], self.config.realname_len)
-        user.user_given = True
-        self._try_register(user)
-
-    def irc_CAP(self, user: User, msg: Message) -> None:
-        if not msg.params:
-            self.num(user, "461", "CAP", "Not enough parameters")
-            return
-        sub = msg.params[0].upper()
-        me = user.nick
-        if sub == "LS":
-            version = 0
-            if len(msg.params) > 1 and msg.params[1].isdigit():
-                version = int(msg.params[1])
-            if version > user.cap_version:
-                user.cap_version = version
-            if not user.registered:
-                user.cap_negotiating = True
-            if user.cap_version >= 302 and "cap-notify" not in user.caps:
-                user.set_caps(user.caps | {"cap-notify"})
-            tokens = cap_ls_tokens(user.cap_version >= 302)
-            line = " ".join(tokens)
-            if len(line) <= 400 or user.cap_version < 302:
-                user.write(build_text(self.name, "CAP", me, "LS", line))
-            else:
-                chunk: list[str] = []
-                for tok in tokens:
-                    if chunk and len(" ".join(chunk + [tok])) > 400:
-                        user.write(build_text(self.name, "CAP", me, "LS", "*", " ".join(chunk)))
-                        chunk = []
-                    chunk.append(tok)
-                user.write(build_text(self.name, "CAP", me, "LS", " ".join(chunk)))
-        elif sub == "LIST":
-            user.write(build_text(self.name, "CAP", me, "LIST", " ".join(sorted(user.caps))))
-        elif sub == "REQ":
-            if not user.registered:
-                user.cap_negotiating = True
-            raw = msg.params[1] if len(msg.params) > 1 else ""
-            enable: set[str] = set()
-            disable: set[str] = set()
-            ok = bool(raw.strip())
-            for item in raw.split():
-                name = item[1:] if item.startswith("-") else item
-                if name not in CAPABILITIES:
-                    ok = False
-                    break
-                if item.startswith("-"):
-                    if name == "cap-notify" and user.cap_version >= 302:
-                        ok = False
-                        break
-                    disable.add(name)
-                else:
-                    enable.add(name)
-            if not ok:
-                user.write(build_text(self.name, "CAP", me, "NAK", raw))
-                return
-            user.set_caps(frozenset((user.caps | enable) - disable))
-            user.write(build_text(self.name, "CAP", me, "ACK", raw.strip()))
-        elif sub == "END":
-            if not user.registered:
-                user.cap_negotiating = False
-                sasl = user.sasl
-                if sasl is not None and sasl.in_progress and not sasl.verifying:
-                    # IRCv3 SASL: ending negotiation mid-exchange aborts it (registration would hang otherwise).
-                    sasl.abort()
-                    self.num(user, "906", "SASL authentication aborted")
-                self._try_register(user)
-        else:
-            self.num(user, "410", sub, "Invalid CAP command")
-
-    def irc_PING(self, user: User, msg: Message) -> None:
-        if not msg.params:
-            self.num(user, "409", "No origin specified")
-            return
-        user.write(build(self.name, "PONG", self.name, msg.params[0]))
-
-    def irc_PONG(self, user: User, msg: Message) -> None:
-        return None
-
-    def irc_QUIT(self, user: User, msg: Message) -> None:
-        reason = truncate(msg.params[0], self.config.kick_len) if msg.params else ""
-        quit_reason = f"Quit: {reason}" if reason else "Quit"
-        self.close(user, quit_reason)
 
     def _mask_refused(self, user: User, where: str, mask: str) -> bool:
         """Whether a mask from ``user`` is over the caps (length, wildcards); if so it is counted in
@@ -983,89 +736,3 @@ class IRCServer(ChannelCommands, MessageCommands, QueryCommands, MonitorCommands
         for entry in chan.lists[mode]:
             user.write(build(self.name, codes[0], user.nick, chan.name, entry.mask, entry.setter, str(entry.set_at)))
         self.num(user, codes[1], chan.name, codes[2])
-
-    def irc_AWAY(self, user: User, msg: Message) -> None:
-        text = msg.params[0] if msg.params else ""
-        if text:
-            user.away = truncate(text, self.config.away_len)
-            self.num(user, "306", "You have been marked as being away")
-            data = build_text(user.hostmask, "AWAY", user.away)
-        else:
-            user.away = None
-            self.num(user, "305", "You are no longer marked as being away")
-            data = build(user.hostmask, "AWAY")
-        self.broadcast(self.co_members(user), data, cap="away-notify")
-        self.s2s_notify("user", user)
-
-    def irc_SETNAME(self, user: User, msg: Message) -> None:
-        if not msg.params or not msg.params[0]:
-            self.fail(user, "SETNAME", "INVALID_REALNAME", "Realname is not valid")
-            return
-        if len(msg.params[0].encode()) > self.config.realname_len:
-            self.fail(user, "SETNAME", "INVALID_REALNAME", "Realname is too long")
-            return
-        user.realname = msg.params[0]
-        self.s2s_notify("user", user)
-        data = build_text(user.hostmask, "SETNAME", user.realname)
-        if "setname" in user.caps:
-            user.write(data)
-        self.broadcast(self.co_members(user), data, cap="setname")
-
-    def change_host(self, user: User, username: str, host: str) -> None:
-        """Change a user's visible user@host (e.g. a new cloak after authentication).
-
-        ``chghost`` clients see ``CHGHOST``; others see the user quit and rejoin,
-        with its channel status restored, as the IRCv3 spec recommends.
-        """
-        old_mask = user.hostmask
-        user.set_userhost(username, host)
-        self.s2s_notify("user", user)
-        if not user.registered:
-            return
-        chg = build(old_mask, "CHGHOST", username, host)
-        if "chghost" in user.caps:
-            user.write(chg)
-        quit_line = build_text(old_mask, "QUIT", "Changing host")
-        for other in self.co_members(user):
-            if "chghost" in other.caps:
-                other.write(chg)
-            else:
-                other.write(quit_line)
-        for chan in user.channels.values():
-            status = chan.members[user]
-            join = build(user.hostmask, "JOIN", chan.name)
-            ext = build_text(user.hostmask, "JOIN", chan.name, user.account or "*", user.realname)
-            prefix = "".join(ch for ch, bit in PREFIX_MODES.items() if status & bit)
-            for other in chan.members:
-                if other is user or "chghost" in other.caps:
-                    continue
-                other.write(ext if "extended-join" in other.caps else join)
-                if user.away is not None and "away-notify" in other.caps:
-                    other.write(build_text(user.hostmask, "AWAY", user.away))
-                if prefix:
-                    other.write(build(self.name, "MODE", chan.name, "+" + prefix, *([user.nick] * len(prefix))))
-
-    def set_account(self, user: User, account: Optional[str]) -> None:
-        """Log ``user`` in to ``account`` (``None`` logs out); ``account-notify`` co-members are told.
-
-        The identity layer calls this on SASL success; ``account-tag`` and
-        ``extended-join`` pick the account up from ``User.account``.
-        """
-        if user.account == account:
-            return
-        user.account = account
-        self.s2s_notify("user", user)
-        if user.registered:
-            data = build(user.hostmask, "ACCOUNT", account or "*")
-            self.broadcast(self.co_members(user), data, cap="account-notify")
-            if "account-notify" in user.caps:
-                user.write(data)
-
-    # ------------------------------------------------------------------
-    # Server information
-    # ------------------------------------------------------------------
-    def irc_MOTD(self, user: User, msg: Message) -> None:
-        self._send_motd(user)
-
-    def irc_LUSERS(self, user: User, msg: Message) -> None:
-        self._send_lusers(user)
