@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TextIO
 
 from freeq.store.crypto import DecryptionError, MessageCipher
 from freeq.store import service
@@ -59,7 +59,7 @@ def reencrypt_chunk(row: sqlite3.Row, old: MessageCipher, new: MessageCipher) ->
                        [body.get("tags", {})]]
         except (ValueError, KeyError, TypeError):
             raise DecryptionError(f"history row {row['id']} is malformed") from None
-        plain = json.dumps(columns, separators=(",", ":")).encode()  # the format-2 layout, see freeq.store.db
+        plain = json.dumps(columns, separators=(",", ":")).encode()  # the format-2 layout, see freeq.store.chunks
     return new.encrypt_chunk(plain, row["target"], row["msgids"])
 
 
@@ -85,67 +85,101 @@ def rekey(data_dir: str, db_path: Optional[str] = None, batch_size: int = 500,
         new_path = key_path + NEW_SUFFIX
         recorded = store.recorded_key_fingerprint()
         if not os.path.exists(new_path):
-            old = load_raw_key(data_dir, DB_ENCRYPTION_KEY, create=False)
-            if recorded is not None and recorded != fingerprint(old):
-                raise AdminError(f"{key_path} does not match the database (fingerprint {fingerprint(old)} vs "
-                                 f"{recorded}); refusing to rotate")
-            write_secret_atomically(new_path, os.urandom(32))
-            print(f"generated new key {new_path}", file=out)
-        new = load_raw_key(data_dir, DB_ENCRYPTION_KEY + NEW_SUFFIX, create=False)
-        new_cipher = MessageCipher(new, fingerprint(new))
+            _generate_new_key(data_dir, key_path, new_path, recorded, out)
+        new_cipher = _load_cipher(data_dir, DB_ENCRYPTION_KEY + NEW_SUFFIX)
         if recorded != new_cipher.fingerprint:
-            old = load_raw_key(data_dir, DB_ENCRYPTION_KEY, create=False)
-            old_cipher = MessageCipher(old, fingerprint(old))
+            old_cipher = _load_cipher(data_dir, DB_ENCRYPTION_KEY)
             if recorded is not None and recorded != old_cipher.fingerprint:
                 raise AdminError(f"{key_path} does not match the database; refusing to rotate")
-            batches = 0
-            done = conn.execute("SELECT COALESCE(SUM(count), 0) FROM message_chunks WHERE key_fp=?",
-                                (new_cipher.fingerprint,)).fetchone()[0]
-            after = 0  # rows are visited in id order; a rerun starts over, skipping rows already done
-            while True:
-                rows = conn.execute("SELECT id, target, first_ms, count, msgids, format, legacy, payload "
-                                    "FROM message_chunks WHERE id>? AND key_fp=? ORDER BY id LIMIT ?",
-                                    (after, old_cipher.fingerprint, batch_size)).fetchall()
-                if not rows:
-                    break
-                if max_batches is not None and batches >= max_batches:
-                    print(f"stopped after {batches} batches; {done} messages re-encrypted so far; run again to "
-                          f"continue", file=out)
-                    conn.close()
-                    return False
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for r in rows:
-                        payload = reencrypt_chunk(r, old_cipher, new_cipher)
-                        conn.execute("UPDATE message_chunks SET payload=?, key_fp=?, format=2, legacy=NULL WHERE id=?",
-                                     (payload, new_cipher.fingerprint, r["id"]))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                batches += 1
-                done += sum(r["count"] for r in rows)
-                after = rows[-1]["id"]
-            left = conn.execute("SELECT COALESCE(SUM(count), 0) FROM message_chunks WHERE key_fp<>?",
-                                (new_cipher.fingerprint,)).fetchone()[0]
-            if left:
-                raise AdminError(f"{left} messages are under a key that is neither the old nor the new one; "
-                                 f"nothing was swapped")
-            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('db_key_fingerprint', ?)",
-                         (new_cipher.fingerprint,))
+            done = _reencrypt_history(conn, old_cipher, new_cipher, batch_size, max_batches, out)
+            if done is None:
+                conn.close()
+                return False
+            _record_new_key(conn, new_cipher)
             print(f"re-encrypted {done} messages", file=out)
         conn.close()
-        os.replace(new_path, key_path)
-        dfd = os.open(data_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _install_new_key(data_dir, new_path, key_path)
         print(f"rotation complete: {key_path} now holds the key with fingerprint {new_cipher.fingerprint}", file=out)
         return True
     finally:
         os.close(lock)
+
+
+def _generate_new_key(data_dir: str, key_path: str, new_path: str, recorded: Optional[str], out: TextIO) -> None:
+    """Start a rotation: write a fresh random key to ``new_path``, once the current key file is checked
+    against the fingerprint the database ``recorded`` (None: a database that never stored a message)."""
+    old = load_raw_key(data_dir, DB_ENCRYPTION_KEY, create=False)
+    if recorded is not None and recorded != fingerprint(old):
+        raise AdminError(f"{key_path} does not match the database (fingerprint {fingerprint(old)} vs "
+                         f"{recorded}); refusing to rotate")
+    write_secret_atomically(new_path, os.urandom(32))
+    print(f"generated new key {new_path}", file=out)
+
+
+def _load_cipher(data_dir: str, name: str) -> MessageCipher:
+    """The history cipher of the key file ``name`` in ``data_dir``."""
+    key = load_raw_key(data_dir, name, create=False)
+    return MessageCipher(key, fingerprint(key))
+
+
+def _reencrypt_history(conn: sqlite3.Connection, old: MessageCipher, new: MessageCipher, batch_size: int,
+                       max_batches: Optional[int], out: TextIO) -> Optional[int]:
+    """Re-encrypt every chunk still under ``old`` in batches of ``batch_size`` rows, each committed on its
+    own; return how many messages are now under ``new``, or None if it stopped after ``max_batches``."""
+    batches = 0
+    done = conn.execute("SELECT COALESCE(SUM(count), 0) FROM message_chunks WHERE key_fp=?",
+                        (new.fingerprint,)).fetchone()[0]
+    after = 0  # rows are visited in id order; a rerun starts over, skipping rows already done
+    while True:
+        rows = conn.execute("SELECT id, target, first_ms, count, msgids, format, legacy, payload "
+                            "FROM message_chunks WHERE id>? AND key_fp=? ORDER BY id LIMIT ?",
+                            (after, old.fingerprint, batch_size)).fetchall()
+        if not rows:
+            return done
+        if max_batches is not None and batches >= max_batches:
+            print(f"stopped after {batches} batches; {done} messages re-encrypted so far; run again to "
+                  f"continue", file=out)
+            return None
+        _reencrypt_batch(conn, rows, old, new)
+        batches += 1
+        done += sum(r["count"] for r in rows)
+        after = rows[-1]["id"]
+
+
+def _reencrypt_batch(conn: sqlite3.Connection, rows: list[sqlite3.Row], old: MessageCipher,
+                     new: MessageCipher) -> None:
+    """Re-encrypt ``rows`` under ``new`` (as format 2) in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for r in rows:
+            payload = reencrypt_chunk(r, old, new)
+            conn.execute("UPDATE message_chunks SET payload=?, key_fp=?, format=2, legacy=NULL WHERE id=?",
+                         (payload, new.fingerprint, r["id"]))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _record_new_key(conn: sqlite3.Connection, new: MessageCipher) -> None:
+    """Make the database say its history is under ``new``, once no row is left under another key."""
+    left = conn.execute("SELECT COALESCE(SUM(count), 0) FROM message_chunks WHERE key_fp<>?",
+                        (new.fingerprint,)).fetchone()[0]
+    if left:
+        raise AdminError(f"{left} messages are under a key that is neither the old nor the new one; "
+                         f"nothing was swapped")
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('db_key_fingerprint', ?)", (new.fingerprint,))
+
+
+def _install_new_key(data_dir: str, new_path: str, key_path: str) -> None:
+    """Atomically replace the key file with the new key, and make the rename durable (fsync the directory)."""
+    os.replace(new_path, key_path)
+    dfd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def signing_keys(data_dir: str, db_path: Optional[str] = None, out=sys.stdout) -> None:
