@@ -8,90 +8,44 @@ under ``twisted.internet.task.Clock`` in unit tests.
 """
 from __future__ import annotations
 
-import hmac
-import math
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from freeq import __version__
 from freeq.config import Config
-from freeq.core.caps import CAPABILITIES, cap_ls_tokens
 from freeq.core.channels import ChannelCommands
+from freeq.core.history import HistoryCommands
 from freeq.core.identity import IdentityCommands
-from freeq.core.history import MAX_LIMIT as HISTORY_LIMIT, HistoryCommands
 from freeq.core.messages import MessageCommands
 from freeq.core.modes import ModeCommands
 from freeq.core.monitor import MonitorCommands
 from freeq.core.operator import OperatorCommands
 from freeq.core.queries import QueryCommands
 from freeq.core.registration import RegistrationCommands
+from freeq.core.shared import CHANNEL_MODES, USER_MODES, VERSION, server_time, truncate
 from freeq.irc.confusables import NickOwners
-from freeq.irc.names import fold, is_channel, nick_problem, valid_channel, valid_nick
 from freeq.irc.parser import Message, UnsafeLineError, build, build_text, format_tags
 from freeq.irc.ulid import ULIDGenerator
 from freeq.plugins import IServerHook
-from freeq.signing import SIG_TAG
-from freeq.state.channel import (
-    FLAG_MODES, LIST_MODES, OP, PREFIX_MODES, VOICE, Channel, ChannelRecord, ChannelTable,
-)
-from freeq.state.masks import (
-    MAX_MASK_LENGTH, MAX_MASK_WILDCARDS, LogThrottle, compile_glob, fold_text, glob_match, mask_problem, normalize_mask,
-)
+from freeq.state.channel import ChannelTable
+from freeq.state.masks import LogThrottle, mask_problem
 from freeq.state.channel_quota import CreationQuota
-from freeq.state.links import FederationControl, LinkControl
-from freeq.state.rules import (
-    NOT_ON_CHANNEL, channel_history_key, dm_history_key, grant_invite, invite_refusal, is_did_op, join_refusal,
-    kick_refusal, send_refusal, status_recipients, status_target, topic_refusal,
-)
-from freeq.state.throttle import FailureThrottle, ip_key
-from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
+from freeq.state.links import FederationControl
+from freeq.state.throttle import FailureThrottle
+from freeq.state.user import User
 
 if TYPE_CHECKING:
     from freeq.store.db import Store
 
+#: Names other modules import from here (the helpers now live in freeq.core.shared).
+__all__ = ["CHANNEL_MODES", "PRE_REGISTRATION", "USER_MODES", "VERSION", "IRCServer", "server_time", "truncate"]
+
 log = Logger()
-
-#: The numeric refusing a JOIN, by the mode that refuses it (freeq.state.rules.join_refusal).
-_JOIN_NUMERIC = {"k": "475", "l": "471", "b": "474", "i": "473"}
-#: 404 texts for freeq.state.rules.send_refusal's reasons.
-_SEND_REFUSAL = {"n": "Cannot send to channel (no external messages)", "m": "Cannot send to channel (+m)",
-                 "b": "Cannot send to channel (you're banned)"}
-
-VERSION = f"freeq-{__version__}"
-USER_MODES = "Biow"
-CHANNEL_MODES = "beIiklmnopstv"
 
 #: Commands a client may send before registration completes.
 PRE_REGISTRATION = frozenset({"CAP", "NICK", "USER", "PASS", "PING", "PONG", "QUIT", "AUTHENTICATE"})
-
-
-def truncate(text: str, max_bytes: int) -> str:
-    """Cut ``text`` to at most ``max_bytes`` UTF-8 bytes without splitting a character."""
-    raw = text.encode("utf-8")
-    if len(raw) <= max_bytes:
-        return text
-    return raw[:max_bytes].decode("utf-8", "ignore")
-
-
-def server_time(now: float) -> str:
-    """IRCv3 ``time`` tag value with millisecond precision."""
-    # Same rounding as the msgid ULID; ``now - int(now)`` loses a millisecond to float error.
-    secs, ms = divmod(int(now * 1000), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
-
-
-def _prefix_chars(status: int, multi: bool) -> str:
-    if multi:
-        return ("@" if status & OP else "") + ("+" if status & VOICE else "")
-    if status & OP:
-        return "@"
-    if status & VOICE:
-        return "+"
-    return ""
 
 
 class _LabelCapture:
@@ -115,7 +69,8 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
     return b"@" + tag + b" " + line
 
 
-class IRCServer(RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands, MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands):
+class IRCServer(RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands,
+                MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands):
     """All users and channels of one server, and the handlers for every command."""
 
     def __str__(self) -> str:

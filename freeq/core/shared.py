@@ -68,7 +68,6 @@ class ServerCore(Protocol):
     clock: Any
     name: str
     hooks: list["IServerHook"]
-    s2s: list[Any]
     federation: Optional["FederationControl"]
     users: dict[str, "User"]
     channels: "ChannelTable"
