@@ -6,7 +6,7 @@ server's parts.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -17,6 +17,10 @@ from freeq.config import Config, ConfigError, Listen, parse_listen
 from freeq.core.server import IRCServer
 from freeq.net.connection import ConnectionLimiter, IRCFactory
 from freeq.state.flood import ConnectionRate
+from freeq.state.links import FederationControl
+
+if TYPE_CHECKING:
+    from freeq.s2s.federation import FederationFactory
 
 log = Logger()
 _D = Config()
@@ -303,11 +307,14 @@ def make_verifier(config: Config, reactor: Any) -> Any:
 
 
 def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence: Any = None,
-                    net_reactor: Any = None) -> tuple[IRCServer, ConnectionLimiter]:
-    """Build the IRC server (plugins, store, signer, SASL verifier) and the shared connection limiter.
+                    net_reactor: Any = None,
+                    federation: Optional[Callable[[IRCServer], FederationControl]] = None,
+                    ) -> tuple[IRCServer, ConnectionLimiter]:
+    """Build the IRC server (plugins, store, signer, SASL verifier, federation) and the shared connection limiter.
 
     ``reactor`` is the server's clock; ``net_reactor`` (default: the same) does the HTTP of DID
     resolution, so tests can drive time with a ``Clock`` while still talking to loopback servers.
+    ``federation`` (:func:`make_federation_factory`) builds the server's federation in its constructor.
     """
     from freeq.plugins import PluginError, load_plugins
 
@@ -322,7 +329,8 @@ def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence
 
     server = IRCServer(config, reactor, store=store, signer=persistence.signer if persistence is not None else None,
                        verifier=make_verifier(config, net_reactor or reactor), metrics=Metrics(),
-                       web_tokens=WebTokenStore(reactor), bearer_tokens=BearerTokenStore(reactor))
+                       web_tokens=WebTokenStore(reactor), bearer_tokens=BearerTokenStore(reactor),
+                       federation=federation)
     if store is not None:
         server.load_channels(store.load_channels())
         server.nick_owners.update(store.load_nick_owners())  # through the look-alike index
@@ -332,8 +340,9 @@ def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence
     return server, ConnectionLimiter(config.max_connections_per_ip, config.max_clients, rate)
 
 
-def make_federation_service(config: Config, reactor: Any, server: IRCServer) -> service.Service:
-    """The S2S bridge and federation (key: ``iroh-key.secret`` in the data directory)."""
+def make_federation_factory(config: Config, reactor: Any) -> "FederationFactory":
+    """The factory of the S2S bridge and federation (key: ``iroh-key.secret`` in the data directory), which
+    the server's constructor calls; its ``service()`` then joins the service tree."""
     from freeq.s2s.federation import make_federation
     from freeq.store.keys import KeyFileError, load_iroh_key
 
@@ -341,7 +350,7 @@ def make_federation_service(config: Config, reactor: Any, server: IRCServer) -> 
         key = load_iroh_key(config.data_dir)
     except KeyFileError as e:
         raise ConfigError(str(e)) from None
-    return make_federation(config, server, reactor, key)
+    return make_federation(reactor, key)
 
 
 def build_service(config: Config, reactor: Any) -> service.MultiService:
@@ -353,7 +362,8 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
     persistence = open_persistence(config, reactor, reactor.seconds())
     top.persistence = persistence  # type: ignore[attr-defined]
     StoreService(persistence.store, persistence.lock_fd).setServiceParent(top)  # added first, so it stops last (after a final flush)
-    server, limiter = make_irc_server(config, reactor, persistence=persistence)
+    federation = make_federation_factory(config, reactor) if config.iroh else None
+    server, limiter = make_irc_server(config, reactor, persistence=persistence, federation=federation)
     top.irc_server = server  # type: ignore[attr-defined]
     if config.listen is not None:
         factory = IRCFactory(server, limiter, reactor, secure=False, reactor=reactor)
@@ -375,8 +385,8 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
         from freeq.web.site import build_web_service
 
         build_web_service(config, reactor, server, limiter, persistence).setServiceParent(top)
-    if config.iroh:
-        make_federation_service(config, reactor, server).setServiceParent(top)
+    if federation is not None:
+        federation.service().setServiceParent(top)
     _ShutdownService(server).setServiceParent(top)
     log.info("freeq {name} configured: plain {plain}, TLS {tls}", name=config.server_name,
              plain=str(config.listen) if config.listen else "off",

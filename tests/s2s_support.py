@@ -106,11 +106,12 @@ async def start_node(case: unittest.TestCase, name: str, allowed: Optional[list[
                      open_federation: bool = False, **overrides: Any) -> Node:
     """Start a server named ``name`` with federation on 127.0.0.1 (relays off); cleaned up after the test."""
     key = key or os.urandom(32)
-    fixture = await start_server(case, server_name=name, iroh=True, iroh_host="127.0.0.1", iroh_port=0,
-                                 iroh_relay_mode="disabled", s2s_allowed_peers=tuple(allowed or ()),
+    factory = make_federation(reactor, key, backoff_min=0.1, ping_interval=5.0)
+    fixture = await start_server(case, federation=factory, server_name=name, iroh=True, iroh_host="127.0.0.1",
+                                 iroh_port=0, iroh_relay_mode="disabled", s2s_allowed_peers=tuple(allowed or ()),
                                  s2s_peer_trust=tuple((trust or {}).items()), s2s_rate=rate,
                                  s2s_open_federation=open_federation, **overrides)
-    svc = make_federation(fixture.server.config, fixture.server, reactor, key, backoff_min=0.1, ping_interval=5.0)
+    svc = factory.service()
     svc.startService()
     case.addCleanup(svc.stopService)
     return Node(name, fixture, svc.federation, svc.bridge, key)

@@ -312,8 +312,11 @@ def make_config(**overrides: Any) -> Config:
     return Config(**base)
 
 
-async def start_server(case: unittest.TestCase, tls: bool = False, clock: Any = None, **overrides: Any) -> ServerFixture:
-    """Start a real server on 127.0.0.1:0 for ``case``; it is stopped in the case's cleanup."""
+async def start_server(case: unittest.TestCase, tls: bool = False, clock: Any = None, federation: Any = None,
+                       **overrides: Any) -> ServerFixture:
+    """Start a real server on 127.0.0.1:0 for ``case``; it is stopped in the case's cleanup. ``federation``:
+    the factory of its federation (:func:`freeq.s2s.federation.make_federation`), as the composition root
+    passes it."""
     from freeq.config import Listen
 
     overrides.setdefault("listen", Listen("127.0.0.1", 0))
@@ -329,7 +332,8 @@ async def start_server(case: unittest.TestCase, tls: bool = False, clock: Any = 
     persistence = open_persistence(config, reactor, reactor.seconds())
     store_service = StoreService(persistence.store, persistence.lock_fd)
     store_service.startService()
-    server, limiter = make_irc_server(config, the_clock, persistence=persistence, net_reactor=reactor)
+    server, limiter = make_irc_server(config, the_clock, persistence=persistence, net_reactor=reactor,
+                                      federation=federation)
     listeners = []
     port = reactor.listenTCP(0, IRCFactory(server, limiter, the_clock), interface="127.0.0.1")
     listeners.append(port)

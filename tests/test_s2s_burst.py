@@ -238,7 +238,7 @@ class BurstLimitTests(BurstBase):
     @asynctest
     async def test_memberless_channels_from_bursts_are_capped(self) -> None:
         """State-only channel entries (no member here) make at most MAX_MEMBERLESS_CHANNELS channels."""
-        from freeq.s2s import federation as fedmod
+        from freeq.s2s import burst as fedmod
 
         self.patch(fedmod, "MAX_MEMBERLESS_CHANNELS", 2)
         b, mallory, bob = await self.linked()

@@ -1,13 +1,14 @@
 """What the IRC core sees of federation: value types and the interface it calls (no s2s import).
 
-The core answers LINKS, SQUIT, CONNECT, KILL of a remote user and server-operator overrides through
-:class:`FederationControl`; :class:`freeq.s2s.federation.Federation` implements it. Keeping the
-interface here lets the core depend on the state layer only (issue #11's layer order).
+The core tells federation of local changes (``notify``) and answers LINKS, SQUIT, CONNECT, KILL of a
+remote user and server-operator overrides through :class:`FederationControl`;
+:class:`freeq.s2s.federation.Federation` implements it. Keeping the interface here lets the core depend
+on the state layer only (issue #11's layer order).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from freeq.state.channel import Channel
 from freeq.state.user import User
@@ -47,6 +48,10 @@ class LinkControl:
 
 class FederationControl(Protocol):
     """The federation operations the IRC core uses."""
+
+    def notify(self, event: str, *args: Any) -> None:
+        """A local state change (``IRCServer.s2s_notify``): ``register``, ``nick``, ``join``, ``mode``... with
+        its arguments."""
 
     def is_remote(self, user: User) -> bool:
         """Whether ``user`` lives on another server."""
