@@ -172,8 +172,10 @@ class BurstMembershipTests(BurstBase):
         self.assertEqual(names(b, "#fresh")["mal"], OP)
         await self.logs.wait("S2S burst membership from peer", mallory.id,
                              "rejected: unauthorized: status +o not proven: no status proof", "#chan")
+        # B logged its verdict while applying mallory's burst, and writes any MODE it causes then: nothing is in
+        # flight, so a barrier on bob is sound (before NAMES, which would move the cursor past such a line).
+        await bob.expect_not(r"MODE #chan \+o")
         self.assertEqual(await names_seen(bob, "#chan"), ["@bob", "mal"])
-        await bob.expect_not(r"MODE #chan \+o", wait=0.1)
 
 
 class BurstLimitTests(BurstBase):
@@ -301,7 +303,10 @@ class RelinkTests(unittest.TestCase):
         await alice.expect(r":bob!\S+ JOIN #inv")
         await alice.expect(r"MODE #inv \+o bob")
         self.assertEqual(logs.find("burst membership from peer"), [])
-        await bob.expect_not("KICK", wait=0.2)
+        # A KICK would follow A's refusal of B's burst, sent before A showed alice the JOIN and +o; alice's
+        # message comes after it over the same link.
+        alice.send("PRIVMSG #inv :after the heal")
+        await bob.expect_not("KICK", until="PRIVMSG #inv :after the heal")
         # A real part ends it: a rejoin needs a new invite again.
         bob.send("PART #inv")
         await wait_for(lambda: "bob" not in names(a, "#inv"), what="bob parted on A")
@@ -344,7 +349,9 @@ class RelinkTests(unittest.TestCase):
         self.assertIn("i", a.server.channels["#inv"].modes)
         await logs.wait("S2S burst membership from peer", a.id, "rejected: unauthorized: +i (not invited)", "carol")
         await logs.wait("join of carol to #inv refused by b.test (+i)")
-        await bob.expect_not(r":carol!\S+ JOIN #inv", wait=0.2)
+        # alice's message comes over the same link after A's burst (which carried carol's membership).
+        alice.send("PRIVMSG #inv :after the heal")
+        await bob.expect_not(r":carol!\S+ JOIN #inv", until="PRIVMSG #inv :after the heal")
 
 
 def invite_event(mallory: RawPeer, inviter: int, target: str, channel: str,
@@ -476,7 +483,11 @@ class InviteDuringSplitTests(unittest.TestCase):
         a, b = await start_line(self, "a.test", "b.test")
         bob = await self.invite_during_split(a, b)
         await wait_for(lambda: names(b, "#c") == {"alice": OP, "bob": 0}, what="bob in #c on B")
-        await bob.expect_not("KICK", wait=0.3)
+        # A KICK would follow B's refusal, sent while B took bob in (above); a message from a client of B
+        # comes after it over the same link.
+        brian = await b.client("brian")
+        brian.send("PRIVMSG bob :after the heal")
+        await bob.expect_not("KICK", until="PRIVMSG bob :after the heal")
         self.assertEqual(names(a, "#c"), {"alice": OP, "bob": 0})
         self.assertEqual(logs.find("burst membership from peer"), [])
         self.assertEqual(logs.find("refused by"), [])
@@ -490,7 +501,10 @@ class InviteDuringSplitTests(unittest.TestCase):
         a, b, c = await start_line(self, "a.test", "b.test", "c.test")
         bob = await self.invite_during_split(a, b, c)
         await wait_for(lambda: names(b, "#c") == names(c, "#c") == {"alice": OP, "bob": 0}, what="bob in #c on B, C")
-        await bob.expect_not("KICK", wait=0.3)
+        # As above, from the far end: a message from C passes B after anything B or C sent bob's way.
+        cora = await c.client("cora")
+        cora.send("PRIVMSG bob :after the heal")
+        await bob.expect_not("KICK", until="PRIVMSG bob :after the heal")
         self.assertEqual(names(a, "#c"), {"alice": OP, "bob": 0})
         self.assertEqual(logs.find("burst membership from peer"), [])
         self.assertEqual(len(logs.find("burst membership of bob in #c accepted by the invite of")), 2)  # B and C
@@ -536,8 +550,8 @@ class StatusProofTests(BurstBase):
                              "rejected: unauthorized: status +ov not proven: no status proof", "mal2", "#chan")
         await wait_for(lambda: names(b, "#chan")["mal3"] == 0, what="mal3's voice taken away")
         self.assertEqual(names(b, "#chan"), {"bob": OP, "mal1": 0, "mal2": 0, "mal3": 0})
+        await bob.expect_not(r"MODE #chan \+")  # as in test_operator_status_of_a_new_membership
         self.assertEqual(await names_seen(bob, "#chan"), ["@bob", "mal1", "mal2", "mal3"])
-        await bob.expect_not(r"MODE #chan \+", wait=0.1)
 
     @asynctest
     async def test_status_proven_by_an_operator_here(self) -> None:

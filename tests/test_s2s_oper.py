@@ -191,4 +191,4 @@ class WithoutFederationTests(unittest.TestCase):
             self.assertEqual((await alice.expect("402")).params[1:], ["b.test", "No such server"])
         rows, lines = await links(alice)
         self.assertEqual(rows, {"solo.test": ("solo.test", 0, "freeq IRC server")})
-        await alice.expect_not("NOTICE", wait=0.1)
+        await alice.expect_not("NOTICE")

@@ -133,8 +133,10 @@ class UntrustedPeerTests(unittest.TestCase):
         carol.send("TOPIC #fed :set by an operator")
         line = await carol.expect("482")
         self.assertIn("b.test (which shares the channel)", line.params[-1])
-        await alice.expect_not(r"MODE #fed|KICK #fed|TOPIC #fed", wait=0.5)
-        await bob.expect_not(r"MODE #fed|KICK #fed|TOPIC #fed", wait=0.1)
+        await alice.expect_not(r"MODE #fed|KICK #fed|TOPIC #fed", after=(carol,))
+        # bob is on B: anything A sent for carol's commands comes over the link before alice's later message.
+        alice.send("PRIVMSG #fed :after the refusals")
+        await bob.expect_not(r"MODE #fed|KICK #fed|TOPIC #fed", until="PRIVMSG #fed :after the refusals")
         self.assertEqual(channel_view(a, "#fed"), before)
         self.assertNotIn("m", b.server.channels["#fed"].modes)
         self.assertEqual(await names(alice, "#fed"), ["@alice", "bob"])
@@ -162,12 +164,12 @@ class UntrustedPeerTests(unittest.TestCase):
                                           "that server")
         await logs.wait("KILL of bob (a user of b.test) by operator carol (no account) refused: b.test does not "
                         "accept server-operator actions from this server")
-        await bob.expect_not(r"KILL|ERROR", wait=0.5)
+        # A kill event for carol's KILL would come over the link before alice's later message.
+        alice.send("PRIVMSG #fed :still there?")
+        await bob.expect_not(r"KILL|ERROR", until="PRIVMSG #fed :still there")
         self.assertFalse(bob.is_closed)
         self.assertTrue(a.knows("bob"))
         self.assertFalse(logs.find("killed bob"))
-        alice.send("PRIVMSG #fed :still there?")
-        await bob.expect("PRIVMSG #fed")
 
 
 class LineTests(unittest.TestCase):
@@ -222,7 +224,9 @@ class LineTests(unittest.TestCase):
         carol.send("KILL dave :bye")
         line = await carol.expect("481")
         self.assertIn("a user of c.test: not permitted", line.params[-1])
-        await dave.expect_not(r"MODE|KILL", wait=0.5)
+        # dave is on C: anything A sent for carol's commands passes B before carol's later message.
+        carol.send("PRIVMSG dave :after the refusals")
+        await dave.expect_not(r"MODE|KILL", until="PRIVMSG dave :after the refusals")
         self.assertNotIn("m", a.server.channels["#fed"].modes)
         self.assertTrue(a.knows("dave"))
 
@@ -244,7 +248,7 @@ class ScriptedPeerTests(unittest.TestCase):
         mallory.send(mallory.event("kill", {"uid": mallory.uid(1), "target": target, "reason": "x", "oper": True},
                                    to=node.id))
         await logs.wait("S2S kill event from peer " + mallory.id, "rejected: trust: not allowed from a relay peer")
-        await alice.expect_not(r"KILL|ERROR", wait=0.3)
+        await alice.expect_not(r"KILL|ERROR")  # A logged its verdict on the last frame: nothing is in flight
         self.assertFalse(alice.is_closed)
 
     @asynctest
@@ -257,7 +261,7 @@ class ScriptedPeerTests(unittest.TestCase):
         target = node.federation.uid(node.server.users["alice"])
         mallory.send(mallory.event("kill", {"uid": mallory.uid(1), "target": target, "reason": "x"}, to=node.id))
         await logs.wait("S2S kill from peer " + mallory.id, "rejected: unauthorized: killer is not a server operator")
-        await alice.expect_not(r"KILL|ERROR", wait=0.3)
+        await alice.expect_not(r"KILL|ERROR")  # as above
         mallory.send(mallory.event("kill", {"uid": mallory.uid(1), "target": target, "reason": "bye", "oper": True},
                                    to=node.id))
         line = await alice.expect("KILL")
