@@ -41,6 +41,92 @@ def chunks(items: list[Any], budget: int = 40000) -> list[list[Any]]:
     return out
 
 
+def member_entry(uid: str, bits: int, proof: Optional[dict[str, Any]], invite: Optional[dict[str, Any]],
+                 status: Optional[dict[str, Any]]) -> list[Any]:
+    """A burst member entry: ``[uid, status, join event, invite event, status proof]`` (the origin-signed join,
+    when known; the signed invite that admitted the member, only when the membership relied on one, else null;
+    the signed ``mode`` event that granted its status, only when it has status; trailing nulls are left out,
+    and without a join event nothing follows the status)."""
+    if proof is None:
+        return [uid, status_str(bits)]
+    entry = [uid, status_str(bits), proof, invite, status if bits else None]
+    while entry[-1] is None:
+        entry.pop()
+    return entry
+
+
+def burst_members(items: list[Any], seen: set[str]) -> dict[str, tuple[int, Any, Any, Any]]:
+    """The member entries of a bursted channel (see :func:`member_entry`) of the users in ``seen`` (the users
+    the burst brought): uid -> (status bits, join event, invite event, status proof), missing ones ``None``.
+    Raises :class:`ProtocolError` on a malformed entry (of any user)."""
+    members: dict[str, tuple[int, Any, Any, Any]] = {}
+    for item in items:
+        if (not isinstance(item, list) or len(item) not in (2, 3, 4, 5) or not isinstance(item[0], str)
+                or item[1] not in STATUS_BITS):
+            raise ProtocolError("bad member")
+        if item[0] in seen:
+            members[item[0]] = (STATUS_BITS[item[1]], item[2] if len(item) > 2 else None,
+                                item[3] if len(item) > 3 else None, item[4] if len(item) > 4 else None)
+    return members
+
+
+def checked_server_entry(entry: Any) -> str:
+    """The server id of a burst's server entry (``{id, name, epoch, hops, opers}``), once it is well-formed;
+    raises :class:`ProtocolError` if not."""
+    if not isinstance(entry, dict):
+        raise ProtocolError("bad server entry")
+    sid, name, epoch, hops = entry.get("id"), entry.get("name"), entry.get("epoch"), entry.get("hops")
+    if (not P.is_endpoint_id(sid) or not isinstance(name, str) or not isinstance(epoch, int)
+            or not isinstance(hops, int) or not 0 <= hops < 1000 or len(name) > 63
+            or any(c in name for c in " \r\n\x00!@*")):
+        raise ProtocolError("bad server entry")
+    return str(sid)
+
+
+def collect_part(acc: BurstParts, msg: dict[str, Any], channel_len: int) -> bool:
+    """Add one ``burst`` frame to the burst being received (``True``: it was the ``end``, the burst is
+    complete). Raises :class:`ProtocolError` on a malformed part or one over the limits of a burst."""
+    part = msg.get("part")
+    if part == "servers":
+        servers = P.get(msg, "servers", list)
+        if len(servers) > 10000:
+            raise ProtocolError("too many servers")
+        acc.servers.extend(servers)
+        acc.marks.extend(P.valid_marks(msg.get("marks") or []))
+    elif part == "users":
+        users = P.get(msg, "users", list)
+        if len(users) > 1000 or len(acc.users) + len(users) > 500000:
+            raise ProtocolError("too many users")
+        acc.users.extend(users)
+    elif part == "channel":
+        _collect_channel(acc, msg, channel_len)
+    elif part == "end":
+        return True
+    else:
+        raise ProtocolError("unknown burst part")
+    return False
+
+
+def _collect_channel(acc: BurstParts, msg: dict[str, Any], channel_len: int) -> None:
+    """A ``channel`` part: its state ops and members join those of earlier parts for that channel."""
+    name = P.get(msg, "name", str)
+    if not valid_channel(name, channel_len):
+        raise ProtocolError("bad channel name")
+    entry = acc.channels.get(fold(name))
+    if entry is None:
+        if len(acc.channels) >= 50000:
+            raise ProtocolError("too many channels")
+        entry = acc.channels[fold(name)] = {"name": name, "created": 0, "ops": [], "members": []}
+    created = msg.get("created")
+    if isinstance(created, int) and not isinstance(created, bool):
+        entry["created"] = created
+    ops, members = msg.get("ops") or [], msg.get("members") or []
+    if not isinstance(ops, list) or not isinstance(members, list):
+        raise ProtocolError("bad channel entry")
+    entry["ops"].extend(ops)
+    entry["members"].extend(members)
+
+
 class BurstExchange(InboundEvents):
     """Sends and applies bursts."""
 
@@ -112,19 +198,11 @@ class BurstExchange(InboundEvents):
         self._send(link, {"type": "burst", "part": "end"})
 
     def _member_entry(self, user: User, bits: int, chan: Channel) -> list[Any]:
-        """A burst member entry: ``[uid, status, join event, invite event, status proof]`` (the origin-signed
-        join, when known; the signed invite that admitted the member, only when the membership relied on one,
-        else null; the signed ``mode`` event that granted its status, only when it has one; trailing nulls
-        are left out)."""
+        """The burst member entry (:func:`member_entry`) of ``user``, a member of ``chan`` with status ``bits``."""
         uid = self.uid(user)
-        proof = self.member_joins.get((uid, chan.folded)) if self.is_remote(user) else self._local_proof(user, chan)
-        if proof is None:
-            return [uid, status_str(bits)]
-        entry = [uid, status_str(bits), proof, self.member_invites.get((uid, chan.folded)),
-                 self.member_status.get((uid, chan.folded)) if bits else None]
-        while entry[-1] is None:
-            entry.pop()
-        return entry
+        key = (uid, chan.folded)
+        proof = self.member_joins.get(key) if self.is_remote(user) else self._local_proof(user, chan)
+        return member_entry(uid, bits, proof, self.member_invites.get(key), self.member_status.get(key))
 
     def _reburst(self, except_link: Optional[int] = None) -> None:
         for link in self.open_links():
@@ -132,7 +210,6 @@ class BurstExchange(InboundEvents):
                 self._send_burst(link)
 
     def _on_burst(self, link: PeerLink, msg: dict[str, Any]) -> None:
-        part = msg.get("part")
         acc = link.burst
         if acc is None:
             acc = link.burst = BurstParts()
@@ -140,55 +217,34 @@ class BurstExchange(InboundEvents):
         if acc.frames > 200000:
             self._close(link, "burst too large")
             return
-        if part == "servers":
-            servers = P.get(msg, "servers", list)
-            if len(servers) > 10000:
-                raise ProtocolError("too many servers")
-            acc.servers.extend(servers)
-            acc.marks.extend(P.valid_marks(msg.get("marks") or []))
-        elif part == "users":
-            users = P.get(msg, "users", list)
-            if len(users) > 1000 or len(acc.users) + len(users) > 500000:
-                raise ProtocolError("too many users")
-            acc.users.extend(users)
-        elif part == "channel":
-            name = P.get(msg, "name", str)
-            if not valid_channel(name, self.server.config.channel_len):
-                raise ProtocolError("bad channel name")
-            entry = acc.channels.get(fold(name))
-            if entry is None:
-                if len(acc.channels) >= 50000:
-                    raise ProtocolError("too many channels")
-                entry = acc.channels[fold(name)] = {"name": name, "created": 0, "ops": [], "members": []}
-            created = msg.get("created")
-            if isinstance(created, int) and not isinstance(created, bool):
-                entry["created"] = created
-            ops, members = msg.get("ops") or [], msg.get("members") or []
-            if not isinstance(ops, list) or not isinstance(members, list):
-                raise ProtocolError("bad channel entry")
-            entry["ops"].extend(ops)
-            entry["members"].extend(members)
-        elif part == "end":
+        if collect_part(acc, msg, self.server.config.channel_len):
             link.burst = None
             self._apply_burst(link, acc)
-        else:
-            raise ProtocolError("unknown burst part")
 
     def _apply_burst(self, link: PeerLink, acc: BurstParts) -> None:
+        """A complete burst from ``link``: its servers (loops refused before anything changes), then its users
+        (the complete set of users behind this link), then its channels; the other links then hear of it."""
         if link.trust == "readonly":
             log.info("S2S burst from readonly peer {peer} ignored", peer=link.peer_id)
             return
-        # 1. Servers: refuse loops before changing anything.
+        burst_servers = self._burst_servers(link, acc.servers)
+        if burst_servers is None:
+            return
+        self._adopt_servers(link, burst_servers, acc.marks)
+        records, proofs = self._proven_users(link, acc.users, burst_servers)
+        seen = {rec["uid"] for rec in records}
+        self._drop_users_gone(link, seen)
+        self._add_burst_users(link, records, proofs, seen)
+        self._apply_burst_channels(link, acc.channels, seen)
+        self._count("bursts")
+        self._reburst(except_link=link.link_id)
+
+    def _burst_servers(self, link: PeerLink, entries: list[Any]) -> Optional[dict[str, dict[str, Any]]]:
+        """The servers a burst over ``link`` lists (id -> entry, without this one), or ``None`` once the link
+        is closed because one of them is reachable through another link already (a loop)."""
         burst_servers: dict[str, dict[str, Any]] = {}
-        for entry in acc.servers:
-            if not isinstance(entry, dict):
-                raise ProtocolError("bad server entry")
-            sid, name, epoch, hops = entry.get("id"), entry.get("name"), entry.get("epoch"), entry.get("hops")
-            if (not P.is_endpoint_id(sid) or not isinstance(name, str) or not isinstance(epoch, int)
-                    or not isinstance(hops, int) or not 0 <= hops < 1000 or len(name) > 63
-                    or any(c in name for c in " \r\n\x00!@*")):
-                raise ProtocolError("bad server entry")
-            sid = str(sid)
+        for entry in entries:
+            sid = checked_server_entry(entry)
             if sid == self.me:
                 continue
             known = self.servers.get(sid)
@@ -197,10 +253,14 @@ class BurstExchange(InboundEvents):
                 log.warn("S2S link to {peer} closed: loop ({server} is already reachable via {via})",
                          peer=link.peer_id, server=sid, via=via.peer_id if via else "?")
                 self._close(link, "loop: server already linked")
-                return
+                return None
             burst_servers[sid] = entry
         if link.peer_id not in burst_servers:
             raise ProtocolError("burst does not list the peer itself")
+        return burst_servers
+
+    def _adopt_servers(self, link: PeerLink, burst_servers: dict[str, dict[str, Any]], marks: list[Any]) -> None:
+        """The servers behind ``link`` are now those of its burst, and their sequence marks are recorded."""
         lost = [sid for sid, info in self.servers.items() if info.link_id == link.link_id and sid not in burst_servers]
         for sid, entry in burst_servers.items():
             old = self.servers.get(sid)
@@ -210,13 +270,18 @@ class BurstExchange(InboundEvents):
                 log.info("S2S server {server} restarted (epoch {epoch})", server=sid, epoch=entry["epoch"])
         for sid in lost:
             del self.servers[sid]
-        for origin, stream, epoch, seq in acc.marks:
+        for origin, stream, epoch, seq in marks:
             if origin in burst_servers:
                 self.marks.record(origin, stream, epoch, seq)
-        # 2. Users: the burst is the complete set of users behind this link.
+
+    def _proven_users(self, link: PeerLink, raws: list[Any], burst_servers: dict[str, dict[str, Any]]) -> tuple[
+            list[dict[str, Any]], dict[str, tuple[Optional[dict[str, Any]], Optional[dict[str, Any]]]]]:
+        """The user records of a burst that are well-formed, of a server behind ``link`` and proven (see
+        :meth:`_prove_user`), with the proofs to keep for each (uid -> (user event, nick event)); the rest
+        is rejected (logged)."""
         records: list[dict[str, Any]] = []
         proofs: dict[str, tuple[Optional[dict[str, Any]], Optional[dict[str, Any]]]] = {}
-        for raw in acc.users:
+        for raw in raws:
             try:
                 rec = self._check_user_record(raw)
             except ProtocolError as e:
@@ -230,16 +295,25 @@ class BurstExchange(InboundEvents):
                 continue
             records.append(proven[0])
             proofs[rec["uid"]] = (proven[1], proven[2])
-        seen = {rec["uid"] for rec in records}
-        for uid, user in list(self.remote.items()):  # those gone first: their nicks and places are free
+        return records, proofs
+
+    def _drop_users_gone(self, link: PeerLink, seen: set[str]) -> None:
+        """Users behind ``link`` that its burst no longer lists quit (first: their nicks and places are free)."""
+        for uid, user in list(self.remote.items()):
             route = self._route_of_user(user)
             if (route is None or route == link.link_id) and uid not in seen:
                 self._remove_remote_user(user, SPLIT_REASON, split=True)
+
+    def _add_burst_users(self, link: PeerLink, records: list[dict[str, Any]],
+                         proofs: dict[str, tuple[Optional[dict[str, Any]], Optional[dict[str, Any]]]],
+                         seen: set[str]) -> None:
+        """Apply the proven user records of a burst, up to the cap of remote users behind one link (users known
+        here already are kept; the others over the cap are refused and taken out of ``seen``)."""
         count = self._users_behind(link.link_id)
         over = 0
         for rec in records:
             if rec["uid"] not in self.remote:
-                if count >= self.max_remote_users:  # users already known here are kept
+                if count >= self.max_remote_users:
                     over += 1
                     seen.discard(rec["uid"])
                     continue
@@ -253,37 +327,27 @@ class BurstExchange(InboundEvents):
                 self._count("rejected:limit", "s2s_events_rejected")
             self._warn_rejected(link, "user", f"limit: {over} user(s) of a burst over the cap of "
                                 f"{self.max_remote_users} remote users behind this link")
-        # 3. Channels: state (full trust) and the memberships of users behind this link.
-        listed: set[str] = set()
-        for folded, entry in acc.channels.items():
-            listed.add(folded)
+
+    def _apply_burst_channels(self, link: PeerLink, channels: dict[str, dict[str, Any]], seen: set[str]) -> None:
+        """The channels of a burst: their state (``full`` trust) and the memberships of the users behind ``link``;
+        its members in a channel the burst does not list leave it."""
+        for entry in channels.values():
             try:
                 self._apply_burst_channel(link, entry, seen)
             except ProtocolError as e:
                 self._warn_rejected(link, "burst channel", f"malformed: {e}", channel=entry["name"])
         for chan in list(self.server.channels.values()):
-            if chan.folded in listed:
+            if chan.folded in channels:
                 continue
             for member in [m for m in chan.members if self._route_of_user(m) == link.link_id]:
                 self._remote_part(member, chan, "")
-        self._count("bursts")
-        self._reburst(except_link=link.link_id)
 
     def _apply_burst_channel(self, link: PeerLink, entry: dict[str, Any], seen: set[str]) -> None:
         server = self.server
         name = entry["name"]
         folded = fold(name)
         chan = server.channels.get(folded)
-        # uid -> (status bits, the origin-signed join event, the signed invite that admitted the member, the
-        # signed mode event that granted its status)
-        members: dict[str, tuple[int, Any, Any, Any]] = {}
-        for item in entry["members"]:
-            if (not isinstance(item, list) or len(item) not in (2, 3, 4, 5) or not isinstance(item[0], str)
-                    or item[1] not in STATUS_BITS):
-                raise ProtocolError("bad member")
-            if item[0] in seen:
-                members[item[0]] = (STATUS_BITS[item[1]], item[2] if len(item) > 2 else None,
-                                    item[3] if len(item) > 3 else None, item[4] if len(item) > 4 else None)
+        members = burst_members(entry["members"], seen)
         ops = entry["ops"] if link.trust == "full" else []
         known = chan is not None  # a channel new here has no local state to check memberships against
         if chan is None:
@@ -317,16 +381,7 @@ class BurstExchange(InboundEvents):
                 if user is None or (invite is not None) != by_invite:
                     continue
                 if user in chan.members:
-                    have = chan.members[user]
-                    if have & ~bits:  # its home server's view: status no longer listed is taken away
-                        self._set_status(chan, user, have & bits, link.name)
-                        self._keep_status(uid, folded, have & bits)
-                    extra = bits & ~have  # never raised on the neighbour's word: proven below, or not at all
-                    stored = self.member_joins.get((uid, folded))
-                    if (isinstance(proof, dict) and (stored is None or stored.get("sig") != proof.get("sig"))
-                            and self._check_proof(proof, user, folded) is None):
-                        self._remember_join(uid, folded, proof, chan.members[user])
-                        self._remember_invite(link, uid, chan, user, invite)
+                    extra = self._burst_member_again(link, chan, user, bits, proof, invite)
                 else:
                     extra = self._burst_join(link, chan, user, bits, proof, invite, known, fresh, won)
                 if extra:
@@ -344,6 +399,23 @@ class BurstExchange(InboundEvents):
             self._forget_channel_if_gone(folded)
         if folded in server.channels:
             server.channel_changed(chan)
+
+    def _burst_member_again(self, link: PeerLink, chan: Channel, user: User, bits: int, proof: Any,
+                            invite: Any) -> int:
+        """A bursted membership already known here: status its home server no longer lists is taken away, and a
+        new signed join (with its invite) is kept as its proof; returns the status bits of ``bits`` beyond what
+        the member has here, which need a status proof (never raised on the neighbour's word)."""
+        uid, folded = user.conn.uid, chan.folded
+        have = chan.members[user]
+        if have & ~bits:
+            self._set_status(chan, user, have & bits, link.name)
+            self._keep_status(uid, folded, have & bits)
+        stored = self.member_joins.get((uid, folded))
+        if (isinstance(proof, dict) and (stored is None or stored.get("sig") != proof.get("sig"))
+                and self._check_proof(proof, user, folded) is None):
+            self._remember_join(uid, folded, proof, chan.members[user])
+            self._remember_invite(link, uid, chan, user, invite)
+        return bits & ~have
 
     def _prove_status(self, link: PeerLink, chan: Channel, pending: dict[User, list[Any]]) -> None:
         """Grant bursted members of ``chan`` the status in ``pending`` (member -> [bits beyond what this server
