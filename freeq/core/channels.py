@@ -7,7 +7,7 @@ by :mod:`freeq.state.rules`; this module turns the answers into numerics and lin
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from twisted.logger import Logger
 
@@ -23,13 +23,7 @@ from freeq.state.throttle import ip_key
 from freeq.state.user import User
 
 if TYPE_CHECKING:
-    from freeq.core.shared import ServerCore
-
-    class _Server(ServerCore, Protocol):
-        def _channel_refused(self, user: User, chan: Channel, refusal: Optional[str], command: str) -> bool: ...
-
-        def _override_refused(self, user: User, chan: Channel, command: str,
-                              refuser: Optional[str] = None) -> bool: ...
+    from freeq.core.shared import OverrideRefused, ServerCore as _Server
 else:
     _Server = object
 
@@ -41,6 +35,10 @@ _JOIN_NUMERIC = {"k": "475", "l": "471", "b": "474", "i": "473"}
 
 class ChannelCommands(_Server):
     """Joining and leaving channels, their names, topics, listing, invites and kicks."""
+
+    if TYPE_CHECKING:  # what this group calls in the other groups
+        _channel_refused: Callable[[User, Channel, Optional[str], str], bool]  # operator
+        _override_refused: OverrideRefused  # operator
 
     def part_channel(self, chan: Channel, user: User) -> None:
         """Take ``user`` out of ``chan`` (a PART, KICK or federated leave); an empty channel without state goes."""

@@ -5,7 +5,7 @@ fan-out (federation calls it too): one serialisation per tag class, then one wri
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from twisted.logger import Logger
 
@@ -17,11 +17,7 @@ from freeq.state.rules import channel_history_key, dm_history_key, send_refusal,
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
 
 if TYPE_CHECKING:
-    from freeq.core.shared import ServerCore
-
-    class _Server(ServerCore, Protocol):
-        def signature_tag(self, user: User, target: str, typed_target: str, text: str,
-                          client_sig: Optional[str], now: float) -> Optional[str]: ...
+    from freeq.core.shared import ServerCore as _Server
 else:
     _Server = object
 
@@ -34,6 +30,9 @@ _SEND_REFUSAL = {"n": "Cannot send to channel (no external messages)", "m": "Can
 
 class MessageCommands(_Server):
     """PRIVMSG, NOTICE, TAGMSG: permission, signatures, fan-out, federation and history."""
+
+    if TYPE_CHECKING:  # what this group calls in the other groups
+        signature_tag: Callable[[User, str, str, str, Optional[str], float], Optional[str]]  # identity
 
     def irc_PRIVMSG(self, user: User, msg: Message) -> None:
         self._message(user, msg, "PRIVMSG")

@@ -5,7 +5,7 @@ for peers' mode changes.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Optional
 
 from freeq.irc.names import fold, is_channel
 from freeq.irc.parser import Message, build
@@ -19,17 +19,7 @@ from freeq.state.rules import NOT_ON_CHANNEL, mode_refusal
 from freeq.state.user import User
 
 if TYPE_CHECKING:
-    from freeq.core.shared import ServerCore
-
-    class _Server(ServerCore, Protocol):
-        def _visible_channel(self, chan: Channel, user: User) -> bool: ...
-
-        def channel_changed(self, chan: Channel) -> None: ...
-
-        def _override_refuser(self, chan: Channel) -> Optional[str]: ...
-
-        def _override_refused(self, user: User, chan: Channel, command: str,
-                              refuser: Optional[str] = None) -> bool: ...
+    from freeq.core.shared import OverrideRefused, ServerCore as _Server
 else:
     _Server = object
 
@@ -41,6 +31,12 @@ _LIST_REPLIES = {"b": ("367", "368", "End of channel ban list"),
 
 class ModeCommands(_Server):
     """The MODE command for users and channels."""
+
+    if TYPE_CHECKING:  # what this group calls in the other groups
+        _visible_channel: Callable[[Channel, User], bool]  # channels
+        channel_changed: Callable[[Channel], None]  # channels
+        _override_refuser: Callable[[Channel], Optional[str]]  # operator
+        _override_refused: OverrideRefused  # operator
 
     def irc_MODE(self, user: User, msg: Message) -> None:
         if not msg.params:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 import math
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Optional
 
 from twisted.logger import Logger
 
@@ -21,10 +21,7 @@ from freeq.state.throttle import ip_key
 from freeq.state.user import User
 
 if TYPE_CHECKING:
-    from freeq.core.shared import ServerCore
-
-    class _Server(ServerCore, Protocol):
-        def set_user_mode(self, user: User, mode: str, on: bool) -> bool: ...
+    from freeq.core.shared import ServerCore as _Server
 else:
     _Server = object
 
@@ -33,6 +30,9 @@ log = Logger()
 
 class OperatorCommands(_Server):
     """OPER and the commands it unlocks; the check that a channel override would be applied everywhere."""
+
+    if TYPE_CHECKING:  # what this group calls in the other groups
+        set_user_mode: Callable[[User, str, bool], bool]  # modes
 
     def irc_OPER(self, user: User, msg: Message) -> None:
         if len(msg.params) < 2:

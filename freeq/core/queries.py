@@ -6,7 +6,7 @@ Mixed into :class:`freeq.core.server.IRCServer`.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Optional
 
 from freeq.core.shared import VERSION, prefix_chars
 from freeq.irc.names import fold, is_channel
@@ -16,18 +16,17 @@ from freeq.state.masks import compile_glob, fold_text, glob_match
 from freeq.state.user import User
 
 if TYPE_CHECKING:
-    from freeq.core.shared import ServerCore
-
-    class _Server(ServerCore, Protocol):
-        def _visible_channel(self, chan: Channel, user: User) -> bool: ...
-
-        def _send_isupport(self, user: User) -> None: ...
+    from freeq.core.shared import ServerCore as _Server
 else:
     _Server = object
 
 
 class QueryCommands(_Server):
     """Commands that only read the state: who is who, where, and what this server is."""
+
+    if TYPE_CHECKING:  # what this group calls in the other groups
+        _visible_channel: Callable[[Channel, User], bool]  # channels
+        _send_isupport: Callable[[User], None]  # registration
 
     def irc_WHOIS(self, user: User, msg: Message) -> None:
         if not msg.params:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Optional
 
 from twisted.logger import Logger
 
@@ -20,16 +20,7 @@ from freeq.state.channel import PREFIX_MODES
 from freeq.state.user import User
 
 if TYPE_CHECKING:
-    from freeq.core.shared import ServerCore
-
-    class _Server(ServerCore, Protocol):
-        def _attach_session(self, user: User, primary: User) -> None: ...
-
-        def monitor_notify(self, folded: str, online: Optional[User]) -> None: ...
-
-        def nick_owner(self, nick: str) -> Optional[str]: ...
-
-        def enforce_nick_ownership(self, user: User) -> None: ...
+    from freeq.core.shared import ServerCore as _Server
 else:
     _Server = object
 
@@ -38,6 +29,11 @@ log = Logger()
 
 class RegistrationCommands(_Server):
     """From the first line to a registered user, and the commands that change the user's own state."""
+
+    if TYPE_CHECKING:  # what this group calls in the other groups
+        monitor_notify: Callable[[str, Optional[User]], None]  # monitor
+        nick_owner: Callable[[str], Optional[str]]  # identity
+        enforce_nick_ownership: Callable[[User], None]  # identity
 
     def _make_isupport(self) -> list[list[str]]:
         c = self.config

@@ -3,9 +3,9 @@
 The server is one object assembled from mixins (registration, channels, modes, messages, queries,
 monitor, operator, history, identity), each in its own module. :class:`ServerCore` is the part of
 the server every group may use: the state it holds and the output helpers that stay in
-``server.py``. It exists for the type checker only: each group declares, as a Protocol over it,
-what else it calls from the other groups, and inherits that Protocol under ``TYPE_CHECKING``
-(at run time the groups are plain classes, so method lookup costs nothing more).
+``server.py``. It exists for the type checker only: each group inherits it under ``TYPE_CHECKING``
+and declares, as annotations in an ``if TYPE_CHECKING:`` block of its class, what it calls in the
+other groups (at run time the groups are plain classes, so method lookup costs nothing more).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from freeq.irc.confusables import NickOwners
     from freeq.irc.ulid import ULIDGenerator
     from freeq.plugins import IServerHook
-    from freeq.state.channel import ChannelTable
+    from freeq.state.channel import Channel, ChannelTable
     from freeq.state.channel_quota import CreationQuota
     from freeq.state.links import FederationControl
     from freeq.state.masks import LogThrottle
@@ -112,3 +112,12 @@ class ServerCore(Protocol):
     def primary_session(self, account: str) -> Optional["User"]: ...
 
     def _mask_refused(self, user: "User", where: str, mask: str) -> bool: ...
+
+    def _attach_session(self, user: "User", primary: "User") -> None: ...
+
+
+class OverrideRefused(Protocol):
+    """The type of ``OperatorCommands._override_refused`` as the channel and mode commands declare it (its
+    last argument is optional, which a ``Callable`` cannot say)."""
+
+    def __call__(self, user: "User", chan: "Channel", command: str, refuser: Optional[str] = None) -> bool: ...
