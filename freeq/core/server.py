@@ -5,6 +5,13 @@ This layer owns no socket. Each :class:`~freeq.state.user.User` carries a
 WebSocket) and a ``conn`` providing :class:`freeq.irc.interfaces.IClientConnection`
 for closing. Time comes from the injected clock, so the whole layer runs
 under ``twisted.internet.task.Clock`` in unit tests.
+
+:class:`IRCServer` is assembled from command groups, one mixin per module of this package
+(registration, channels, modes, messages, queries, monitor, operator, history, identity); this
+module keeps construction, the connection lifecycle (connect, handle, disconnect, close, sweep),
+the multi-device session helpers and the output helpers. What the groups share is typed in
+:mod:`freeq.core.shared`; the rules they apply are pure functions in :mod:`freeq.state.rules` and
+:mod:`freeq.state.modes`.
 """
 from __future__ import annotations
 
