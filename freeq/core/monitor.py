@@ -30,7 +30,7 @@ class MonitorCommands(_Server):
             if len(msg.params) < 2:
                 self.num(user, "461", "MONITOR", "Not enough parameters")
                 return
-            online, offline = [], []
+            added: list[tuple[str, str]] = []
             targets = [t for t in msg.params[1].split(",") if t]
             for i, nick in enumerate(targets):
                 folded = fold(nick)
@@ -43,15 +43,8 @@ class MonitorCommands(_Server):
                     continue
                 user.monitoring[folded] = nick
                 self.monitors.setdefault(folded, set()).add(user)
-                other = self.users.get(folded)
-                if other is not None and other.registered:
-                    online.append(other.hostmask)
-                else:
-                    offline.append(nick)
-            if online:
-                self.num(user, "730", ",".join(online))
-            if offline:
-                self.num(user, "731", ",".join(offline))
+                added.append((folded, nick))
+            self._monitor_status(user, added)
         elif sub == "-":
             if len(msg.params) < 2:
                 self.num(user, "461", "MONITOR", "Not enough parameters")
@@ -66,17 +59,21 @@ class MonitorCommands(_Server):
                 self.num(user, "732", ",".join(names[i:i + 20]))
             self.num(user, "733", "End of MONITOR list")
         elif sub in ("S", "s"):
-            online, offline = [], []
-            for folded, nick in sorted(user.monitoring.items()):
-                other = self.users.get(folded)
-                if other is not None and other.registered:
-                    online.append(other.hostmask)
-                else:
-                    offline.append(nick)
-            if online:
-                self.num(user, "730", ",".join(online))
-            if offline:
-                self.num(user, "731", ",".join(offline))
+            self._monitor_status(user, sorted(user.monitoring.items()))
+
+    def _monitor_status(self, user: User, watched: Iterable[tuple[str, str]]) -> None:
+        """Tell ``user`` which of these (folded nick, nick) are online (730) and which offline (731)."""
+        online, offline = [], []
+        for folded, nick in watched:
+            other = self.users.get(folded)
+            if other is not None and other.registered:
+                online.append(other.hostmask)
+            else:
+                offline.append(nick)
+        if online:
+            self.num(user, "730", ",".join(online))
+        if offline:
+            self.num(user, "731", ",".join(offline))
 
     def _unmonitor(self, user: User, folded_nicks: Iterable[str]) -> None:
         """Stop ``user`` watching these (folded) nicks."""
