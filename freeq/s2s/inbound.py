@@ -168,22 +168,7 @@ class InboundEvents(LocalObservers):
             return True
         bits = STATUS_BITS[status]
         uid = self.uid(user)
-        # Creation ops (modes, founder, the creator) are only believed for the joiner's own identity.
-        allowed: list[Any] = []
-        creation = None
-        for op in ops:
-            if not isinstance(op, list) or not op or not isinstance(op[0], str):
-                raise ProtocolError("bad op")
-            if op[0] == "found" and (len(op) < 2 or op[1] != user.account):
-                self._warn_rejected(ctx.link, "join", "unauthorized: founder claim for another DID", nick=user.nick)
-                continue
-            if op[0] == "add" and len(op) > 2 and op[1] == "ops" and op[2] != user.account:
-                continue
-            if op[0] == "created":
-                if len(op) < 2 or op[1] != uid:
-                    continue
-                creation = op
-            allowed.append(op)
+        allowed, creation = self._creation_ops(ctx, user, uid, ops)
         fresh = chan is None or (not chan.members and chan.founder is None)
         won = False
         if chan is not None:
@@ -195,14 +180,7 @@ class InboundEvents(LocalObservers):
                                       "join": ctx.ev["sig"]}, to=ctx.origin)
                 return False
             if not fresh and creation is not None and ctx.link.trust == "full":
-                # Both sides created the channel while unaware of each other: the earlier creation wins
-                # everywhere (first-writer-wins "creator"), and the later creator loses its creation op.
-                crdt = self._crdt(chan)
-                before = crdt.creator
-                crdt.apply(creation, self.hlc)
-                won = crdt.creator is not None and crdt.creator[1] == uid and before != crdt.creator
-                if won and before is not None:
-                    self._demote_creator(chan, before[1])
+                won = self._creation_race(chan, uid, creation)
         else:
             if len(user.channels) >= self.server.config.max_channels_per_user:
                 reason = f"limit (in {self.server.config.max_channels_per_user} channels already)"
@@ -228,6 +206,38 @@ class InboundEvents(LocalObservers):
         if allowed:
             self.server.channel_changed(chan)
         return True
+
+    def _creation_ops(self, ctx: EventContext, user: User, uid: str, ops: list[Any]) -> tuple[
+            list[Any], Optional[list[Any]]]:
+        """The creation ops of a join (modes, founder, the creator) that are believed: only those for the
+        joiner's own identity; and its ``created`` op, if any."""
+        allowed: list[Any] = []
+        creation = None
+        for op in ops:
+            if not isinstance(op, list) or not op or not isinstance(op[0], str):
+                raise ProtocolError("bad op")
+            if op[0] == "found" and (len(op) < 2 or op[1] != user.account):
+                self._warn_rejected(ctx.link, "join", "unauthorized: founder claim for another DID", nick=user.nick)
+                continue
+            if op[0] == "add" and len(op) > 2 and op[1] == "ops" and op[2] != user.account:
+                continue
+            if op[0] == "created":
+                if len(op) < 2 or op[1] != uid:
+                    continue
+                creation = op
+            allowed.append(op)
+        return allowed, creation
+
+    def _creation_race(self, chan: Channel, uid: str, creation: list[Any]) -> bool:
+        """Both sides created ``chan`` while unaware of each other: the earlier creation wins everywhere
+        (first-writer-wins "creator"), and the later creator loses its creation op. Whether ``uid``'s won."""
+        crdt = self._crdt(chan)
+        before = crdt.creator
+        crdt.apply(creation, self.hlc)
+        won = crdt.creator is not None and crdt.creator[1] == uid and before != crdt.creator
+        if won and before is not None:
+            self._demote_creator(chan, before[1])
+        return won
 
     def _demote_creator(self, chan: Channel, creator_uid: str) -> None:
         """Our creator lost a creation race: it keeps membership but not the operator status of creating."""

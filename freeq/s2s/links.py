@@ -2,7 +2,7 @@
 operator's view and control of links (LINKS, SQUIT, CONNECT)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from twisted.logger import Logger
 
@@ -123,52 +123,19 @@ class LinkManagement(CrdtPersistence):
         self._send_burst(link)
 
     def _on_event(self, link: PeerLink, ev: dict[str, Any], payload: bytes) -> None:
+        """An event from ``link``: rate limit, envelope (signed by its origin, behind this link, in sequence),
+        trust; then routed on (``to`` another server) or applied here and flooded to the other links."""
         now = self.clock.seconds()
-        if not link.bucket.take(now):
-            link.dropped += 1
-            self._count("dropped", "s2s_dropped")
-            if now - link.last_drop_warn >= 5.0:
-                link.last_drop_warn = now
-                log.warn("S2S rate limit exceeded for peer {peer} ({rate:g} events/s): dropped {count} event(s)",
-                         peer=link.peer_id, rate=self.rate, count=link.dropped)
-                link.dropped = 0
+        if not self._within_rate(link, now):
             return
         kind = ev["type"]
-        origin = ev.get("origin")
-        epoch, seq, to = ev.get("epoch"), ev.get("seq"), ev.get("to")
-        if (not P.is_endpoint_id(origin) or not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= 0
-                or not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0
-                or not (to is None or P.is_endpoint_id(to))):
-            raise ProtocolError("bad envelope")
-        origin = str(origin)
-        if not P.verify_event(ev):
-            self._warn_rejected(link, f"{kind} event", "forged: bad signature for its origin", origin=origin)
+        origin = self._signed_origin(link, ev)
+        if origin is None or not self._in_sequence(link, ev, origin, now):
             return
-        if origin == self.me:
-            self._warn_rejected(link, f"{kind} event", "replay: our own event came back", seq=seq)
-            return
-        info = self.servers.get(origin)
-        if info is None or info.link_id != link.link_id:
-            self._warn_rejected(link, f"{kind} event", "forged: origin is not behind this link", origin=origin)
-            return
-        stream = to or "*"
-        verdict = self.marks.check(origin, stream, epoch, seq)
-        if verdict in (P.REPLAY, P.STALE):
-            mark = self.marks.marks.get((origin, stream))
-            self._warn_rejected(link, f"{kind} event", f"replay: replayed or out-of-order ({verdict})",
-                                origin=P.short_id(origin), seq=seq, high=mark[1] if mark else 0)
-            return
-        self.marks.record(origin, stream, epoch, seq)
-        if verdict == P.GAP:
-            self._count("gaps")
-            log.info("S2S gap in events of {origin} via {peer} (now at {seq}); asking for a resync",
-                     origin=P.short_id(origin), peer=link.peer_id, seq=seq)
-            if now - link.resync_asked >= 10.0:
-                link.resync_asked = now
-                self._send(link, {"type": "resync"})
         if kind not in P.TRUST_ALLOWS[link.trust]:
             self._warn_rejected(link, f"{kind} event", f"trust: not allowed from a {link.trust} peer")
             return
+        to = ev.get("to")
         if to is not None and to != self.me:
             nxt = self._link_of_origin(to)
             if nxt is not None and nxt.state == "open" and nxt is not link:
@@ -188,6 +155,63 @@ class LinkManagement(CrdtPersistence):
             for other in self.open_links():
                 if other is not link:
                     self.transport.send(other.link_id, frame)
+
+    def _within_rate(self, link: PeerLink, now: float) -> bool:
+        """Whether ``link``'s token bucket lets one more event in (excess dropped, warned every 5 s)."""
+        if link.bucket.take(now):
+            return True
+        link.dropped += 1
+        self._count("dropped", "s2s_dropped")
+        if now - link.last_drop_warn >= 5.0:
+            link.last_drop_warn = now
+            log.warn("S2S rate limit exceeded for peer {peer} ({rate:g} events/s): dropped {count} event(s)",
+                     peer=link.peer_id, rate=self.rate, count=link.dropped)
+            link.dropped = 0
+        return False
+
+    def _signed_origin(self, link: PeerLink, ev: dict[str, Any]) -> Optional[str]:
+        """The origin of an event with a well-formed envelope, signed by that origin, which is another server
+        behind ``link``; ``None``: rejected (logged). A malformed envelope raises :class:`ProtocolError`."""
+        kind = ev["type"]
+        origin = ev.get("origin")
+        epoch, seq, to = ev.get("epoch"), ev.get("seq"), ev.get("to")
+        if (not P.is_endpoint_id(origin) or not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= 0
+                or not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0
+                or not (to is None or P.is_endpoint_id(to))):
+            raise ProtocolError("bad envelope")
+        origin = str(origin)
+        if not P.verify_event(ev):
+            self._warn_rejected(link, f"{kind} event", "forged: bad signature for its origin", origin=origin)
+            return None
+        if origin == self.me:
+            self._warn_rejected(link, f"{kind} event", "replay: our own event came back", seq=seq)
+            return None
+        info = self.servers.get(origin)
+        if info is None or info.link_id != link.link_id:
+            self._warn_rejected(link, f"{kind} event", "forged: origin is not behind this link", origin=origin)
+            return None
+        return origin
+
+    def _in_sequence(self, link: PeerLink, ev: dict[str, Any], origin: str, now: float) -> bool:
+        """Whether the event is the next of its origin's stream (``to``, or ``*`` when flooded) and not a replay;
+        a gap is accepted, and a resync asked of ``link`` (at most every 10 s)."""
+        stream = ev.get("to") or "*"
+        epoch, seq = ev["epoch"], ev["seq"]
+        verdict = self.marks.check(origin, stream, epoch, seq)
+        if verdict in (P.REPLAY, P.STALE):
+            mark = self.marks.marks.get((origin, stream))
+            self._warn_rejected(link, f"{ev['type']} event", f"replay: replayed or out-of-order ({verdict})",
+                                origin=P.short_id(origin), seq=seq, high=mark[1] if mark else 0)
+            return False
+        self.marks.record(origin, stream, epoch, seq)
+        if verdict == P.GAP:
+            self._count("gaps")
+            log.info("S2S gap in events of {origin} via {peer} (now at {seq}); asking for a resync",
+                     origin=P.short_id(origin), peer=link.peer_id, seq=seq)
+            if now - link.resync_asked >= 10.0:
+                link.resync_asked = now
+                self._send(link, {"type": "resync"})
+        return True
 
     def tick(self) -> None:
         """Periodic: ping open links, drop silent or stuck ones, forget the state of vanished channels."""
