@@ -27,12 +27,14 @@ from freeq.state.user import User
 
 log = Logger()
 
+#: The QUIT reason of the users behind a link that went down (or that a burst no longer lists).
 SPLIT_REASON = "*.net *.split"
-
+#: The message tag naming the server a relayed message came from (never forwarded as a client tag).
 ORIGIN_TAG = "+freeq.at/origin"
 
 
 def _b36(n: int) -> str:
+    """``n`` in base 36 (lowercase): the compact parts of a local uid."""
     digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     out = ""
     while True:
