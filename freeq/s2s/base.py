@@ -3,10 +3,12 @@
 Federation is built as a chain of classes, one module each, every one adding a concern to the one below it:
 :class:`FederationBase` (this module: the state, uids, sending and signing events, counters) ->
 :mod:`~freeq.s2s.proof_keeping` -> :mod:`~freeq.s2s.remote_users` -> :mod:`~freeq.s2s.outbound` ->
-:mod:`~freeq.s2s.inbound` -> :mod:`~freeq.s2s.burst` -> :mod:`~freeq.s2s.persistence` -> :mod:`~freeq.s2s.links`
--> :class:`~freeq.s2s.federation.Federation`, the one class other code uses. A part calls only what it or a
-part below it defines, so each module type-checks on its own. The pure checks of proofs are functions in
-:mod:`freeq.s2s.proofs`; the records of peers and remote users are in :mod:`freeq.s2s.peers`.
+:mod:`~freeq.s2s.inbound` -> :mod:`~freeq.s2s.burst` -> :mod:`~freeq.s2s.links` ->
+:class:`~freeq.s2s.federation.Federation`, the one class other code uses. A part calls only what it or a
+part below it defines, so each module type-checks on its own. Parts with state of their own are composed
+instead: the persistence of channel states (:class:`~freeq.s2s.persistence.ChannelStates`); the checks of
+proofs are pure functions (:mod:`freeq.s2s.proofs`); the records of peers and remote users are plain
+objects (:mod:`freeq.s2s.peers`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from twisted.logger import Logger
 from freeq.s2s import protocol as P
 from freeq.s2s.bridge import CLOSE_PROTOCOL
 from freeq.s2s.peers import PeerLink, RemoteSession, ServerInfo
+from freeq.s2s.persistence import ChannelStates
 from freeq.s2s.protocol import EventSigner, FrameError, SequenceTracker
 from freeq.s2s.state import ChannelCRDT, HybridClock
 from freeq.state.channel import Channel
@@ -95,11 +98,8 @@ class FederationBase:
         self.local_by_uid: dict[str, User] = {}
         self.nick_ts: dict[str, int] = {}  # uid -> when it took its nick (ms, origin's clock)
         self.crdts: dict[str, ChannelCRDT] = {}
-        # Persistence of the CRDTs (see load_state/persist): the store, channels whose state may have
-        # changed since the last write, and a digest of what the store holds for each channel.
-        self.store: Any = None
-        self._dirty: set[str] = set()
-        self._saved: dict[str, bytes] = {}
+        # Persistence of the CRDTs (see load_state/persist): told of every channel whose state may change.
+        self.states = ChannelStates()
         self.stats: dict[str, int] = {}
         self._uid_counter = 0
         self._pending_users: set[User] = set()
@@ -177,10 +177,18 @@ class FederationBase:
         info = self.servers.get(user.conn.origin)
         return info.link_id if info is not None else None
 
+    def load_state(self, store: Any) -> None:
+        """Start-up: use the channel states saved in ``store`` (see :meth:`ChannelStates.load`)."""
+        self.states.load(store, self.crdts, self.hlc, self.server.channels)
+
+    def persist(self) -> None:
+        """Periodic (once per store flush interval): queue the states of changed channels for the store."""
+        self.states.persist(self.crdts)
+
     def _crdt(self, chan: Channel) -> ChannelCRDT:
         # Every change of a CRDT (local capture, merged event or burst) goes through here or
         # _fresh_crdt, so marking here is enough; persist() writes only states that really changed.
-        self._dirty.add(chan.folded)
+        self.states.dirty.add(chan.folded)
         crdt = self.crdts.get(chan.folded)
         if crdt is None:
             crdt = self.crdts[chan.folded] = ChannelCRDT.adopt(chan)
@@ -191,7 +199,7 @@ class FederationBase:
         old = self.crdts.get(folded)
         if old is not None:
             crdt.tombs = old.tombs
-        self._dirty.add(folded)
+        self.states.dirty.add(folded)
         return crdt
 
     def _forget_channel_if_gone(self, folded: str) -> None:
@@ -199,7 +207,7 @@ class FederationBase:
         crdt = self.crdts.get(folded)
         if crdt is not None and folded not in self.server.channels and not any(crdt.tombs.values()):
             del self.crdts[folded]
-            self._dirty.add(folded)  # persist() deletes its stored state
+            self.states.dirty.add(folded)  # persist() deletes its stored state
 
     def _send(self, link: PeerLink, obj: dict[str, Any]) -> None:
         try:

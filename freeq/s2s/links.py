@@ -8,8 +8,8 @@ from twisted.logger import Logger
 
 from freeq.s2s import protocol as P
 from freeq.s2s.base import SPLIT_REASON
+from freeq.s2s.burst import BurstExchange
 from freeq.s2s.peers import EventContext, PeerLink, ServerInfo
-from freeq.s2s.persistence import CrdtPersistence
 from freeq.s2s.protocol import ProtocolError
 from freeq.state.links import HeldPeer, LinkControl, LinkView
 from freeq.state.user import User
@@ -17,7 +17,7 @@ from freeq.state.user import User
 log = Logger()
 
 
-class LinkManagement(CrdtPersistence):
+class LinkManagement(BurstExchange):
     """The links as federation sees them (from the bridge, in the reactor thread)."""
 
     def link_up(self, link_id: int, peer_id: str, incoming: bool) -> None:

@@ -29,7 +29,8 @@ INVITES_MAX = 100000
 
 
 class ProofKeeping(FederationBase):
-    """Keeps and checks the signed events that prove memberships, invites, statuses and user records."""
+    """Keeps and checks the signed events that prove memberships, invites, statuses and user records, and
+    forgets those of memberships that ended without a hook (:meth:`_prune_joins`, from the keepalive tick)."""
 
     # -- membership proofs: the origin-signed join behind each membership -----------------------
     def _stand_in(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -212,3 +213,26 @@ class ProofKeeping(FederationBase):
         origin (``None``: it is); one verified and kept here already needs no new signature check."""
         stored = (self.user_proofs if kind == "user" else self.nick_proofs).get(rec["uid"])
         return proofs.user_proof_problem(event, kind, rec, stored)
+
+    def _prune_joins(self) -> None:
+        """Forget the joins of memberships that ended by a path without a hook (kept: users split away)."""
+        channels = self.server.channels
+        for uid, folded in list(self.member_joins):
+            user = self.user_by_uid(uid)
+            chan = channels.get(folded)
+            if user is None or chan is None or user not in chan.members:
+                del self.member_joins[(uid, folded)]
+        for uid, folded in list(self.accepted_joins):
+            user = self.remote.get(uid)
+            if user is not None and ((chan := channels.get(folded)) is None or user not in chan.members):
+                del self.accepted_joins[(uid, folded)]
+        for key in [k for k in self.member_invites if k not in self.member_joins]:
+            del self.member_invites[key]
+        for uid, folded in list(self.member_status):  # statuses of memberships that ended without a hook
+            user = self.user_by_uid(uid)
+            chan = channels.get(folded)
+            if user is None or chan is None or not chan.members.get(user, 0):
+                del self.member_status[(uid, folded)]
+        for uid, folded in list(self.invite_events):  # invites whose target or channel is gone
+            if folded not in channels or self.user_by_uid(uid) is None:
+                del self.invite_events[(uid, folded)]
