@@ -8,7 +8,7 @@ whether the actor is a channel operator here, the link's trust) and keeps the pr
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from freeq.irc.names import fold
 from freeq.s2s import protocol as P
@@ -140,24 +140,35 @@ def _trusted_with(kind: str, event: dict[str, Any], trust: str, me: str) -> bool
     return kind in P.TRUST_ALLOWS[trust] or event.get("origin") == me
 
 
+def _channel_event_problem(event: Any, kind: str, noun: str, wrong_kind: str, folded: str, trust: str, me: str,
+                           max_size: int, for_target: Callable[[dict[str, Any]], bool], role: str,
+                           what: str) -> Optional[str]:
+    """The checks an invite and a status proof share: ``event`` is a ``kind`` event (else ``wrong_kind``) a
+    peer of ``trust`` may bring, at most ``max_size`` canonical bytes, of channel ``folded``, for the user
+    (``for_target``), signed by its origin, by an actor (``role``) of that origin. ``noun`` names it in the
+    reasons."""
+    if not isinstance(event, dict) or event.get("type") != kind:
+        return wrong_kind
+    if not _trusted_with(kind, event, trust, me):
+        return f"{noun}s are not accepted from a {trust} peer"
+    if len(P.canonical(event)) > max_size:
+        return f"{noun} too large"
+    name = event.get("channel")
+    if not isinstance(name, str) or fold(name) != folded:
+        return f"{noun} of another channel"
+    if not for_target(event):
+        return f"{noun} for another user"
+    if not P.verify_event(event):
+        return f"bad signature on the {noun}"
+    return actor_origin_problem(event, role, what)
+
+
 def invite_problem(invite: Any, folded: str, target_uid: str, trust: str, me: str) -> Optional[str]:
     """Why ``invite`` (from a peer of ``trust``) is not a proper invite of user ``target_uid`` to channel
     ``folded``, signed by its origin, by an actor of that origin (``None``: it is). Who the inviter is here
     is checked apart (:func:`actor_authority_problem`)."""
-    if not isinstance(invite, dict) or invite.get("type") != "invite":
-        return "no invite event"
-    if not _trusted_with("invite", invite, trust, me):
-        return f"invite events are not accepted from a {trust} peer"
-    if len(P.canonical(invite)) > INVITE_PROOF_MAX:
-        return "invite event too large"
-    name = invite.get("channel")
-    if not isinstance(name, str) or fold(name) != folded:
-        return "invite event of another channel"
-    if invite.get("target") != target_uid:
-        return "invite event for another user"
-    if not P.verify_event(invite):
-        return "bad signature on the invite event"
-    return actor_origin_problem(invite, "inviter", "invite")
+    return _channel_event_problem(invite, "invite", "invite event", "no invite event", folded, trust, me,
+                                  INVITE_PROOF_MAX, lambda ev: ev.get("target") == target_uid, "inviter", "invite")
 
 
 def status_problem(proof: Any, folded: str, uid: str, trust: str, me: str) -> Optional[str]:
@@ -166,17 +177,6 @@ def status_problem(proof: Any, folded: str, uid: str, trust: str, me: str) -> Op
     here is checked apart (:func:`actor_authority_problem`)."""
     if proof is None:
         return "no status proof"
-    if not isinstance(proof, dict) or proof.get("type") != "mode":
-        return "status proof is not a mode event"
-    if not _trusted_with("mode", proof, trust, me):
-        return f"status proofs are not accepted from a {trust} peer"
-    if len(P.canonical(proof)) > STATUS_PROOF_MAX:
-        return "status proof too large"
-    name = proof.get("channel")
-    if not isinstance(name, str) or fold(name) != folded:
-        return "status proof of another channel"
-    if not granted_bits(proof, uid):
-        return "status proof for another user"
-    if not P.verify_event(proof):
-        return "bad signature on the status proof"
-    return actor_origin_problem(proof, "granter", "status proof")
+    return _channel_event_problem(proof, "mode", "status proof", "status proof is not a mode event", folded, trust,
+                                  me, STATUS_PROOF_MAX, lambda ev: bool(granted_bits(ev, uid)), "granter",
+                                  "status proof")
