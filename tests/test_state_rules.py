@@ -6,7 +6,7 @@ from twisted.trial import unittest
 
 from freeq.state.channel import OP, VOICE, Channel
 from freeq.state.rules import (
-    NOT_ON_CHANNEL, NOT_OPERATOR, channel_history_key, dm_history_key, dm_key, grant_invite, invite_refusal,
+    NOT_ON_CHANNEL, NOT_OPERATOR, channel_history_key, consume_invite, dm_history_key, dm_key, grant_invite, invite_refusal,
     is_did_op, join_refusal, kick_refusal, mode_refusal, needs_invite, send_refusal, status_recipients,
     status_target, topic_refusal,
 )
@@ -192,3 +192,16 @@ class HistoryKeyTests(unittest.TestCase):
         self.assertEqual(dm_history_key("PRIVMSG", b, a), key)
         self.assertIsNone(dm_history_key("PRIVMSG", a, guest))
         self.assertIsNone(dm_history_key("TAGMSG", a, b))
+
+
+class ConsumeInviteTests(unittest.TestCase):
+    def test_join_uses_up_the_invite_and_the_dids(self) -> None:
+        chan, other = Channel("#c", 0.0), Channel("#d", 0.0)
+        alice = make_user("alice", account=DID)
+        grant_invite(chan, alice, 10)
+        grant_invite(other, alice, 10)
+        consume_invite(chan, alice)
+        self.assertFalse(alice.invited_to("#c"))
+        self.assertTrue(alice.invited_to("#d"))
+        self.assertEqual(chan.invited_accounts, set())
+        self.assertEqual(other.invited_accounts, {DID})

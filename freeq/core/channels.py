@@ -17,7 +17,7 @@ from freeq.irc.parser import Message, build, build_text
 from freeq.state.channel import OP, Channel, ChannelRecord
 from freeq.state.masks import compile_glob
 from freeq.state.rules import (
-    grant_invite, invite_refusal, is_did_op, join_refusal, kick_refusal, topic_refusal,
+    consume_invite, grant_invite, invite_refusal, is_did_op, join_refusal, kick_refusal, topic_refusal,
 )
 from freeq.state.throttle import ip_key
 from freeq.state.user import User
@@ -122,16 +122,14 @@ class ChannelCommands(_Server):
                 self.channel_changed(chan)
         elif is_did_op(chan, user):
             status = OP  # founder and DID operators pass +k/+l/+b/+i
-            user.forget_invite(folded)
+            consume_invite(chan, user)
         else:
             # A persisted channel is never "new" again: its key, bans and invite-only still apply.
             refused = join_refusal(chan, user, key)
             if refused is not None:
                 self.num(user, _JOIN_NUMERIC[refused], chan.name, f"Cannot join channel (+{refused})")
                 return
-            user.forget_invite(folded)
-            if user.account is not None:
-                chan.invited_accounts.discard(user.account)
+            consume_invite(chan, user)
             if not chan.members and chan.founder is None:
                 status = OP  # first into an empty channel nobody owns
         devices = self.group(user)

@@ -18,6 +18,7 @@ from freeq.auth.did import valid_handle
 from freeq.irc.names import fold
 from freeq.irc.parser import Message, build, build_text
 from freeq.signing import verify as verify_signature
+from freeq.state.rules import is_did_op
 
 if TYPE_CHECKING:
     from freeq.auth.verify import VerifyResult
@@ -261,7 +262,7 @@ class IdentityCommands:
 
         if not user.account or user not in chan.members:
             return
-        if user.account == chan.founder or user.account in chan.did_ops:
+        if is_did_op(chan, user):
             if not chan.members[user] & OP:
                 chan.members[user] |= OP
                 self.broadcast(chan.members, build(self.name, "MODE", chan.name, "+o", user.nick))

@@ -16,6 +16,7 @@ from freeq.s2s.proofs import STATUS_BITS, granted_bits, hlc_order, newer, proven
 from freeq.s2s.protocol import ProtocolError
 from freeq.s2s.state import merge_ops
 from freeq.state.channel import OP, VOICE, Channel
+from freeq.state.rules import consume_invite
 from freeq.state.user import User
 
 log = Logger()
@@ -497,9 +498,7 @@ class BurstExchange(InboundEvents):
             allowed |= VOICE
         extra, bits = bits & ~allowed, bits & allowed
         if known_bits is None:
-            user.invites.discard(chan.folded)
-            if user.account is not None:
-                chan.invited_accounts.discard(user.account)
+            consume_invite(chan, user)
         self._add_member(chan, user, bits, source=link.name)
         self._remember_join(uid, chan.folded, proof, bits)
         if by_invite:

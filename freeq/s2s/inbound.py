@@ -17,8 +17,8 @@ from freeq.s2s.protocol import ProtocolError
 from freeq.s2s.state import ChannelCRDT, materialize, merge_ops
 from freeq.state.channel import OP, VOICE, Channel
 from freeq.state.rules import (
-    NOT_ON_CHANNEL, channel_history_key, dm_history_key, grant_invite, invite_refusal, join_refusal, kick_refusal,
-    mode_refusal, send_refusal, status_recipients, status_target, topic_refusal,
+    NOT_ON_CHANNEL, channel_history_key, consume_invite, dm_history_key, grant_invite, invite_refusal, is_did_op,
+    join_refusal, kick_refusal, mode_refusal, send_refusal, status_recipients, status_target, topic_refusal,
 )
 from freeq.state.user import User
 
@@ -197,9 +197,7 @@ class InboundEvents(LocalObservers):
             crdt = self._crdt(chan)
             merge_ops(crdt, allowed, self.hlc)
             self._show_state(chan, crdt, self.server.name)
-        user.invites.discard(chan.folded)
-        if user.account is not None:
-            chan.invited_accounts.discard(user.account)
+        consume_invite(chan, user)
         self._add_member(chan, user, bits, source=self.server.name)
         self._remember_join(uid, chan.folded, ctx.ev, bits)
         self._admitting_invite(uid, chan, user)
@@ -244,7 +242,7 @@ class InboundEvents(LocalObservers):
         user = self.user_by_uid(creator_uid)
         if user is None or user not in chan.members or not chan.members[user] & OP:
             return
-        if user.account and (user.account == chan.founder or user.account in chan.did_ops):
+        if is_did_op(chan, user):
             return
         log.info("S2S {channel} was created earlier elsewhere: {nick} loses creation operator status",
                  channel=chan.name, nick=user.nick)

@@ -62,6 +62,13 @@ def join_refusal(chan: Channel, user: User, key: Optional[str]) -> Optional[str]
     return None
 
 
+def consume_invite(chan: Channel, user: User) -> None:
+    """``user`` joined ``chan``: its pending invite there, and its DID's, are used up."""
+    user.forget_invite(chan.folded)
+    if user.account is not None:
+        chan.invited_accounts.discard(user.account)
+
+
 def grant_invite(chan: Channel, target: User, max_invites: int) -> None:
     """Record an invite of ``target`` to ``chan``: it holds at most ``max_invites`` pending invites (an
     arbitrary old one makes room), and an account's invite also follows its DID (bounded per channel)."""
