@@ -84,9 +84,9 @@ class OpenTests(unittest.TestCase):
         return store
 
     def test_new_file_gets_current_schema_in_wal_mode(self) -> None:
-        """A new database is created private (0600), in WAL mode, at schema version 2 with every table."""
+        """A new database is created private (0600), in WAL mode, at the current schema with every table."""
         store = self._open()
-        self.assertEqual(store._version(), 2)
+        self.assertEqual(store._version(), dbmod.SCHEMA_VERSION)
         self.assertEqual(store.conn.execute("PRAGMA journal_mode").fetchone()[0], "wal")
         self.assertEqual(store.conn.execute("PRAGMA foreign_keys").fetchone()[0], 1)
         tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -97,12 +97,12 @@ class OpenTests(unittest.TestCase):
         self.assertIsNone(store.recorded_key_fingerprint())
         store.conn.close()
         again = self._open()
-        self.assertEqual(again._version(), 2)
+        self.assertEqual(again._version(), dbmod.SCHEMA_VERSION)
 
     def test_empty_file_is_treated_as_new(self) -> None:
         """A zero-length file (e.g. touched by an installer) becomes a fresh database."""
         open(self.path, "wb").close()
-        self.assertEqual(self._open()._version(), 2)
+        self.assertEqual(self._open()._version(), dbmod.SCHEMA_VERSION)
 
     def test_corrupt_file_refused(self) -> None:
         """A file of random bytes is a StoreError naming the path, and it is left untouched."""
@@ -149,17 +149,18 @@ class OpenTests(unittest.TestCase):
         self.assertFalse(os.path.exists(self.path + "-wal"))
 
     def test_newer_schema_refused(self) -> None:
-        """A database written by a newer freeq (schema v3) is refused with advice to upgrade."""
+        """A database written by a newer freeq (a later schema) is refused with advice to upgrade."""
         self._open().conn.close()
+        newer = str(dbmod.SCHEMA_VERSION + 1)
         conn = sqlite3.connect(self.path)
-        conn.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+        conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (newer,))
         conn.commit()
         conn.close()
         with self.assertRaises(StoreError) as cm:
             Store.open(self.path, reactor)
-        self.assertIn("schema v3", str(cm.exception))
+        self.assertIn(f"schema v{newer}", str(cm.exception))
         self.assertIn("upgrade freeq", str(cm.exception))
-        self.assertEqual(_meta(self.path, "schema_version"), "3")
+        self.assertEqual(_meta(self.path, "schema_version"), newer)
 
     def test_missing_directory_is_a_clear_error(self) -> None:
         """A database path in a directory that does not exist is a one-line StoreError."""
@@ -200,40 +201,42 @@ class OpenTests(unittest.TestCase):
         self.assertFalse(os.path.exists(path))
 
     def test_upgrade_backs_up_first(self) -> None:
-        """Upgrading v2 to v3 copies the database to freeq.db.v2.bak first, then applies upgrade-3.sql."""
+        """Upgrading vN to vN+1 copies the database to freeq.db.vN.bak first, then applies upgrade-N+1.sql."""
         store = self._open()
         store.use_cipher(_cipher())
         store.conn.close()
         original = dbmod._schema_script
+        current = dbmod.SCHEMA_VERSION
 
         def script(name: str) -> str:
-            if name == "upgrade-3.sql":
+            if name == f"upgrade-{current + 1}.sql":
                 return "-- test upgrade\nCREATE TABLE extra (x INTEGER);\nINSERT INTO extra VALUES (7);\n"
             return original(name)
 
-        self.patch(dbmod, "SCHEMA_VERSION", 3)
+        self.patch(dbmod, "SCHEMA_VERSION", current + 1)
         self.patch(dbmod, "_schema_script", script)
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         upgraded = self._open()
-        backup = self.path + ".v2.bak"
+        backup = self.path + f".v{current}.bak"
         self.assertTrue(os.path.exists(backup))
-        self.assertEqual(_meta(backup, "schema_version"), "2")
+        self.assertEqual(_meta(backup, "schema_version"), str(current))
         self.assertIsNotNone(_meta(backup, "db_key_fingerprint"))
-        self.assertEqual(upgraded._version(), 3)
+        self.assertEqual(upgraded._version(), current + 1)
         self.assertEqual(upgraded.conn.execute("SELECT x FROM extra").fetchone()[0], 7)
         self.assertTrue(any("Backed up" in formatEvent(e) and backup in formatEvent(e) for e in events))
 
     def test_failed_upgrade_changes_nothing(self) -> None:
-        """An upgrade script that fails rolls back entirely: still v2, no partial tables, one-line StoreError."""
+        """An upgrade script that fails rolls back entirely: still vN, no partial tables, one-line StoreError."""
         self._open().conn.close()
         original = dbmod._schema_script
-        self.patch(dbmod, "SCHEMA_VERSION", 3)
+        current = dbmod.SCHEMA_VERSION
+        self.patch(dbmod, "SCHEMA_VERSION", current + 1)
         self.patch(dbmod, "_schema_script", lambda name: "CREATE TABLE half (x INTEGER); THIS IS NOT SQL;"
-                   if name == "upgrade-3.sql" else original(name))
+                   if name == f"upgrade-{current + 1}.sql" else original(name))
         with self.assertRaises(StoreError) as cm:
             Store.open(self.path, reactor)
         self.assertIn("nothing was changed", str(cm.exception))
-        self.assertEqual(_meta(self.path, "schema_version"), "2")
+        self.assertEqual(_meta(self.path, "schema_version"), str(current))
         conn = sqlite3.connect(self.path)
         self.addCleanup(conn.close)
         self.assertIsNone(conn.execute("SELECT name FROM sqlite_master WHERE name='half'").fetchone())
@@ -512,7 +515,7 @@ class ChunkTests(unittest.TestCase):
         old = sqlite3.connect(backup)
         self.addCleanup(old.close)
         self.assertEqual(old.execute("SELECT COUNT(*) FROM messages").fetchone()[0], 30)
-        self.assertEqual(store._version(), 2)
+        self.assertEqual(store._version(), dbmod.SCHEMA_VERSION)
         tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         self.assertNotIn("messages", tables)
         self.assertEqual(_rows(store, "SELECT format, COUNT(*) FROM message_chunks GROUP BY format"), [(1, 30)])

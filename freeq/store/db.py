@@ -52,7 +52,7 @@ __all__ = [
 
 log = Logger()
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The tunables below are read from this module when used (tests patch them here).
 #: A chunk holds at most this many messages (bigger batches of one conversation are split) ...
