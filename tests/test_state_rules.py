@@ -35,6 +35,23 @@ class JoinRefusalTests(unittest.TestCase):
         self.chan.add(make_user("bob"), 0)
         self.assertEqual(join_refusal(self.chan, self.alice, None), "l")
 
+    def test_invite_passes_the_limit(self) -> None:
+        """A pending INVITE, or one that follows the DID, lets the user into a full (+l) channel; it does
+        not pass a key or a ban."""
+        self.chan.limit = 1
+        self.chan.add(make_user("bob"), 0)
+        self.alice.invites.add(self.chan.folded)
+        self.assertIsNone(join_refusal(self.chan, self.alice, None))
+        self.alice.forget_invite(self.chan.folded)
+        self.assertEqual(join_refusal(self.chan, self.alice, None), "l")
+        self.chan.invited_accounts.add(DID)
+        self.assertIsNone(join_refusal(self.chan, self.alice, None))
+        self.chan.key = "k"
+        self.assertEqual(join_refusal(self.chan, self.alice, None), "k")
+        self.chan.key = None
+        self.chan.list_add("b", "alice!*@*", "op", 0.0, 100)
+        self.assertEqual(join_refusal(self.chan, self.alice, None), "b")
+
     def test_ban_and_exception(self) -> None:
         self.chan.list_add("b", "alice!*@*", "op", 0.0, 100)
         self.assertEqual(join_refusal(self.chan, self.alice, None), "b")

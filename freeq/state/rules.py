@@ -47,13 +47,16 @@ def join_refusal(chan: Channel, user: User, key: Optional[str]) -> Optional[str]
     """The mode that keeps ``user`` out of the existing channel ``chan`` (``k``, ``l``, ``b`` or ``i``),
     or ``None`` when it may join.
 
+    An invite (a pending INVITE, or one that follows the DID) passes ``+l`` as it passes ``+i``: the
+    operator who invited asked for this user to come in, full or not. It does not pass ``+k`` or ``+b``.
+
     The callers check first what differs between them: the founder and DID operators pass every
     mode (the core trusts its own SASL; federation also asks the peer's trust), and the
     channels-per-user limit (local operators are exempt).
     """
     if chan.key is not None and key != chan.key:
         return "k"
-    if chan.limit is not None and len(chan.members) >= chan.limit:
+    if chan.limit is not None and len(chan.members) >= chan.limit and not is_invited(chan, user):
         return "l"
     if chan.is_banned(user):
         return "b"
