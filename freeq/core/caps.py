@@ -10,6 +10,7 @@ CAPABILITIES: dict[str, str] = {
     "cap-notify": "",
     "chghost": "",
     "draft/chathistory": "",
+    "draft/read-marker": "",
     "echo-message": "",
     "extended-join": "",
     "invite-notify": "",

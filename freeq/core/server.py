@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from freeq.config import Config
 from freeq.core.channels import ChannelCommands
 from freeq.core.history import HistoryCommands
+from freeq.core.markers import ReadMarkerCommands
 from freeq.core.identity import IdentityCommands
 from freeq.core.messages import MessageCommands
 from freeq.core.modes import ModeCommands
@@ -76,7 +77,8 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
     return b"@" + tag + b" " + line
 
 
-class IRCServer(RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands,
+class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_names (issue #12)
+                RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands,
                 MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands):
     """All users and channels of one server, and the handlers for every command."""
 

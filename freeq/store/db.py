@@ -41,6 +41,8 @@ from freeq.store.high_water import (
     GENERATION_KEY, HWM_INTERVAL, HWM_SUFFIX, HighWaterMark, hwm_path, read_high_water_mark, write_high_water_mark)
 from freeq.store.key_records import KeyRecords
 from freeq.store.state_tables import StateTables
+from freeq.store.markers import ReadMarkerRecords  # draft/read-marker (issue #12)
+from freeq.store.metadata import MetadataRecords  # draft/metadata-2 (issue #12)
 
 #: Names other modules import from here (the store's public face, as before its parts were split out).
 __all__ = [
@@ -80,7 +82,7 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class Store(StateTables, KeyRecords, HighWaterMark, GroupCommit, ChunkCodec):
+class Store(StateTables, ReadMarkerRecords, MetadataRecords, KeyRecords, HighWaterMark, GroupCommit, ChunkCodec):
     """Persistence for one server. Construct with :meth:`open`."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, reactor: Any, flush_interval: float = 0.2,
