@@ -131,6 +131,12 @@ class Config:
     oper_dids: tuple[str, ...] = ()
     did_cache_ttl: float = 300.0
     http_timeout: float = 10.0
+    # SASL PLAIN (handle + app password, checked at the user's own PDS; docs/authentication.md). On by default:
+    # the password only ever goes to the PDS named in the user's DID document. Plaintext TCP from a
+    # non-loopback address is refused unless sasl_plain_insecure.
+    sasl_plain: bool = True
+    sasl_plain_insecure: bool = False
+    handle_resolver_url: str = "https://public.api.bsky.app"  # com.atproto.identity.resolveHandle for PLAIN
     # web listener
     web_listen: Optional[Listen] = None
     web_tls_cert: Optional[str] = None
@@ -207,6 +213,8 @@ class Config:
             raise ConfigError(f"--challenge-timeout-secs: must be positive, got {self.challenge_timeout}")
         if not self.plc_directory_url.startswith(("https://", "http://")):
             raise ConfigError(f"--plc-directory-url: must be an http(s) URL, got {self.plc_directory_url!r}")
+        if not self.handle_resolver_url.startswith(("https://", "http://")):
+            raise ConfigError(f"--handle-resolver-url: must be an http(s) URL, got {self.handle_resolver_url!r}")
         for did in self.oper_dids:
             if not did.startswith("did:") or " " in did:
                 raise ConfigError(f"--oper-dids: {did!r} is not a DID")

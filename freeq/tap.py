@@ -91,6 +91,10 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
      _FLOAT),
     ("plc-directory-url", _D.plc_directory_url, "PLC directory used to resolve did:plc identities.",
      "plc_directory_url", _STR),
+    ("sasl-plain", "on", "SASL PLAIN with a Bluesky handle and app password, checked at the user's PDS: on|off.",
+     "sasl_plain", "onoff"),
+    ("handle-resolver-url", _D.handle_resolver_url, "Service asked to resolve handles for SASL PLAIN "
+     "(com.atproto.identity.resolveHandle).", "handle_resolver_url", _STR),
     ("oper-dids", None, "Comma-separated DIDs made server operators on SASL success (env OPER_DIDS).", "oper_dids",
      "list"),
     ("web-addr", None, "HTTP/WebSocket listener HOST:PORT (or just PORT for 127.0.0.1): /irc, /api/v1, the web client.",
@@ -150,6 +154,8 @@ class Options(usage.Options):
          "docs/persistence.md); use once, then remove."],
         ["iroh", None, "Enable federation: run the iroh S2S endpoint (logs its endpoint id)."],
         ["s2s-open-federation", None, "Accept S2S links from any peer (default: only --s2s-allowed-peers)."],
+        ["sasl-plain-insecure", None, "Allow SASL PLAIN (a password) over plaintext TCP from non-loopback "
+         "addresses (default: TLS or loopback only)."],
     ]
 
     def __init__(self) -> None:
@@ -181,6 +187,11 @@ def _convert(flag: str, value: Any, kind: str) -> Any:
 
         parse = {"s2s-peers": parse_s2s_peer, "s2s-ids": parse_endpoint_id, "s2s-trust": parse_peer_trust}[kind]
         return tuple(parse("--" + flag, x) for x in str(value).split(",") if x.strip())
+    if kind == "onoff":
+        word = str(value).strip().lower()
+        if word not in ("on", "off", "yes", "no", "true", "false", "1", "0"):
+            raise ConfigError(f"--{flag}: expected on or off, got {value!r}")
+        return word in ("on", "yes", "true", "1")
     if kind == "weblisten":
         text = str(value).strip()
         return parse_listen("--" + flag, "127.0.0.1:" + text if text.isdigit() else text)
@@ -217,6 +228,9 @@ def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) 
     values["iroh"] = bool(options.get("iroh"))
     values["accept_data_loss"] = bool(options.get("accept-data-loss"))
     values["s2s_open_federation"] = bool(options.get("s2s-open-federation"))
+    values["sasl_plain_insecure"] = bool(options.get("sasl-plain-insecure"))
+    if values.get("sasl_plain") is None:
+        values.pop("sasl_plain", None)
     for field in ("s2s_peers", "s2s_allowed_peers", "s2s_peer_trust"):
         if values.get(field) is None:
             values.pop(field, None)
@@ -306,6 +320,20 @@ def make_verifier(config: Config, reactor: Any) -> Any:
     return ChallengeVerifier(resolver, http)
 
 
+def make_plain_verifier(config: Config, clock: Any, net_reactor: Any) -> Any:
+    """The SASL PLAIN backend (``None`` when ``--sasl-plain off``): the same SSRF-guarded HTTP and DID
+    resolution as :func:`make_verifier`, failure back-off on the server's ``clock``."""
+    if not config.sasl_plain:
+        return None
+    from freeq.auth.did import DIDResolver
+    from freeq.auth.http import SafeHTTPClient
+    from freeq.auth.plain import PlainVerifier
+
+    http = SafeHTTPClient(net_reactor, allow_private=config.allow_private_network, timeout=config.http_timeout)
+    resolver = DIDResolver(http, net_reactor, plc_directory_url=config.plc_directory_url, ttl=config.did_cache_ttl)
+    return PlainVerifier(resolver, http, clock, handle_resolver_url=config.handle_resolver_url)
+
+
 def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence: Any = None,
                     net_reactor: Any = None,
                     federation: Optional[Callable[[IRCServer], FederationControl]] = None,
@@ -331,6 +359,7 @@ def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence
                        verifier=make_verifier(config, net_reactor or reactor), metrics=Metrics(),
                        web_tokens=WebTokenStore(reactor), bearer_tokens=BearerTokenStore(reactor),
                        federation=federation)
+    server.plain_verifier = make_plain_verifier(config, reactor, net_reactor or reactor)
     if store is not None:
         server.load_channels(store.load_channels())
         server.nick_owners.update(store.load_nick_owners())  # through the look-alike index

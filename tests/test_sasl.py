@@ -118,12 +118,12 @@ class SaslAdversarialTests(unittest.TestCase):
 
     @asynctest
     async def test_cap_ls_advertises_mechanism(self) -> None:
-        """CAP LS 302 lists sasl=ATPROTO-CHALLENGE."""
+        """CAP LS 302 lists sasl=ATPROTO-CHALLENGE,PLAIN (PLAIN: issue #12 item 7, tests/test_sasl_plain.py)."""
         srv = await self.server()
         c = await srv.connect()
         c.send("CAP LS 302")
         ls = await c.expect(is_cap("LS"))
-        self.assertIn("sasl=ATPROTO-CHALLENGE", ls.params[-1].split())
+        self.assertIn("sasl=ATPROTO-CHALLENGE,PLAIN", ls.params[-1].split())
 
     @asynctest
     async def test_challenge_format(self) -> None:
@@ -351,12 +351,12 @@ class SaslAdversarialTests(unittest.TestCase):
 
     @asynctest
     async def test_unknown_mechanism_908(self) -> None:
-        """AUTHENTICATE PLAIN → 908 listing ATPROTO-CHALLENGE, then 904."""
+        """AUTHENTICATE SCRAM-SHA-256 → 908 listing ATPROTO-CHALLENGE,PLAIN, then 904."""
         srv = await self.server()
         c = await open_negotiation(srv, "plain")
-        c.send("AUTHENTICATE PLAIN")
+        c.send("AUTHENTICATE SCRAM-SHA-256")
         line = await c.expect("908")
-        self.assertEqual(line.params[1], "ATPROTO-CHALLENGE")
+        self.assertEqual(line.params[1], "ATPROTO-CHALLENGE,PLAIN")
         await c.expect("904")
         await finish(c)
 

@@ -227,7 +227,7 @@ class _CappedBody(Protocol):
 
 
 class SafeHTTPClient:
-    """GET with the SSRF, TLS, redirect, size and time limits described in the module docstring.
+    """GET and POST with the SSRF, TLS, redirect, size and time limits described in the module docstring.
 
     ``allow_private`` lifts the address and host-name checks (for tests and private deployments);
     ``tls_trust_root`` replaces platform trust (an ``IOpenSSLTrustRoot``, e.g. a test CA).
@@ -243,7 +243,18 @@ class SafeHTTPClient:
 
     def get(self, url: str, headers: Optional[dict[str, str]] = None) -> defer.Deferred[HTTPResponse]:
         """Fetch ``url``; fails with :class:`UnsafeURLError` or :class:`HTTPFetchError`."""
-        d = defer.Deferred.fromCoroutine(self._get(url, headers or {}))
+        return self._guarded(url, self._request("GET", url, headers or {}, None))
+
+    def post(self, url: str, body: bytes, headers: Optional[dict[str, str]] = None) -> defer.Deferred[HTTPResponse]:
+        """POST ``body`` to ``url`` under the same guards as :meth:`get`.
+
+        The body may hold a secret (SASL PLAIN's app password): it is never logged, and failures
+        carry only a short reason.
+        """
+        return self._guarded(url, self._request("POST", url, headers or {}, body))
+
+    def _guarded(self, url: str, work: Any) -> defer.Deferred[HTTPResponse]:
+        d: defer.Deferred[HTTPResponse] = defer.Deferred.fromCoroutine(work)
         expired: list[bool] = []
 
         def expire() -> None:
@@ -314,7 +325,7 @@ class SafeHTTPClient:
             raise UnsafeURLError("host resolves to a private or local address")
         return addresses
 
-    async def _get(self, url: str, headers: dict[str, str]) -> HTTPResponse:
+    async def _request(self, method: str, url: str, headers: dict[str, str], body: Optional[bytes]) -> HTTPResponse:
         parsed, host = self.check_url(url)
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         addresses = await self._resolve(host, port)
@@ -325,8 +336,8 @@ class SafeHTTPClient:
         agent = Agent.usingEndpointFactory(self._reactor, _PinnedEndpointFactory(endpoint), pool=pool)
         client = HTTPClient(cast(IAgent, _IdentityEncodingAgent(agent)))
         request_headers: Any = dict(headers)
-        response: Any = await client.get(parsed.to_text(), headers=request_headers, allow_redirects=False,
-                                         unbuffered=True)
+        response: Any = await client.request(method, parsed.to_text(), headers=request_headers, data=body,
+                                             allow_redirects=False, unbuffered=True)
         status = int(response.code)
         if 300 <= status < 400:
             response.deliverBody(_Discard())

@@ -6,6 +6,11 @@ response is base64url JSON. Fixes over the reference: the session id is 128 rand
 exchange (never ``ip:port``), challenges live on the connection (gone when it closes), client
 responses may be chunked in 400-byte pieces (IRCv3 SASL 3.1), and malformed responses count
 toward the failure limit.
+
+The same exchange state carries SASL ``PLAIN`` (RFC 4616; a Bluesky handle and app password,
+checked by :mod:`freeq.auth.plain`): the server answers ``AUTHENTICATE +`` and the client's
+base64 response is reassembled here with the standard IRCv3 rule (a 400-byte chunk always means
+more follows) and a smaller size cap.
 """
 from __future__ import annotations
 
@@ -17,8 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 MECHANISM = "ATPROTO-CHALLENGE"
+PLAIN = "PLAIN"
 CHUNK = 400
 MAX_RESPONSE_BYTES = 16384
+MAX_PLAIN_BYTES = 4096  # base64 characters of a PLAIN response (same as freeq.auth.plain.MAX_PAYLOAD)
 MAX_FAILURES = 3
 MAX_DPOP_RETRIES = 3
 
@@ -94,7 +101,8 @@ def decode_response(payload: str) -> dict[str, Any]:
 class SaslExchange:
     """The SASL state of one connection."""
 
-    __slots__ = ("challenge", "buffer", "in_progress", "verifying", "failures", "dpop_retries", "generation")
+    __slots__ = ("challenge", "buffer", "in_progress", "verifying", "failures", "dpop_retries", "generation",
+                 "mechanism")
 
     def __init__(self) -> None:
         self.challenge: Optional[Challenge] = None
@@ -104,6 +112,16 @@ class SaslExchange:
         self.failures = 0
         self.dpop_retries = 0
         self.generation = 0  # bumped on abort/restart so late verification results are ignored
+        self.mechanism = MECHANISM  # of the exchange in progress
+
+    def start_plain(self) -> None:
+        """Begin (or restart) a PLAIN exchange: no challenge; the client's response comes next."""
+        self.generation += 1
+        self.in_progress = True
+        self.verifying = False
+        self.buffer = []
+        self.challenge = None
+        self.mechanism = PLAIN
 
     def start(self, now: float, reset_retries: bool = True) -> Challenge:
         """Begin (or restart) an exchange and return the challenge to send."""
@@ -113,6 +131,7 @@ class SaslExchange:
         self.buffer = []
         if reset_retries:
             self.dpop_retries = 0
+        self.mechanism = MECHANISM
         self.challenge = make_challenge(now)
         return self.challenge
 
@@ -132,6 +151,9 @@ class SaslExchange:
         A 400-byte chunk that already completes a JSON object is taken as complete (the freeq JS
         SDK sends an exactly-400 response without the ``+``). A chunk longer than 400 bytes is
         accepted as a whole, unchunked response, as the reference server's clients send them.
+
+        For ``PLAIN`` a 400-byte chunk always means more follows (IRCv3 SASL 3.1), and the cap is
+        :data:`MAX_PLAIN_BYTES`.
         """
         if chunk == "+":
             payload = "".join(self.buffer)
@@ -139,9 +161,11 @@ class SaslExchange:
             return payload
         self.buffer.append(chunk)
         total = sum(len(c) for c in self.buffer)
-        if total > MAX_RESPONSE_BYTES:
+        if total > (MAX_PLAIN_BYTES if self.mechanism == PLAIN else MAX_RESPONSE_BYTES):
             self.buffer = []
             return BadResponse("response too long")
+        if len(chunk) == CHUNK and self.mechanism == PLAIN:
+            return None
         if len(chunk) == CHUNK:
             payload = "".join(self.buffer)
             try:

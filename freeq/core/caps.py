@@ -1,6 +1,8 @@
 """The IRCv3 capabilities this server offers."""
 from __future__ import annotations
 
+from typing import Optional
+
 #: Capability name -> value advertised to ``CAP LS 302`` clients ("" for none).
 CAPABILITIES: dict[str, str] = {
     "account-notify": "",
@@ -17,7 +19,7 @@ CAPABILITIES: dict[str, str] = {
     "labeled-response": "",
     "message-tags": "",
     "multi-prefix": "",
-    "sasl": "ATPROTO-CHALLENGE",
+    "sasl": "ATPROTO-CHALLENGE,PLAIN",  # PLAIN dropped with --sasl-plain off (IRCServer.sasl_mechanisms)
     "server-time": "",
     "setname": "",
     "standard-replies": "",
@@ -25,9 +27,12 @@ CAPABILITIES: dict[str, str] = {
 }
 
 
-def cap_ls_tokens(with_values: bool) -> list[str]:
-    """The tokens of a ``CAP LS`` reply (values only for version 302 and later)."""
+def cap_ls_tokens(with_values: bool, values: Optional[dict[str, str]] = None) -> list[str]:
+    """The tokens of a ``CAP LS`` reply (values only for version 302 and later); ``values`` overrides
+    advertised values that depend on the configuration."""
     out = []
     for name, value in CAPABILITIES.items():
+        if values is not None:
+            value = values.get(name, value)
         out.append(f"{name}={value}" if with_values and value else name)
     return out

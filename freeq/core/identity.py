@@ -1,7 +1,10 @@
-"""Identity in the command layer: SASL ATPROTO-CHALLENGE, nick ownership, MSGSIG, signatures.
+"""Identity in the command layer: SASL ATPROTO-CHALLENGE and PLAIN, nick ownership, MSGSIG, signatures.
 
 Mixed into :class:`freeq.core.server.IRCServer`. Verification itself (DID resolution, keys,
-PDS calls) is :class:`freeq.auth.verify.ChallengeVerifier`, injected as ``server.verifier``.
+PDS calls) is :class:`freeq.auth.verify.ChallengeVerifier`, injected as ``server.verifier``;
+SASL PLAIN (handle + app password, checked at the user's PDS) is
+:class:`freeq.auth.plain.PlainVerifier`, set as ``server.plain_verifier`` (``None``: PLAIN is off).
+Both end in the same binding (:meth:`IdentityCommands._sasl_succeeded`).
 """
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
 
+from freeq.auth.plain import BadPlain, parse_plain, plain_allowed
 from freeq.auth.sasl import (
-    MAX_DPOP_RETRIES, MAX_FAILURES, MECHANISM, BadResponse, SaslExchange, b64url, b64url_decode, cloak_for,
+    MAX_DPOP_RETRIES, MAX_FAILURES, MECHANISM, PLAIN, BadResponse, SaslExchange, b64url, b64url_decode, cloak_for,
     decode_response,
 )
 from freeq.auth.did import valid_handle
@@ -21,6 +25,7 @@ from freeq.signing import verify as verify_signature
 from freeq.state.rules import is_did_op
 
 if TYPE_CHECKING:
+    from freeq.auth.plain import PlainResult, PlainVerifier
     from freeq.auth.verify import VerifyResult
     from freeq.core.server import IRCServer
     from freeq.state.channel import Channel
@@ -31,6 +36,12 @@ log = Logger()
 
 class IdentityCommands:
     """AUTHENTICATE, MSGSIG and the effects of an identity on nicks, channels and messages."""
+
+    plain_verifier: Optional["PlainVerifier"] = None  # SASL PLAIN backend; None: PLAIN is not offered
+
+    def sasl_mechanisms(self) -> str:
+        """The mechanisms offered, comma-separated (``CAP LS`` ``sasl=`` value and 908)."""
+        return f"{MECHANISM},{PLAIN}" if self.plain_verifier is not None else MECHANISM
 
     # ------------------------------------------------------------------
     # SASL
@@ -57,8 +68,12 @@ class IdentityCommands:
             if user.account is not None:
                 self.num(user, "907", "You have already authenticated using SASL")
                 return
+            if arg.upper() == PLAIN and self.plain_verifier is not None:
+                self._start_plain(user, sasl)
+                return
             if arg.upper() != MECHANISM:
-                user.write(build_text(self.name, "908", user.nick, MECHANISM, "are available SASL mechanisms"))
+                user.write(build_text(self.name, "908", user.nick, self.sasl_mechanisms(),
+                                      "are available SASL mechanisms"))
                 self.num(user, "904", "SASL authentication failed")
                 return
             self._send_challenge(user, sasl, reset=True)
@@ -69,8 +84,14 @@ class IdentityCommands:
             # A new request replaces the outstanding challenge (never base64url of a JSON response).
             self._send_challenge(user, sasl, reset=True)
             return
+        if arg.upper() == PLAIN and not sasl.buffer and self.plain_verifier is not None:
+            self._start_plain(user, sasl)  # "PLAIN" is never a whole base64 response (length 5)
+            return
         payload = sasl.feed(arg)
         if payload is None:
+            return
+        if sasl.mechanism == PLAIN:
+            self._plain_response(user, sasl, payload)
             return
         try:
             if isinstance(payload, BadResponse):
@@ -103,6 +124,45 @@ class IdentityCommands:
         d = verifier.verify(challenge.data, challenge.nonce, response)
         d.addCallback(self._sasl_result, user, sasl, generation)
         d.addErrback(self._sasl_error, user, sasl, generation)
+
+    def _start_plain(self: "IRCServer", user: "User", sasl: SaslExchange) -> None:  # type: ignore[misc]
+        """``AUTHENTICATE PLAIN``: refuse before any password is sent unless the link is TLS or loopback."""
+        if not plain_allowed(bool(getattr(user.conn, "secure", False)), user.ip, self.config.sasl_plain_insecure):
+            self._sasl_failed(user, sasl, "SASL authentication failed (PLAIN sends a password: use a TLS connection)",
+                              "PLAIN refused over plaintext")
+            return
+        sasl.start_plain()
+        user.write(build(None, "AUTHENTICATE", "+"))
+
+    def _plain_response(self: "IRCServer", user: "User", sasl: SaslExchange,  # type: ignore[misc]
+                        payload: "str | BadResponse") -> None:
+        """A complete PLAIN response: parse it and have the user's PDS check the password."""
+        verifier = self.plain_verifier
+        try:
+            if isinstance(payload, BadResponse):
+                raise BadPlain(str(payload))
+            credentials = parse_plain(payload)
+        except BadPlain as e:
+            self._sasl_failed(user, sasl, f"SASL authentication failed ({e})", f"bad PLAIN response: {e}")
+            return
+        if verifier is None:
+            self._sasl_failed(user, sasl, "SASL authentication failed", "PLAIN is off")
+            return
+        sasl.verifying = True
+        generation = sasl.generation
+        d = verifier.verify(credentials, user.ip)
+        d.addCallback(self._plain_result, user, sasl, generation)
+        d.addErrback(self._sasl_error, user, sasl, generation)
+
+    def _plain_result(self: "IRCServer", result: "PlainResult", user: "User", sasl: SaslExchange,  # type: ignore[misc]
+                      generation: int) -> None:
+        if not self._current(user, sasl, generation):
+            return
+        sasl.verifying = False
+        if result.did:
+            self._sasl_succeeded(user, sasl, result.did, result.handle)
+        else:
+            self._sasl_failed(user, sasl, result.reply, result.reason or "verification failed")
 
     def _send_challenge(self: "IRCServer", user: "User", sasl: SaslExchange, reset: bool) -> None:  # type: ignore[misc]
         challenge = sasl.start(self.clock.seconds(), reset_retries=reset)

@@ -34,6 +34,7 @@ class RegistrationCommands(_Server):
         monitor_notify: Callable[[str, Optional[User]], None]  # monitor
         nick_owner: Callable[[str], Optional[str]]  # identity
         enforce_nick_ownership: Callable[[User], None]  # identity
+        sasl_mechanisms: Callable[[], str]  # identity
 
     def _make_isupport(self) -> list[list[str]]:
         c = self.config
@@ -222,7 +223,7 @@ class RegistrationCommands(_Server):
                 user.cap_negotiating = True
             if user.cap_version >= 302 and "cap-notify" not in user.caps:
                 user.set_caps(user.caps | {"cap-notify"})
-            tokens = cap_ls_tokens(user.cap_version >= 302)
+            tokens = cap_ls_tokens(user.cap_version >= 302, {"sasl": self.sasl_mechanisms()})
             line = " ".join(tokens)
             if len(line) <= 400 or user.cap_version < 302:
                 user.write(build_text(self.name, "CAP", me, "LS", line))
