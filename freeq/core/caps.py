@@ -12,6 +12,7 @@ CAPABILITIES: dict[str, str] = {
     "cap-notify": "",
     "chghost": "",
     "draft/chathistory": "",
+    "draft/message-redaction": "",  # freeq.core.redaction
     "draft/read-marker": "",
     "echo-message": "",
     "extended-join": "",

@@ -116,7 +116,8 @@ class HistoryCommands:
                 self.fail(user, "CHATHISTORY", "INVALID_PARAMS", sub, raw, "Invalid message reference")
                 return None
             refs.append(ref)
-        d = self.store.history(key, sub, tuple(refs), limit)
+        # edits, deletes and reactions applied (freeq.store.redaction): deleted messages are left out
+        d = self.store.annotated_history(key, sub, tuple(refs), limit)
         d.addCallback(lambda rows: self._history_batch(user, target, rows, sub, label))
         d.addErrback(lambda f: self._history_failed(user, sub, f))
         return d

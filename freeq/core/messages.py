@@ -13,6 +13,7 @@ from freeq.core.shared import server_time
 from freeq.irc.names import fold, is_channel
 from freeq.irc.parser import Message, build, build_text
 from freeq.signing import SIG_TAG
+from freeq.state.redaction import ACTION_TAGS
 from freeq.state.rules import channel_history_key, dm_history_key, send_refusal, status_recipients, status_target
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
 
@@ -33,6 +34,7 @@ class MessageCommands(_Server):
 
     if TYPE_CHECKING:  # what this group calls in the other groups
         signature_tag: Callable[[User, str, str, str, Optional[str], float], Optional[str]]  # identity
+        tagged_action: Callable[[User, str, str, str, dict[str, str], Optional[str], float], bool]  # redaction
 
     def irc_PRIVMSG(self, user: User, msg: Message) -> None:
         self._message(user, msg, "PRIVMSG")
@@ -70,6 +72,10 @@ class MessageCommands(_Server):
         # A client never supplies the signature tag: the server verifies or makes it (guests get none).
         client_sig = client_tags.pop(SIG_TAG, None)
         if tagmsg and not client_tags:
+            return
+        # Edits, deletes, reactions and replies (freeq.core.redaction); ordinary messages pay one empty-dict test.
+        if client_tags and not ACTION_TAGS.isdisjoint(client_tags) and self.tagged_action(
+                user, command, params[0], text, client_tags, client_sig, now):
             return
         targets = params[0].split(",")
         if len(targets) > self.config.max_targets:

@@ -31,6 +31,8 @@ from freeq.core.modes import ModeCommands
 from freeq.core.monitor import MonitorCommands
 from freeq.core.operator import OperatorCommands
 from freeq.core.queries import QueryCommands
+from freeq.core.reactions import ReactionCommands  # reactions (issue #12)
+from freeq.core.redaction import RedactionCommands  # edits and deletes (issue #12)
 from freeq.core.registration import RegistrationCommands
 from freeq.core.shared import CHANNEL_MODES, USER_MODES, VERSION, server_time, truncate
 from freeq.irc.confusables import NickOwners
@@ -79,7 +81,8 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
 
 class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_names (issue #12)
                 RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands,
-                MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands):
+                MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands,
+                RedactionCommands, ReactionCommands):
     """All users and channels of one server, and the handlers for every command."""
 
     def __str__(self) -> str:

@@ -16,6 +16,7 @@ from freeq.s2s.proofs import STATUS_BITS
 from freeq.s2s.protocol import ProtocolError
 from freeq.s2s.state import ChannelCRDT, materialize, merge_ops
 from freeq.state.channel import OP, VOICE, Channel
+from freeq.state.redaction import ACTION_TAGS
 from freeq.state.rules import (
     NOT_ON_CHANNEL, channel_history_key, consume_invite, dm_history_key, grant_invite, invite_refusal, is_did_op,
     join_refusal, kick_refusal, mode_refusal, send_refusal, status_recipients, status_target, topic_refusal,
@@ -481,6 +482,10 @@ class InboundEvents(LocalObservers):
             target = self.local_user_by_uid(P.uid(ev, "target"))
             if target is None or not target.registered:
                 return True
+            if not ACTION_TAGS.isdisjoint(tags) and server.apply_remote_action(  # edits, deletes, reactions
+                    actor, command, dm_history_key("PRIVMSG", actor, target), None, target.nick, text, tags, msgid,
+                    server.group(target), self.clock.seconds()):
+                return True
             server.deliver(actor, command, target.nick, text, tags, server.group(target), msgid=msgid)
             key = dm_history_key(command, actor, target)
             if server.store is not None and key is not None:
@@ -501,6 +506,10 @@ class InboundEvents(LocalObservers):
             return False
         display = (target_name[0] + chan.name) if status_min else chan.name
         local = [m for m in status_recipients(chan, status_min) if not self.is_remote(m)]
+        if not ACTION_TAGS.isdisjoint(tags) and server.apply_remote_action(  # edits, deletes, reactions: same rules
+                actor, command, channel_history_key(chan, "PRIVMSG", status_min), chan, display, text, tags, msgid,
+                local, self.clock.seconds()):
+            return True
         server.deliver(actor, command, display, text, tags, local, msgid=msgid)
         key = channel_history_key(chan, command, status_min)
         if server.store is not None and key is not None:

@@ -43,6 +43,7 @@ from freeq.store.key_records import KeyRecords
 from freeq.store.state_tables import StateTables
 from freeq.store.markers import ReadMarkerRecords  # draft/read-marker (issue #12)
 from freeq.store.metadata import MetadataRecords  # draft/metadata-2 (issue #12)
+from freeq.store.redaction import RedactionStore  # edits, deletes, reactions (issue #12)
 
 #: Names other modules import from here (the store's public face, as before its parts were split out).
 __all__ = [
@@ -82,7 +83,7 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class Store(StateTables, ReadMarkerRecords, MetadataRecords, KeyRecords, HighWaterMark, GroupCommit, ChunkCodec):
+class Store(StateTables, ReadMarkerRecords, MetadataRecords, RedactionStore, KeyRecords, HighWaterMark, GroupCommit, ChunkCodec):
     """Persistence for one server. Construct with :meth:`open`."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, reactor: Any, flush_interval: float = 0.2,

@@ -27,6 +27,8 @@ from freeq import __version__
 from freeq.core.history import format_ms
 from freeq.irc.names import fold, is_channel
 from freeq.signing import SIG_TAG, canonical, unb64url, verify as verify_signature
+from freeq.state.redaction import EDITED_TAG
+from freeq.store.chunks import StoredMessage
 from freeq.web.http import bearer_token, error_response, json_response, report_failure
 
 if TYPE_CHECKING:
@@ -251,9 +253,9 @@ class APIv1(Resource):
             raise _Denied(400, "limit must be at least 1")
         limit = min(limit, HISTORY_MAX)
         if before_ms is None:
-            d = store.history(chan.folded, "LATEST", (None,), limit)
+            d = store.annotated_history(chan.folded, "LATEST", (None,), limit)
         else:
-            d = store.history(chan.folded, "BEFORE", (before_ms,), limit)
+            d = store.annotated_history(chan.folded, "BEFORE", (before_ms,), limit)
         d.addCallback(lambda rows: [_message_json(m) for m in rows])
         return _finish_later(request, d)
 
@@ -278,8 +280,25 @@ class APIv1(Resource):
         if not _MSGID.match(msgid) or store is None or not hasattr(store, "message"):
             raise _Denied(404, "No such message")
         d = store.message(msgid)
+        d.addCallback(self._or_edit, store, msgid)
         d.addCallback(self._verified, did)
         return _finish_later(request, d)
+
+    def _or_edit(self, found: Any, store: Any, msgid: str) -> Any:
+        """A msgid not among the messages may be an edit's (freeq.store.redaction): verify the edit's text at
+        its own time, as it was signed."""
+        if found is not None or not hasattr(store, "edit_of"):
+            return found
+
+        def as_message(edit: Any) -> Any:
+            if edit is None:
+                return None
+            target, _original, ms, body = edit
+            tags = body.get("tags") if isinstance(body.get("tags"), dict) else {}
+            return target, StoredMessage(msgid, ms, "PRIVMSG", str(body.get("sender", "*")), body.get("account"),
+                                         str(body.get("shown", "")), str(body.get("text", "")), tags)
+
+        return store.edit_of(msgid).addCallback(as_message)
 
     def _verified(self, found: Any, did: Optional[str]) -> Any:
         if found is None:
@@ -373,6 +392,8 @@ def _message_json(m: Any) -> dict[str, Any]:
         "id": m.msgid, "msgid": m.msgid, "sender": m.sender.split("!", 1)[0], "hostmask": m.sender,
         "account": m.account, "command": m.command, "text": m.text, "timestamp": m.time_ms // 1000,
         "time": format_ms(m.time_ms), "tags": m.tags,
+        # the msgid of its latest edit (the text is that edit's), or None; deleted messages are left out
+        "edited": m.tags.get(EDITED_TAG),
     }
 
 

@@ -4,6 +4,44 @@
 
 -- == Section A: edits, deletes and reactions ==================================================
 
+-- Edits, deletes and reactions (freeq.store.redaction) are rows of their own, applied when history is
+-- read: the chunks of message_chunks are never rewritten for them. In clear: the conversation, the
+-- message they apply to (msgid, in clear in the chunks too), their time and key; everything else is
+-- AES-256-GCM encrypted with (kind, target, msgid[, edit msgid]) as associated data.
+-- An edit: the new text, its tags (with the edit's own +freeq.at/sig over the new text), its sender.
+CREATE TABLE message_edits (
+    id         INTEGER PRIMARY KEY,
+    target     TEXT NOT NULL,                -- folded channel, or 'dm:<did> <did>' (as message_chunks)
+    msgid      TEXT NOT NULL,                -- the original message
+    edit_msgid TEXT NOT NULL,                -- the edit's own msgid
+    time_ms    INTEGER NOT NULL,
+    key_fp     TEXT NOT NULL,
+    payload    BLOB NOT NULL                 -- JSON {"sender","account","text","tags","shown"}
+);
+CREATE INDEX message_edits_by_msgid ON message_edits (target, msgid);
+CREATE INDEX message_edits_by_edit ON message_edits (edit_msgid);
+
+-- A delete (REDACT or +draft/delete): the message is left out of history from then on.
+CREATE TABLE message_deletes (
+    target   TEXT NOT NULL,
+    msgid    TEXT NOT NULL,
+    time_ms  INTEGER NOT NULL,
+    key_fp   TEXT NOT NULL,
+    payload  BLOB NOT NULL,                  -- JSON {"by","account","reason"}
+    PRIMARY KEY (target, msgid)
+);
+
+-- A reaction of one user (DID, or a guest's nick) to one message.
+CREATE TABLE message_reactions (
+    id       INTEGER PRIMARY KEY,
+    target   TEXT NOT NULL,
+    msgid    TEXT NOT NULL,
+    time_ms  INTEGER NOT NULL,
+    key_fp   TEXT NOT NULL,
+    payload  BLOB NOT NULL                   -- JSON {"emoji","nick","account"}
+);
+CREATE INDEX message_reactions_by_msgid ON message_reactions (target, msgid);
+
 -- == Section B: read markers and metadata =====================================================
 
 -- Read markers (draft/read-marker), one per account (DID) and conversation: ``target`` is the folded
