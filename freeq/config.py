@@ -7,6 +7,10 @@ import re
 from typing import Any, Optional
 
 
+#: The longest --server-description, in UTF-8 bytes (it goes out in 364, 371 and 312 lines).
+MAX_SERVER_DESCRIPTION = 200
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message is one line, fit for the operator."""
 
@@ -61,6 +65,9 @@ class Config:
 
     server_name: str = "freeq"
     network_name: str = "freeq"
+    # This server's one-line description in LINKS, INFO and WHOIS (312) of its users; empty: the
+    # "<network-name> IRC server" it always was (issue #12).
+    server_description: str = ""
     listen: Optional[Listen] = Listen("127.0.0.1", 6667)
     tls_listen: Optional[Listen] = Listen("127.0.0.1", 6697)
     tls_cert: Optional[str] = None
@@ -111,7 +118,9 @@ class Config:
     max_who_results: int = 500
     # framing and timers (seconds)
     max_line_bytes: int = 512
-    max_tag_bytes: int = 8191
+    # Client tag data: the bytes between a line's leading '@' and the space after its tags. The message-tags
+    # spec allows a client 4094; more is refused with 417, never relayed (issue #12).
+    max_tag_bytes: int = 4094
     registration_timeout: float = 60.0
     # Seconds a closing connection may take to send what is queued before it is aborted (issue #10 items 2, 3).
     close_grace: float = 5.0
@@ -171,6 +180,10 @@ class Config:
             raise ConfigError(f"--server-name: {self.server_name!r} must be one word (letters, digits, dots, dashes)")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-_]{0,62}", self.network_name or ""):
             raise ConfigError(f"--network-name: {self.network_name!r} must be one word (letters, digits, dots, dashes)")
+        if len(self.server_description.encode("utf-8")) > MAX_SERVER_DESCRIPTION or any(
+                ch < " " or ch == "\x7f" for ch in self.server_description):
+            raise ConfigError(f"--server-description: must be one line of at most {MAX_SERVER_DESCRIPTION} bytes "
+                              "without control characters")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key must be given together")
         for name in ("max_connections_per_ip", "max_clients", "max_channels_per_user", "max_targets",

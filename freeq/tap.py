@@ -37,6 +37,8 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
     ("tls-key", None, "TLS private key (PEM).", "tls_key", _STR),
     ("server-name", _D.server_name, "Server name: the prefix of server messages.", "server_name", _STR),
     ("network-name", _D.network_name, "Network name (ISUPPORT NETWORK).", "network_name", _STR),
+    ("server-description", None, "One line describing this server in LINKS, INFO and WHOIS (default: "
+     "'NETWORK-NAME IRC server').", "server_description", _STR),
     ("motd", None, "Message of the day text ('|' separates lines).", "motd", _STR),
     ("motd-file", None, "Read the message of the day from this file (overrides --motd).", "motd", _STR),
     ("data-dir", _D.data_dir, "Directory for the database and key files (created 0700).", "data_dir", _STR),
@@ -216,6 +218,8 @@ def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) 
                   "web_tls_key", "web_static_dir", "web_allowed_origins", "trusted_proxies", "broker_shared_secret"):
         if values.get(field) is None:
             values.pop(field, None)
+    if values.get("server_description") is None:
+        values.pop("server_description", None)  # not given: the Config default ("<network> IRC server")
     if options.get("server-password") is None and environ.get("SERVER_PASSWORD"):
         values["server_password"] = environ["SERVER_PASSWORD"]
     if options.get("oper-password") is None and environ.get("OPER_PASSWORD"):

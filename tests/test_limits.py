@@ -119,12 +119,12 @@ class FramingTests(unittest.TestCase):
 
     @asynctest
     async def test_oversized_tags_get_417(self) -> None:
-        """Client tags longer than 8191 bytes get 417; tags just within the limit are accepted."""
+        """Client tag data over 4094 bytes (message-tags) gets 417; 4094 bytes are accepted."""
         srv = await start_server(self)
         c = await srv.client("tagger")
         c.send("@+big=" + "t" * 8200 + " PING huge")
         await c.expect("417")
-        c.send("@+ok=" + "t" * (8191 - len("@+ok=")) + " PING fits")
+        c.send("@+ok=" + "t" * (4094 - len("+ok=")) + " PING fits")
         pong_line = await c.expect("PONG")
         self.assertEqual(pong_line.params[-1], "fits")
         await c.expect_not("417")

@@ -498,7 +498,7 @@ class ServerInfoTests(unittest.TestCase):
         self.assertEqual(by["253"].params[1], "0")
         self.assertEqual(by["254"].params[1], "2")
         self.assertIn("I have 2 clients", by["255"].params[1])
-        self.assertEqual(by["265"].params[1], "2")
+        self.assertEqual(by["265"].params[1:3], ["2", "2"])  # current and peak (issue #12), not --max-clients
 
     @asynctest
     async def test_version(self) -> None:

@@ -102,8 +102,9 @@ class WelcomeBurstTests(unittest.TestCase):
         self.assertEqual(by_code["253"].params[1], "1")
         self.assertEqual(by_code["254"].params[1], "1")
         self.assertIn("I have 2 clients", by_code["255"].params[-1])
-        self.assertEqual(by_code["265"].params[1:3], ["2", "10000"])
-        self.assertEqual(by_code["266"].params[1:3], ["2", "10000"])
+        # <current> <max>: the max is the peak count since start-up (issue #12), not --max-clients.
+        self.assertEqual(by_code["265"].params[1:3], ["2", "2"])
+        self.assertEqual(by_code["266"].params[1:3], ["2", "2"])
 
     @asynctest
     async def test_isupport_tokens(self) -> None:

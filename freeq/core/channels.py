@@ -289,8 +289,8 @@ class ChannelCommands(_Server):
                 f = self._elist_filter(item, now)
                 if f is not None:
                     filters.append(f)
-                elif is_channel(item):
-                    wanted = (wanted or []) + [item]
+                elif is_channel(item) and "*" not in item and "?" not in item:
+                    wanted = (wanted or []) + [item]  # a channel name; "#c*n2" is a mask, matched below
                 else:
                     glob = compile_glob(item)
 

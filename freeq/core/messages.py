@@ -34,6 +34,7 @@ class MessageCommands(_Server):
 
     if TYPE_CHECKING:  # what this group calls in the other groups
         signature_tag: Callable[[User, str, str, str, Optional[str], float], Optional[str]]  # identity
+        write_unlabelled: Callable[[User, bytes], None]  # server
         tagged_action: Callable[[User, str, str, str, dict[str, str], Optional[str], float], bool]  # redaction
 
     def irc_PRIVMSG(self, user: User, msg: Message) -> None:
@@ -208,5 +209,12 @@ class MessageCommands(_Server):
             data = variants[sender.tagclass]
             if data is None:
                 data = render(sender.tagclass)
-            sender.write(data)
+            if to_self:
+                # To oneself: the delivery is a side effect, never part of a labelled reply; with echo-message
+                # the echo follows as the reply (labeled-response), so the client gets both.
+                self.write_unlabelled(sender, data)
+                if "echo-message" in sender.caps:
+                    sender.write(data)
+            else:
+                sender.write(data)
         return msgid

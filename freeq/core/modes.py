@@ -12,8 +12,8 @@ from freeq.irc.parser import Message, build
 from freeq.state.channel import Channel
 from freeq.state.masks import MAX_MASK_LENGTH, MAX_MASK_WILDCARDS
 from freeq.state.modes import (
-    FOUNDER, INVALID, LIST, LIST_FULL, LIST_REFUSED, MASK_REFUSED, NEED_PARAMS, NO_SUCH_NICK, NOT_MEMBER, UNKNOWN,
-    ModeReply, apply_modes,
+    FOUNDER, HIDDEN_VALUE, INVALID, LIST, LIST_FULL, LIST_REFUSED, MASK_REFUSED, NEED_PARAMS, NO_SUCH_NICK,
+    NOT_MEMBER, UNKNOWN, ModeReply, apply_modes,
 )
 from freeq.state.rules import NOT_ON_CHANNEL, mode_refusal
 from freeq.state.user import User
@@ -151,7 +151,8 @@ class ModeCommands(_Server):
         elif kind == FOUNDER:
             self.num(user, "482", chan.name, "You cannot deop the channel founder")
         elif kind == INVALID:
-            self.num(user, "696", chan.name, mode, arg, reply.text)
+            # The state layer already hid what cannot be echoed; an empty value still needs its slot.
+            self.num(user, "696", chan.name, mode, arg or HIDDEN_VALUE, reply.text)
         elif kind == MASK_REFUSED:
             # Counted and logged like any refused mask; echoed cut to the cap so the reply stays a sane line.
             self._mask_refused(user, f"MODE {chan.name} +{mode}", arg)

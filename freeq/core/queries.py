@@ -50,7 +50,8 @@ class QueryCommands(_Server):
                     chans.append(prefix_chars(chan.members[other], "multi-prefix" in user.caps) + chan.name)
             if chans:
                 self.num(user, "319", other.nick, " ".join(chans))
-            self.num(user, "312", other.nick, other.server, f"{self.config.network_name} IRC server")
+            self.num(user, "312", other.nick, other.server, self._server_info(
+                self.federation is None or not self.federation.is_remote(other)))
             if other.is_oper:
                 self.num(user, "313", other.nick, "is an IRC operator")
             if other.account:
@@ -200,9 +201,18 @@ class QueryCommands(_Server):
         self.num(user, "258", a[1])
         self.num(user, "259", a[2])
 
+    def _server_info(self, local: bool) -> str:
+        """A server's description: ``--server-description`` for this one (``local``); the other servers of the
+        federation do not send theirs, so they keep the default, ``<network> IRC server``."""
+        default = f"{self.config.network_name} IRC server"
+        return (self.config.server_description or default) if local else default
+
     def irc_INFO(self, user: User, msg: Message) -> None:
-        for line in (f"{VERSION}: an identity-aware, federated IRC server", "Built on Twisted.",
-                     f"Up since {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(self.started))}"):
+        lines = [f"{VERSION}: an identity-aware, federated IRC server", "Built on Twisted.",
+                 f"Up since {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(self.started))}"]
+        if self.config.server_description:
+            lines.insert(1, self.config.server_description)  # without the flag INFO reads as it always did
+        for line in lines:
             self.num(user, "371", line)
         self.num(user, "374", "End of /INFO list")
 
@@ -224,11 +234,10 @@ class QueryCommands(_Server):
         if len(msg.params) > 1 and not any(glob_match(msg.params[0], row[0]) for row in rows):
             self.num(user, "402", msg.params[0], "No such server")
             return
-        description = f"{self.config.network_name} IRC server"
         for name, uplink, hops, server_id, trust in rows:
             if not glob_match(mask, name):
                 continue
-            text = f"{hops} {description}"
+            text = f"{hops} {self._server_info(hops == 0)}"
             if user.is_oper and server_id:
                 text += f" [{server_id}" + (f", trust {trust}" if trust else "") + "]"
             self.num(user, "364", name, uplink, text)

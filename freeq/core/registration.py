@@ -30,6 +30,11 @@ log = Logger()
 class RegistrationCommands(_Server):
     """From the first line to a registered user, and the commands that change the user's own state."""
 
+    #: The most local registered users at once since start-up, and the most users on the network at once
+    #: (LUSERS 265/266); set on the instance when they first rise.
+    peak_local_users: int = 0
+    peak_global_users: int = 0
+
     if TYPE_CHECKING:  # what this group calls in the other groups
         monitor_notify: Callable[[str, Optional[User]], None]  # monitor
         nick_owner: Callable[[str], Optional[str]]  # identity
@@ -102,6 +107,8 @@ class RegistrationCommands(_Server):
     def _count_registered(self, user: User, delta: int) -> None:
         """A local connection registered (``delta`` 1) or went away registered (-1): the LUSERS counts."""
         self.registered_count += delta
+        if self.registered_count > self.peak_local_users:
+            self.peak_local_users = self.registered_count
         if "i" in user.modes:
             self.invisible_count += delta
         if "o" in user.modes:
@@ -109,6 +116,12 @@ class RegistrationCommands(_Server):
 
     def _send_lusers(self, user: User) -> None:
         total = self.registered_count
+        # Only this server's users are counted (the 251 says "on 1 servers"), so the global figures are the
+        # local ones; the global peak is kept apart all the same, for when remote users are counted.
+        global_total = total
+        if global_total > self.peak_global_users:
+            self.peak_global_users = global_total
+        peak_local = max(self.peak_local_users, total)
         invisible = self.invisible_count
         opers = self.oper_count
         unknown = len(self.connections) - total
@@ -117,10 +130,10 @@ class RegistrationCommands(_Server):
         self.num(user, "253", str(unknown), "unknown connection(s)")
         self.num(user, "254", str(self.channels.formed), "channels formed")
         self.num(user, "255", f"I have {total} clients and 0 servers")
-        self.num(user, "265", str(total), str(self.config.max_clients),
-                 f"Current local users {total}, max {self.config.max_clients}")
-        self.num(user, "266", str(total), str(self.config.max_clients),
-                 f"Current global users {total}, max {self.config.max_clients}")
+        # 265/266 <current> <max>: the max is the highest count seen since start-up, not a configured cap.
+        self.num(user, "265", str(total), str(peak_local), f"Current local users {total}, max {peak_local}")
+        self.num(user, "266", str(global_total), str(self.peak_global_users),
+                 f"Current global users {global_total}, max {self.peak_global_users}")
 
     def _send_motd(self, user: User) -> None:
         if not self.motd:
@@ -182,14 +195,14 @@ class RegistrationCommands(_Server):
         primary = holder if holder in devices else user
         self.broadcast(self.co_members(user) | set(devices), data)
         self.whowas.append((user.nick, user.username, user.host, user.realname, self.clock.seconds()))
-        if old_folded != folded:
-            if holder is primary:
-                del self.users[old_folded]
-            self.monitor_notify(old_folded, None)
+        if old_folded != folded and holder is primary:
+            del self.users[old_folded]
         for device in devices:
             device.set_nick(nick)
         self.users[folded] = primary
         if old_folded != folded:
+            # After the rename: a watcher that is this user (watching its old nick) is addressed by its new one.
+            self.monitor_notify(old_folded, None)
             self.monitor_notify(folded, primary)
         self.s2s_notify("nick", primary, old_mask)
 
@@ -197,7 +210,8 @@ class RegistrationCommands(_Server):
         if user.registered or user.user_given:
             self.num(user, "462", "You may not reregister")
             return
-        if len(msg.params) < 4 or not msg.params[0]:
+        if len(msg.params) < 4 or not msg.params[0] or not msg.params[3]:
+            # An empty realname is a missing parameter (Modern IRC: USER needs four non-empty ones).
             self.num(user, "461", "USER", "Not enough parameters")
             return
         ident = "".join(ch for ch in msg.params[0] if ch.isascii() and (ch.isalnum() or ch in "-_."))

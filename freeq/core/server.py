@@ -215,12 +215,16 @@ class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_nam
             if handler is not None:
                 user.write(build_text(self.name, "451", user.nick, "You have not registered"))
             return
+        label = msg.tags.get("label") if msg.tags and "labeled-response" in user.caps else None
         if handler is None:
             if cmd.isdigit():
                 return
-            self.num(user, "421", cmd, "Unknown command")
+            unknown = build_text(self.name, "421", user.nick, cmd, "Unknown command")
+            if label is None:
+                user.write(unknown)
+            else:
+                self._flush_label(user, label, [unknown])  # labeled-response: every reply carries the label
             return
-        label = msg.tags.get("label") if msg.tags and "labeled-response" in user.caps else None
         try:
             if label is None:
                 handler(user, msg)
@@ -248,6 +252,15 @@ class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_nam
             if held is not None:
                 log.warn("refused to send an unsafe line answering {command} from {nick} ({ip}); {held} more "
                          "since the last such line", command=cmd, nick=user.nick, ip=user.ip, held=held)
+
+    def write_unlabelled(self, user: User, data: bytes) -> None:
+        """Write ``data`` to ``user`` outside the reply to the labelled command it is running, if any: a message
+        it sent to itself is delivered as a side effect, not a response (labeled-response)."""
+        capture = getattr(user.write, "__self__", None)
+        if isinstance(capture, _LabelCapture) and not capture.done:
+            capture.real_write(data)
+        else:
+            user.write(data)
 
     def _flush_label(self, user: User, label: str, lines: list[bytes]) -> None:
         tag = ("label=" + format_tags({"x": label})[2:]).encode()

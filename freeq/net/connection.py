@@ -378,7 +378,7 @@ class ClientConnection:
         if self._closed or self.user is None:
             return
         cfg = self.factory.config
-        limit = cfg.max_line_bytes + cfg.max_tag_bytes
+        limit = cfg.max_line_bytes + cfg.max_tag_bytes + 2  # the longest line: '@', tag data, space, the rest
         buf = self._buffer + data if self._buffer else data
         start = 0
         while True:
@@ -413,8 +413,8 @@ class ClientConnection:
             return
         if raw[:1] == b"@":
             sp = raw.find(b" ")
-            tag_len = sp if sp >= 0 else len(raw)
-            if tag_len > cfg.max_tag_bytes or len(raw) - tag_len - 1 > cfg.max_line_bytes - 2:
+            tag_len = sp if sp >= 0 else len(raw)  # with the '@'
+            if tag_len - 1 > cfg.max_tag_bytes or len(raw) - tag_len - 1 > cfg.max_line_bytes - 2:
                 self._too_long()
                 return
         elif len(raw) > cfg.max_line_bytes - 2:

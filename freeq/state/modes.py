@@ -32,6 +32,22 @@ Change = tuple[str, str, Optional[str]]
 MAX_KEY_LENGTH = 23
 MAX_LIMIT = 1_000_000
 
+#: What a 696 shows in place of a value it cannot echo: an empty one (a middle parameter cannot be
+#: empty), one with a space or a leading ':' (it would not stay one parameter), or an over-long one.
+HIDDEN_VALUE = "*"
+
+#: The longest limit value a 696 echoes (longer than any valid limit, short enough to keep the line sane).
+MAX_SHOWN_LIMIT = 16
+
+
+def shown_value(value: str, max_length: int) -> str:
+    """``value`` as a 696 echoes it in its ``<param>`` slot: itself when it is a non-empty word of at most
+    ``max_length`` characters without a leading ``:``, else :data:`HIDDEN_VALUE`, so the reply keeps all of
+    ``<channel> <mode> <param> <description>``."""
+    if not value or len(value) > max_length or " " in value or value[0] == ":":
+        return HIDDEN_VALUE
+    return value
+
 
 @dataclass(frozen=True)
 class ModeReply:
@@ -211,8 +227,8 @@ class _ModeRun:
         if adding:
             key = key.strip() if key else ""
             if not key or "," in key or " " in key or key[0] == ":" or len(key) > MAX_KEY_LENGTH:
-                shown = key if key and " " not in key and key[0] != ":" else "*"
-                self.reply(INVALID, "k", shown, f"Invalid key (1-{MAX_KEY_LENGTH} characters, no comma or space)")
+                self.reply(INVALID, "k", shown_value(key, MAX_KEY_LENGTH),
+                           f"Invalid key (1-{MAX_KEY_LENGTH} characters, no comma or space)")
                 return
             chan.key = key
             self.outcome.applied.append(("+", "k", key))
@@ -238,7 +254,7 @@ class _ModeRun:
         except ValueError:
             limit = 0
         if limit <= 0 or limit > MAX_LIMIT:
-            self.reply(INVALID, "l", raw, "Invalid limit")
+            self.reply(INVALID, "l", shown_value(raw, MAX_SHOWN_LIMIT), "Invalid limit")
             return
         chan.limit = limit
         self.outcome.applied.append(("+", "l", str(limit)))
