@@ -12,6 +12,7 @@ CAPABILITIES: dict[str, str] = {
     "cap-notify": "",
     "chghost": "",
     "draft/chathistory": "",
+    "draft/multiline": "max-bytes=40000,max-lines=100",  # freeq.state.multiline.CAP_VALUE
     "draft/message-redaction": "",  # freeq.core.redaction
     "draft/read-marker": "",
     "echo-message": "",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
 
+from freeq.core.multiline import wants_batch
 from freeq.irc.names import fold, is_channel
 from freeq.irc.parser import Message, build, build_text
 from freeq.state.rules import dm_key
@@ -171,6 +172,8 @@ class HistoryCommands:
             user.write(build(self.name, "BATCH", "-" + ref))
 
     def _history_line(self: "IRCServer", user: "User", m: "StoredMessage", ref: Optional[str]) -> bytes:  # type: ignore[misc]
+        if "\n" in m.text:  # one row of a draft/multiline message: a nested batch, or plain lines
+            return self._history_multiline(user, m, ref)
         tags: dict[str, str] = {}
         if ref is not None:
             tags["batch"] = ref
@@ -182,6 +185,22 @@ class HistoryCommands:
         if "account-tag" in user.caps and m.account:
             tags["account"] = m.account
         return build_text(m.sender, m.command, m.shown_to, m.text, tags=tags or None)
+
+    def _history_multiline(self: "IRCServer", user: "User", m: "StoredMessage",  # type: ignore[misc]
+                           ref: Optional[str]) -> bytes:
+        """A multiline row as it was delivered live: the opener (or the first line) with msgid and client tags."""
+        batch = wants_batch(user)
+        opener: dict[str, str] = {}
+        line: dict[str, str] = {}
+        if "message-tags" in user.caps:
+            opener.update(m.tags)
+        if "message-tags" in user.caps or batch:
+            opener["msgid"] = m.msgid
+        if "server-time" in user.caps or ref is not None or batch:
+            opener["time"] = line["time"] = format_ms(m.time_ms)
+        if ("account-tag" in user.caps or batch) and m.account:
+            opener["account"] = line["account"] = m.account
+        return self.multiline_history_line(user, m.sender, m.command, m.shown_to, m.text, opener, line, ref)
 
     def _targets_reply(self: "IRCServer", user: "User", rows: list[tuple[str, str, int]],  # type: ignore[misc]
                        label: Optional[str]) -> None:

@@ -34,6 +34,7 @@ class MessageCommands(_Server):
 
     if TYPE_CHECKING:  # what this group calls in the other groups
         signature_tag: Callable[[User, str, str, str, Optional[str], float], Optional[str]]  # identity
+        multiline_line: Callable[[User, Message, str], bool]  # multiline
         write_unlabelled: Callable[[User, bytes], None]  # server
         tagged_action: Callable[[User, str, str, str, dict[str, str], Optional[str], float], bool]  # redaction
 
@@ -47,6 +48,8 @@ class MessageCommands(_Server):
         self._message(user, msg, "TAGMSG")
 
     def _message(self, user: User, msg: Message, command: str) -> None:
+        if msg.tags and "batch" in msg.tags and self.multiline_line(user, msg, command):
+            return  # a line of an open draft/multiline batch: kept for its BATCH -
         notice = command == "NOTICE"
         tagmsg = command == "TAGMSG"
         now = self.clock.seconds()  # one time per message: the time tag, the signature and history agree

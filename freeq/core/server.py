@@ -29,6 +29,7 @@ from freeq.core.identity import IdentityCommands
 from freeq.core.messages import MessageCommands
 from freeq.core.modes import ModeCommands
 from freeq.core.monitor import MonitorCommands
+from freeq.core.multiline import MultilineCommands
 from freeq.core.operator import OperatorCommands
 from freeq.core.queries import QueryCommands
 from freeq.core.reactions import ReactionCommands  # reactions (issue #12)
@@ -81,7 +82,7 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
 
 class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_names (issue #12)
                 RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands,
-                MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands,
+                MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands, MultilineCommands,
                 RedactionCommands, ReactionCommands):
     """All users and channels of one server, and the handlers for every command."""
 
@@ -284,6 +285,7 @@ class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_nam
         if user not in self.connections:
             return
         self.connections.discard(user)
+        self.multiline_forget(user)  # its open draft/multiline batches
         if user.registered:
             self._count_registered(user, -1)
         if user.registered and self._detach_session(user):
@@ -392,6 +394,7 @@ class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_nam
         try:
             self.expire_channels(now)
             self.channel_quota.prune(now)
+            self.expire_multiline(now)
         except Exception:
             log.failure("channel expiry sweep failed")
 

@@ -27,7 +27,7 @@ class IRCHandler(Protocol):
     """What a client transport needs of the IRC logic (:class:`freeq.core.server.IRCServer` is one).
 
     Transports (``freeq.net``, ``freeq.web.websocket``) depend on this, not on the core's class, so
-    the connection code sees five calls and two attributes rather than the whole server.
+    the connection code sees six calls and two attributes rather than the whole server.
     """
 
     name: str
@@ -50,3 +50,6 @@ class IRCHandler(Protocol):
 
     def metric(self, name: str) -> None:
         """Count one event in the server's metrics."""
+
+    def in_multiline_batch(self, user: Any, msg: Message) -> bool:
+        """Whether ``msg`` belongs to a ``draft/multiline`` batch ``user`` has open (it costs no flood token)."""

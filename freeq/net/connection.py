@@ -429,7 +429,8 @@ class ClientConnection:
             self._queue(msg)
             return
         bucket = self._bucket
-        if bucket is not None and msg.command not in FLOOD_EXEMPT and not bucket.take(self.factory.clock.seconds()):
+        if bucket is not None and msg.command not in FLOOD_EXEMPT and not self._in_batch(msg) \
+                and not bucket.take(self.factory.clock.seconds()):
             self._queue(msg)
             return
         self._dispatch(msg)
@@ -445,6 +446,11 @@ class ClientConnection:
             self.factory.server.close(user, "Internal error")
 
     # -- flood control: fake lag, then Excess Flood --------------------------------
+    def _in_batch(self, msg: Any) -> bool:
+        """A line of an open ``draft/multiline`` batch costs no token: its ``BATCH +`` paid for the batch, which
+        is bounded by its own limits (lines, bytes, open batches). Untagged lines other than BATCH skip the ask."""
+        return bool(msg.tags or msg.command == "BATCH") and self.factory.server.in_multiline_batch(self.user, msg)
+
     def _queue(self, msg: Any) -> None:
         if not self._pending:
             self._pending = deque()
@@ -470,7 +476,8 @@ class ClientConnection:
         clock = self.factory.clock
         while self._pending and not self._closed:
             msg = self._pending[0]
-            if msg.command not in FLOOD_EXEMPT and bucket is not None and not bucket.take(clock.seconds()):
+            if msg.command not in FLOOD_EXEMPT and bucket is not None and not self._in_batch(msg) \
+                    and not bucket.take(clock.seconds()):
                 self._schedule_drain()
                 return
             self._pending.popleft()

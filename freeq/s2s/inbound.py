@@ -16,6 +16,7 @@ from freeq.s2s.proofs import STATUS_BITS
 from freeq.s2s.protocol import ProtocolError
 from freeq.s2s.state import ChannelCRDT, materialize, merge_ops
 from freeq.state.channel import OP, VOICE, Channel
+from freeq.state.multiline import body_problem
 from freeq.state.redaction import ACTION_TAGS
 from freeq.state.rules import (
     NOT_ON_CHANNEL, channel_history_key, consume_invite, dm_history_key, grant_invite, invite_refusal, is_did_op,
@@ -470,7 +471,15 @@ class InboundEvents(LocalObservers):
         command = P.get(ev, "cmd", str)
         if command not in ("PRIVMSG", "NOTICE", "TAGMSG"):
             raise ProtocolError("bad command")
-        text = P.text(ev, "text", 4096) if command != "TAGMSG" else ""
+        if ev.get("multiline") is True and command != "TAGMSG":  # draft/multiline: up to max-bytes
+            text = P.get(ev, "text", str)
+            problem = body_problem(text)
+            if problem is not None:
+                raise ProtocolError(f"text: {problem}")
+            send = self.server.deliver_multiline
+        else:
+            text = P.text(ev, "text", 4096) if command != "TAGMSG" else ""
+            send = self.server.deliver
         tags = P.tags(ev, "tags")
         msgid = P.get(ev, "msgid", str)
         if not 1 <= len(msgid) <= 64 or set(msgid) - _MSGID_CHARS:
@@ -486,7 +495,7 @@ class InboundEvents(LocalObservers):
                     actor, command, dm_history_key("PRIVMSG", actor, target), None, target.nick, text, tags, msgid,
                     server.group(target), self.clock.seconds()):
                 return True
-            server.deliver(actor, command, target.nick, text, tags, server.group(target), msgid=msgid)
+            send(actor, command, target.nick, text, tags, server.group(target), msgid=msgid)
             key = dm_history_key(command, actor, target)
             if server.store is not None and key is not None:
                 server.store.append_message(key, msgid, self.clock.seconds(), command, actor.hostmask, actor.account,
@@ -510,7 +519,7 @@ class InboundEvents(LocalObservers):
                 actor, command, channel_history_key(chan, "PRIVMSG", status_min), chan, display, text, tags, msgid,
                 local, self.clock.seconds()):
             return True
-        server.deliver(actor, command, display, text, tags, local, msgid=msgid)
+        send(actor, command, display, text, tags, local, msgid=msgid)
         key = channel_history_key(chan, command, status_min)
         if server.store is not None and key is not None:
             server.store.append_message(key, msgid, self.clock.seconds(), command, actor.hostmask,

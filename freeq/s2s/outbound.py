@@ -203,6 +203,24 @@ class LocalObservers(RemoteUsers):
                            "tags": {k: v for k, v in tags.items() if k != ORIGIN_TAG}, "msgid": msgid},
                    to=other.conn.origin)
 
+    def local_multiline_message(self, user: User, command: str, target: str, chan: Channel, text: str,
+                                tags: dict[str, str], msgid: str) -> None:
+        """A local user's ``draft/multiline`` message to a channel: one ``msg`` event whose ``text`` is the whole
+        body (lines joined by ``\\n``), flagged ``multiline`` (freeq.core.multiline)."""
+        if not self._local(user) or not self.links:
+            return
+        self._emit("msg", {"uid": self.uid(user), "cmd": command, "target": target, "text": text, "multiline": True,
+                           "tags": {k: v for k, v in tags.items() if k != ORIGIN_TAG}, "msgid": msgid})
+
+    def local_multiline_dm(self, user: User, command: str, other: User, text: str, tags: dict[str, str],
+                           msgid: str) -> None:
+        """A local user's ``draft/multiline`` private message: as :meth:`local_dm`, flagged ``multiline``."""
+        if not self._local(user) or not isinstance(other.conn, RemoteSession):
+            return
+        self._emit("msg", {"uid": self.uid(user), "cmd": command, "target": other.conn.uid, "text": text,
+                           "multiline": True, "tags": {k: v for k, v in tags.items() if k != ORIGIN_TAG},
+                           "msgid": msgid}, to=other.conn.origin)
+
     def _refuser(self, origins: Iterable[str]) -> Optional[str]:
         """The name of the first of the servers ``origins`` that would not apply our operators' actions."""
         for origin in sorted(set(origins)):
