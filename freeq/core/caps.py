@@ -1,6 +1,8 @@
 """The IRCv3 capabilities this server offers."""
 from __future__ import annotations
 
+from freeq.core.metadata import CAP_VALUE
+
 from typing import Optional
 
 #: Capability name -> value advertised to ``CAP LS 302`` clients ("" for none).
@@ -14,6 +16,7 @@ CAPABILITIES: dict[str, str] = {
     "draft/chathistory": "",
     "draft/multiline": "max-bytes=40000,max-lines=100",  # freeq.state.multiline.CAP_VALUE
     "draft/message-redaction": "",  # freeq.core.redaction
+    "draft/metadata-2": CAP_VALUE,  # freeq.core.metadata
     "draft/read-marker": "",
     "echo-message": "",
     "extended-join": "",

@@ -25,6 +25,7 @@ from freeq.config import Config
 from freeq.core.channels import ChannelCommands
 from freeq.core.history import HistoryCommands
 from freeq.core.markers import ReadMarkerCommands
+from freeq.core.metadata import MetadataCommands
 from freeq.core.identity import IdentityCommands
 from freeq.core.messages import MessageCommands
 from freeq.core.modes import ModeCommands
@@ -56,7 +57,8 @@ __all__ = ["CHANNEL_MODES", "PRE_REGISTRATION", "USER_MODES", "VERSION", "IRCSer
 log = Logger()
 
 #: Commands a client may send before registration completes.
-PRE_REGISTRATION = frozenset({"CAP", "NICK", "USER", "PASS", "PING", "PONG", "QUIT", "AUTHENTICATE"})
+PRE_REGISTRATION = frozenset({"CAP", "NICK", "USER", "PASS", "PING", "PONG", "QUIT", "AUTHENTICATE",
+                              "METADATA"})  # draft/metadata-2 before-connect
 
 
 class _LabelCapture:
@@ -81,6 +83,7 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
 
 
 class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_names (issue #12)
+                MetadataCommands,  # and this set_account, load_channels, _try_register, _send_motd, _join
                 RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands,
                 MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands, MultilineCommands,
                 RedactionCommands, ReactionCommands):
