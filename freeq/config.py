@@ -10,6 +10,9 @@ from typing import Any, Optional
 #: The longest --server-description, in UTF-8 bytes (it goes out in 364, 371 and 312 lines).
 MAX_SERVER_DESCRIPTION = 200
 
+#: The longest --sts-duration: one year, in seconds (a mistaken policy pins clients to TLS that long).
+MAX_STS_DURATION = 31536000
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message is one line, fit for the operator."""
@@ -72,6 +75,10 @@ class Config:
     tls_listen: Optional[Listen] = Listen("127.0.0.1", 6697)
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
+    # STS (https://ircv3.net/specs/extensions/sts, issue #12): with a TLS listener, plain connections are
+    # told its port (``sts=port=``) and TLS ones this policy duration in seconds (``sts=duration=``); 0:
+    # STS is not advertised.
+    sts_duration: int = 2592000
     data_dir: str = "freeq-data"
     db_path: Optional[str] = None  # None: <data_dir>/freeq.db; ":memory:" keeps nothing on disk
     # Start even though the database is behind its high-water mark (freeq.db.hwm) or is missing/empty
@@ -186,6 +193,8 @@ class Config:
                               "without control characters")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key must be given together")
+        if not 0 <= self.sts_duration <= MAX_STS_DURATION:
+            raise ConfigError(f"--sts-duration: must be 0 (off) to {MAX_STS_DURATION} seconds, got {self.sts_duration}")
         for name in ("max_connections_per_ip", "max_clients", "max_channels_per_user", "max_targets",
                      "flood_burst", "flood_queue", "sendq_bytes", "nick_len", "channel_len", "topic_len",
                      "max_list_entries", "max_monitor", "whowas_size"):

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
+from zope.interface import implementer
 
 from freeq.config import Config, ConfigError, Listen, parse_listen
 from freeq.core.server import IRCServer
@@ -35,6 +37,8 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
      "tls_listen", "listen"),
     ("tls-cert", None, "TLS certificate chain (PEM).", "tls_cert", _STR),
     ("tls-key", None, "TLS private key (PEM).", "tls_key", _STR),
+    ("sts-duration", _D.sts_duration, "STS policy duration in seconds, advertised on TLS connections (plain ones "
+     "are told the TLS port); 0 = do not advertise STS.", "sts_duration", _INT),
     ("server-name", _D.server_name, "Server name: the prefix of server messages.", "server_name", _STR),
     ("network-name", _D.network_name, "Network name (ISUPPORT NETWORK).", "network_name", _STR),
     ("server-description", None, "One line describing this server in LINKS, INFO and WHOIS (default: "
@@ -386,6 +390,24 @@ def make_federation_factory(config: Config, reactor: Any) -> "FederationFactory"
     return make_federation(reactor, key)
 
 
+@implementer(IStreamServerEndpoint)
+class _PortReporting:
+    """A server endpoint that tells ``on_port`` the port it bound (the TLS port STS advertises, which a
+    listener on port 0 only knows once bound)."""
+
+    def __init__(self, endpoint: Any, on_port: Callable[[int], None]) -> None:
+        self.endpoint = endpoint
+        self.on_port = on_port
+
+    def listen(self, factory: Any) -> Any:
+        """Listen on the wrapped endpoint; report the bound port, then pass the listening port on."""
+        def bound(port: Any) -> Any:
+            self.on_port(port.getHost().port)
+            return port
+
+        return self.endpoint.listen(factory).addCallback(bound)
+
+
 def build_service(config: Config, reactor: Any) -> service.MultiService:
     """Wire the whole server from a validated config into one service tree."""
     from freeq.store.service import StoreService, open_persistence
@@ -408,7 +430,10 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
 
         tls = load_tls_options(config.tls_cert, config.tls_key)
         factory = IRCFactory(server, limiter, reactor, secure=True, reactor=reactor)
-        svc = StreamServerEndpointService(config.tls_listen.endpoint(reactor, tls), factory)
+        if config.tls_listen.port:
+            server.tls_port = config.tls_listen.port  # known before the bind; port 0 is learnt when bound
+        endpoint = _PortReporting(config.tls_listen.endpoint(reactor, tls), server.learn_tls_port)
+        svc = StreamServerEndpointService(endpoint, factory)
         svc._raiseSynchronously = True
         svc.setServiceParent(top)
     sweeper = TimerService(config.sweep_interval, server.sweep)

@@ -170,13 +170,15 @@ class BadInputTests(unittest.TestCase):
         self.assertEqual((await bob.expect("PRIVMSG")).params, ["bob", "hello"])
 
     @asynctest
-    async def test_invalid_utf8_is_replaced(self) -> None:
-        """Undecodable bytes arrive as U+FFFD and the rest of the text is intact."""
+    async def test_invalid_utf8_is_refused(self) -> None:
+        """UTF8ONLY (issue #12): an undecodable line is refused with FAIL INVALID_UTF8, never relayed
+        (tests/test_utf8only.py has the rest)."""
         srv = await start_server(self)
         alice = await srv.client("alice")
         bob = await srv.client("bob")
         alice.send(b"PRIVMSG bob :caf\xe9 \xff\xfeok\r\n")
-        self.assertEqual((await bob.expect("PRIVMSG")).params, ["bob", "caf\ufffd \ufffd\ufffdok"])
+        self.assertEqual((await alice.expect("FAIL")).params[:2], ["PRIVMSG", "INVALID_UTF8"])
+        await bob.expect_not("PRIVMSG", after=[alice])
 
     @asynctest
     async def test_bare_lf_line_endings(self) -> None:

@@ -1,9 +1,9 @@
 """The IRCv3 capabilities this server offers."""
 from __future__ import annotations
 
-from freeq.core.metadata import CAP_VALUE
-
 from typing import Optional
+
+from freeq.core.metadata import CAP_VALUE
 
 #: Capability name -> value advertised to ``CAP LS 302`` clients ("" for none).
 CAPABILITIES: dict[str, str] = {
@@ -13,13 +13,15 @@ CAPABILITIES: dict[str, str] = {
     "batch": "",
     "cap-notify": "",
     "chghost": "",
+    "draft/channel-rename": "",  # freeq.core.rename
     "draft/chathistory": "",
-    "draft/multiline": "max-bytes=40000,max-lines=100",  # freeq.state.multiline.CAP_VALUE
     "draft/message-redaction": "",  # freeq.core.redaction
     "draft/metadata-2": CAP_VALUE,  # freeq.core.metadata
     "draft/read-marker": "",
+    "draft/multiline": "max-bytes=40000,max-lines=100",  # freeq.state.multiline.CAP_VALUE
     "echo-message": "",
     "extended-join": "",
+    "extended-monitor": "",  # freeq.core.monitor.monitor_extended
     "invite-notify": "",
     "labeled-response": "",
     "message-tags": "",

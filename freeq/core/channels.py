@@ -239,7 +239,8 @@ class ChannelCommands(_Server):
         if not msg.params or not msg.params[0]:
             self.num(user, "366", "*", "End of /NAMES list.")
             return
-        for name in msg.params[0].split(",")[:1]:
+        # NAMES #a,#b: a 353/366 set per channel, at most TARGMAX (--max-targets) of them.
+        for name in [n for n in msg.params[0].split(",") if n][: self.config.max_targets]:
             chan = self.channels.get(fold(name))
             if chan is None:
                 self.num(user, "366", name, "End of /NAMES list.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, Optional
 
 from freeq.irc.names import fold, valid_nick
-from freeq.irc.parser import Message
+from freeq.irc.parser import Message, build_text
 from freeq.state.user import User
 
 if TYPE_CHECKING:
@@ -95,5 +95,23 @@ class MonitorCommands(_Server):
         for w in watchers:
             if online is not None:
                 self.num(w, "730", online.hostmask)
+                if online.away is not None and "extended-monitor" in w.caps and "away-notify" in w.caps:
+                    w.write(build_text(online.hostmask, "AWAY", online.away))  # already away (a remote user)
             else:
                 self.num(w, "731", w.monitoring.get(folded, folded))
+
+    def monitor_extended(self, user: User, data: bytes, cap: str) -> None:
+        """``extended-monitor``: send ``data``, an ``away-notify`` / ``account-notify`` / ``chghost`` /
+        ``setname`` line (``cap``) about ``user``, to its MONITOR watchers that negotiated both
+        ``extended-monitor`` and ``cap``, as if they shared a channel. Watchers that do share one
+        got it with the channel's members already, so they are skipped (never twice)."""
+        watchers = self.monitors.get(user.folded)
+        if not watchers:
+            return
+        channels = user.channels.keys()
+        for w in watchers:
+            if w is user or "extended-monitor" not in w.caps or cap not in w.caps:
+                continue
+            if not channels.isdisjoint(w.channels.keys()):
+                continue
+            w.write(data)

@@ -35,8 +35,13 @@ class RegistrationCommands(_Server):
     peak_local_users: int = 0
     peak_global_users: int = 0
 
+    #: The port of the TLS listener that STS advertises to plain connections (``None``: no TLS listener);
+    #: set by the composition root (:func:`freeq.tap.build_service`), when bound if it listens on port 0.
+    tls_port: Optional[int] = None
+
     if TYPE_CHECKING:  # what this group calls in the other groups
         monitor_notify: Callable[[str, Optional[User]], None]  # monitor
+        monitor_extended: Callable[[User, bytes, str], None]  # monitor
         nick_owner: Callable[[str], Optional[str]]  # identity
         enforce_nick_ownership: Callable[[User], None]  # identity
         sasl_mechanisms: Callable[[], str]  # identity
@@ -51,8 +56,8 @@ class RegistrationCommands(_Server):
             f"NETWORK={c.network_name}", f"NICKLEN={c.nick_len}", "PREFIX=(ov)@+", "SAFELIST",
             "STATUSMSG=@+", f"CHATHISTORY={HISTORY_LIMIT}", "MSGREFTYPES=msgid,timestamp",
             f"TARGMAX=PRIVMSG:{c.max_targets},NOTICE:{c.max_targets},TAGMSG:{c.max_targets},JOIN:,PART:,"
-            f"KICK:{c.max_targets},WHOIS:{c.max_targets},NAMES:1,LIST:1,MONITOR:{c.max_monitor},USERHOST:5,ISON:",
-            f"TOPICLEN={c.topic_len}", f"USERLEN={c.user_len}", "WHOX",
+            f"KICK:{c.max_targets},WHOIS:{c.max_targets},NAMES:{c.max_targets},LIST:1,MONITOR:{c.max_monitor},USERHOST:5,ISON:",
+            f"TOPICLEN={c.topic_len}", f"USERLEN={c.user_len}", "UTF8ONLY", "WHOX",
         ]
         return [tokens[i:i + 12] for i in range(0, len(tokens), 12)]
 
@@ -99,6 +104,25 @@ class RegistrationCommands(_Server):
                 hook.on_register(user)
             except Exception:
                 log.failure("plugin on_register failed")
+
+    def learn_tls_port(self, port: int) -> None:
+        """The TLS listener is bound on ``port``: STS advertises it from now on."""
+        self.tls_port = port
+
+    def _sts_tokens(self, user: User) -> list[str]:
+        """The ``sts`` token of ``user``'s ``CAP LS`` (302 and later, values are needed): ``sts=port=<TLS
+        port>`` on a plain connection that can reconnect with TLS (not WebSocket), ``sts=duration=<s>`` on
+        a TLS one; nothing without a TLS listener or with ``--sts-duration 0``. Not in CAPABILITIES, so a
+        ``CAP REQ sts`` is NAKed (clients must not request it)."""
+        duration = self.config.sts_duration
+        if not duration or self.tls_port is None or user.cap_version < 302:
+            return []
+        conn = user.conn
+        if not getattr(conn, "sts_applies", False):
+            return []
+        if getattr(conn, "secure", False):
+            return [f"sts=duration={duration}"]
+        return [f"sts=port={self.tls_port}"]
 
     def _send_isupport(self, user: User) -> None:
         for chunk in self._isupport:
@@ -237,7 +261,7 @@ class RegistrationCommands(_Server):
                 user.cap_negotiating = True
             if user.cap_version >= 302 and "cap-notify" not in user.caps:
                 user.set_caps(user.caps | {"cap-notify"})
-            tokens = cap_ls_tokens(user.cap_version >= 302, {"sasl": self.sasl_mechanisms()})
+            tokens = cap_ls_tokens(user.cap_version >= 302, {"sasl": self.sasl_mechanisms()}) + self._sts_tokens(user)
             line = " ".join(tokens)
             if len(line) <= 400 or user.cap_version < 302:
                 user.write(build_text(self.name, "CAP", me, "LS", line))
@@ -318,6 +342,7 @@ class RegistrationCommands(_Server):
             self.num(user, "305", "You are no longer marked as being away")
             data = build(user.hostmask, "AWAY")
         self.broadcast(self.co_members(user), data, cap="away-notify")
+        self.monitor_extended(user, data, "away-notify")
         self.s2s_notify("user", user)
 
     def irc_SETNAME(self, user: User, msg: Message) -> None:
@@ -333,6 +358,7 @@ class RegistrationCommands(_Server):
         if "setname" in user.caps:
             user.write(data)
         self.broadcast(self.co_members(user), data, cap="setname")
+        self.monitor_extended(user, data, "setname")
 
     def change_host(self, user: User, username: str, host: str) -> None:
         """Change a user's visible user@host (e.g. a new cloak after authentication).
@@ -354,6 +380,7 @@ class RegistrationCommands(_Server):
                 other.write(chg)
             else:
                 other.write(quit_line)
+        self.monitor_extended(user, chg, "chghost")
         for chan in user.channels.values():
             status = chan.members[user]
             join = build(user.hostmask, "JOIN", chan.name)
@@ -381,5 +408,6 @@ class RegistrationCommands(_Server):
         if user.registered:
             data = build(user.hostmask, "ACCOUNT", account or "*")
             self.broadcast(self.co_members(user), data, cap="account-notify")
+            self.monitor_extended(user, data, "account-notify")
             if "account-notify" in user.caps:
                 user.write(data)

@@ -36,6 +36,7 @@ from freeq.core.queries import QueryCommands
 from freeq.core.reactions import ReactionCommands  # reactions (issue #12)
 from freeq.core.redaction import RedactionCommands  # edits and deletes (issue #12)
 from freeq.core.registration import RegistrationCommands
+from freeq.core.rename import RenameCommands  # draft/channel-rename (issue #12)
 from freeq.core.shared import CHANNEL_MODES, USER_MODES, VERSION, server_time, truncate
 from freeq.irc.confusables import NickOwners
 from freeq.irc.parser import Message, UnsafeLineError, build, build_text, format_tags
@@ -86,7 +87,7 @@ class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_nam
                 MetadataCommands,  # and this set_account, load_channels, _try_register, _send_motd, _join
                 RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands,
                 MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands, MultilineCommands,
-                RedactionCommands, ReactionCommands):
+                RedactionCommands, ReactionCommands, RenameCommands):
     """All users and channels of one server, and the handlers for every command."""
 
     def __str__(self) -> str:

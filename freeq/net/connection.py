@@ -422,7 +422,12 @@ class ClientConnection:
             return
         if b"\x00" in raw or b"\r" in raw:
             raw = raw.replace(b"\x00", b"").replace(b"\r", b"")
-        msg = parse(raw.decode("utf-8", "replace"))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._not_utf8(raw)
+            return
+        msg = parse(text)
         if msg is None:
             return
         if self._pending:
@@ -434,6 +439,25 @@ class ClientConnection:
             self._queue(msg)
             return
         self._dispatch(msg)
+
+    def _not_utf8(self, raw: bytes) -> None:
+        """A line that is not UTF-8 (the server advertises ``UTF8ONLY``): never dispatched, answered with
+        ``FAIL <command> INVALID_UTF8`` in its turn (it costs a flood token like any line)."""
+        msg = parse(raw.decode("utf-8", "replace"))
+        if msg is None:
+            return
+        refused = _NotUTF8(msg.command)
+        bucket = self._bucket
+        if self._pending or (bucket is not None and not bucket.take(self.factory.clock.seconds())):
+            self._queue(refused)
+            return
+        self._refuse_not_utf8(refused)
+
+    def _refuse_not_utf8(self, refused: "_NotUTF8") -> None:
+        user = self.user
+        if user is not None:
+            user.write(build_text(self.factory.server.name, "FAIL", refused.name, "INVALID_UTF8",
+                                  "Message rejected, your IRC software MUST use UTF-8 encoding on this network"))
 
     def _dispatch(self, msg: Any) -> None:
         user = self.user
@@ -481,16 +505,36 @@ class ClientConnection:
                 self._schedule_drain()
                 return
             self._pending.popleft()
-            self._dispatch(msg)
+            if msg.__class__ is _NotUTF8:
+                self._refuse_not_utf8(msg)
+            else:
+                self._dispatch(msg)
         self._pending = ()  # drained (or closed): give the deque back
         if not self._closed:
             self.transport.resumeProducing()
+
+
+class _NotUTF8:
+    """A queued line that was not UTF-8: only its command word is kept, to name it in the ``FAIL``."""
+
+    __slots__ = ("name", "command", "tags")
+
+    def __init__(self, command: str) -> None:
+        # Echo a plausible command word only: anything else from the undecodable line is named "*".
+        ok = 0 < len(command) <= 32 and command.isascii() and command.isalnum()
+        self.name = command if ok else "*"
+        # Read like a Message's by the queue's checks: no command and no tags, so it always costs a token
+        # (a "BATCH" that is not UTF-8 is not a line of a batch).
+        self.command = ""
+        self.tags = None
 
 
 class IRCProtocol(ClientConnection, Protocol):
     """One client connection speaking IRC lines over TCP or TLS."""
 
     factory: "IRCFactory"
+    #: A client here can reconnect to the TLS listener, so STS applies (not to WebSocket connections).
+    sts_applies = True
 
     def __init__(self, secure: bool) -> None:
         self._init_connection(secure)

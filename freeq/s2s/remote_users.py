@@ -105,13 +105,15 @@ class RemoteUsers(ProofKeeping):
             server.change_host(user, rec["user"], rec["host"])
         if rec["real"] != user.realname:
             user.realname = rec["real"]
-            server.broadcast(server.co_members(user), build_text(user.hostmask, "SETNAME", user.realname),
-                             cap="setname")
+            setname = build_text(user.hostmask, "SETNAME", user.realname)
+            server.broadcast(server.co_members(user), setname, cap="setname")
+            server.monitor_extended(user, setname, "setname")
         if rec["away"] != user.away:
             user.away = rec["away"]
             data = (build_text(user.hostmask, "AWAY", user.away) if user.away is not None
                     else build(user.hostmask, "AWAY"))
             server.broadcast(server.co_members(user), data, cap="away-notify")
+            server.monitor_extended(user, data, "away-notify")
         user.handle = rec["handle"]
         user.modes = set(rec["modes"])
         if rec["account"] != user.account:
