@@ -113,6 +113,26 @@ class RedactionTests(unittest.TestCase):
         self.assertIn("mine", [l.params[-1] for l in await self.history(alice)])
 
     @asynctest
+    async def test_labelled_redact(self) -> None:
+        """A labelled REDACT is answered (later, once the store found the message) with the label: the echo on
+        success, the FAIL on refusal."""
+        srv, alice, _bob, _carol, _dave = await self.start()
+        erin = await srv.client("erin", caps=FULL + ("labeled-response",))
+        erin.send("JOIN #c")
+        await erin.expect("366")
+        line = await self.say(erin, "labelled")
+        erin.send(f"@label=r1 REDACT #c {line.tags['msgid']}")
+        echo = await erin.expect("REDACT")
+        self.assertEqual((echo.tags.get("label"), echo.params), ("r1", ["#c", line.tags["msgid"]]))
+        other = await self.say(alice, "not erin's")
+        erin.send(f"@label=r2 REDACT #c {other.tags['msgid']}")
+        fail = await erin.expect("FAIL")
+        self.assertEqual((fail.tags.get("label"), fail.params[:2]), ("r2", ["REDACT", "REDACT_FORBIDDEN"]))
+        erin.send("@label=r3 PING :x")
+        await erin.expect_not(lambda l: l.command == "ACK" and l.tags.get("label") in ("r1", "r2"),
+                              until=lambda l: l.command == "PONG")
+
+    @asynctest
     async def test_operator_deletes_others_message_by_tag(self) -> None:
         """A channel operator may delete anyone's message (TAGMSG +draft/delete); a plain member may not
         (FAIL DELETE AUTHOR_MISMATCH)."""

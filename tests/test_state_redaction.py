@@ -102,3 +102,6 @@ class ReactionRuleTests(unittest.TestCase):
         tags = {"+react": "👍", "+draft/reply": "m1", "+x": "y"}
         normalise_pairs(tags)
         self.assertEqual(tags, {"+react": "👍", "+draft/react": "👍", "+draft/reply": "m1", "+reply": "m1", "+x": "y"})
+        tags = {"+draft/react": "x", "+reply": "m1"}
+        normalise_pairs(tags, react=False)  # a PRIVMSG: its react tag is not a reaction
+        self.assertEqual(tags, {"+draft/react": "x", "+reply": "m1", "+draft/reply": "m1"})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from freeq.core.shared import server_time, truncate
@@ -63,14 +64,34 @@ class RedactionCommands(_Server):
         deliver: Callable[..., str]  # messages
         _hook_message: Callable[[User, str, str, str], Optional[str]]  # messages
         start_reaction: Callable[[User, str, dict[str, str], float], None]  # reactions
+        _flush_label: Callable[[User, str, list[bytes]], None]  # server
+        current_label: Optional[str]  # server: the label of the command being handled
 
-    def irc_REDACT(self, user: User, msg: Message) -> None:
+    def irc_REDACT(self, user: User, msg: Message) -> Optional[Deferred]:
+        """``REDACT <target> <msgid> [:reason]``; answered once the store has found the message (a labelled
+        request gets its echo or FAIL with the label then)."""
         p = msg.params
         if len(p) < 2 or not p[0] or not p[1]:
             self.fail(user, "REDACT", "NEED_MORE_PARAMS", "REDACT", "Missing parameters")
-            return
+            return None
         reason = truncate(p[2], MAX_REASON_BYTES) if len(p) > 2 else ""
-        self._start_delete(user, "REDACT", p[0], p[1], reason)
+        return self._start_delete(user, "REDACT", p[0], p[1], reason, self.current_label)
+
+    def _labelled(self, user: User, label: Optional[str], fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)``; with a ``label``, what it writes to ``user`` is that label's answer."""
+        if label is None:
+            fn(*args)
+            return
+        lines: list[bytes] = []
+        real = user.write
+        user.write = lines.append
+        try:
+            fn(*args)
+        finally:
+            if user.write == lines.append:
+                user.write = real
+        if user in self.connections:
+            self._flush_label(user, label, lines)
 
     # -- the hook from PRIVMSG/NOTICE/TAGMSG ---------------------------------------------------------
     def tagged_action(self, user: User, command: str, targets: str, text: str, tags: dict[str, str],
@@ -101,7 +122,7 @@ class RedactionCommands(_Server):
         if kind == "REACT":
             self.start_reaction(user, targets, tags, now)
             return True
-        normalise_pairs(tags)
+        normalise_pairs(tags, react=command == "TAGMSG")
         return False
 
     # -- where ------------------------------------------------------------------------------------
@@ -131,16 +152,19 @@ class RedactionCommands(_Server):
             self.fail(user, command, "MESSAGE_ERROR", target, "The message could not be looked up")
 
     # -- delete -----------------------------------------------------------------------------------
-    def _start_delete(self, user: User, command: str, target: str, msgid: str, reason: str) -> None:
+    def _start_delete(self, user: User, command: str, target: str, msgid: str, reason: str,
+                      label: Optional[str] = None) -> Optional[Deferred]:
         place = self._place(user, command, target)
         if place is None:
-            return
+            return None
         if not valid_msgid(msgid) or self.store is None:
             self._not_found(user, command, place[3], msgid)
-            return
+            return None
         d = self.store.find_message(place[0], msgid)
-        d.addCallback(self._delete_found, user, command, place, msgid, reason)
-        d.addErrback(self._lookup_failed, user, command, place[3])
+        d.addCallback(lambda m: self._labelled(user, label, self._delete_found, m, user, command, place, msgid,
+                                               reason))
+        d.addErrback(lambda f: self._labelled(user, label, self._lookup_failed, f, user, command, place[3]))
+        return d
 
     def _delete_found(self, m: Optional["StoredMessage"], user: User, command: str, place: Place, msgid: str,
                       reason: str) -> None:
@@ -247,7 +271,7 @@ class RedactionCommands(_Server):
             return
         tags = dict(client_tags)
         tags[EDIT_TAG] = m.msgid
-        normalise_pairs(tags)
+        normalise_pairs(tags, react=False)
         if user.account:
             sig = self.signature_tag(user, chan.folded if chan is not None else shown, shown, text, client_sig, now)
             if sig:
@@ -279,7 +303,7 @@ class RedactionCommands(_Server):
         edit = command == "PRIVMSG" and EDIT_TAG in tags
         delete = command == "TAGMSG" and DELETE_TAG in tags
         if not (edit or delete):
-            normalise_pairs(tags)
+            normalise_pairs(tags, react=command == "TAGMSG")
             return False
         ref = tags[EDIT_TAG if edit else DELETE_TAG]
         if key is None or self.store is None or not valid_msgid(ref):
@@ -308,7 +332,7 @@ class RedactionCommands(_Server):
         assert self.store is not None
         if edit:
             tags[EDIT_TAG] = m.msgid
-            normalise_pairs(tags)
+            normalise_pairs(tags, react=False)
             self.deliver(actor, "PRIVMSG", shown, text, tags, local, msgid=msgid, now=now)
             self.store.add_edit(key, m.msgid, msgid, now, actor.hostmask, actor.account, text, tags, shown).addErrback(
                 lambda f: log.failure("Storing a federated edit failed", f))

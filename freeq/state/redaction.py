@@ -111,10 +111,11 @@ def reactions_tag(reactions: Iterable[tuple[str, str]]) -> str:
     return ";".join(parts)
 
 
-def normalise_pairs(tags: dict[str, str]) -> None:
-    """Give both spellings of the react and reply tags when a client sent one (IRCv3 clients read
-    ``+draft/react``/``+draft/reply``, the freeq SDK ``+react``/``+reply``); in place."""
-    for pair in (REACT_TAGS, REPLY_TAGS):
+def normalise_pairs(tags: dict[str, str], react: bool = True) -> None:
+    """Give both spellings of the reply tag, and with ``react`` (a TAGMSG: a reaction) of the react tag,
+    when a client sent one (IRCv3 clients read ``+draft/react``/``+draft/reply``, the freeq SDK
+    ``+react``/``+reply``); in place. A PRIVMSG's react tag is not a reaction and is relayed as sent."""
+    for pair in ((REACT_TAGS, REPLY_TAGS) if react else (REPLY_TAGS,)):
         value = tags.get(pair[0], tags.get(pair[1]))
         if value is not None:
             tags[pair[0]] = tags[pair[1]] = value
