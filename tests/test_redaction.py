@@ -3,14 +3,18 @@ what each kind of client sees, and how history and the REST API show the result.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import treq
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from freeq.signing import SIG_TAG, unb64url, verify
-from tests.support import IRCClient, ServerFixture, asynctest, start_server, start_web
+from freeq.config import Config, Listen
+from tests.support import IRCClient, ServerFixture, asynctest, start_server, start_tree, start_web
+from tests.test_persistence import Running
 
 T0 = 1_700_000_000.0
 FULL = ("batch", "message-tags", "server-time", "echo-message", "draft/chathistory", "draft/message-redaction")
@@ -237,3 +241,67 @@ class RedactionTests(unittest.TestCase):
         data = json.loads(await response.content())
         self.assertEqual(data["text"], "one (edited)")
         self.assertTrue(data["verification"]["valid"], data)
+
+
+class RedactionRestartTests(unittest.TestCase):
+    """Edits, deletes and reactions are kept encrypted on disk and still applied after a restart."""
+
+    def setUp(self) -> None:
+        self.data_dir = os.path.abspath(self.mktemp())
+
+    async def start(self) -> Running:
+        """The whole service tree on ``data_dir`` (stopped in cleanup if still running)."""
+        top, port = start_tree(Config(listen=Listen("127.0.0.1", 0), tls_listen=None, data_dir=self.data_dir,
+                                      flood_rate=0))
+        running = Running(top, port)
+        self.addCleanup(lambda: defer.ensureDeferred(running.stop()))
+        return running
+
+    async def say_all(self, client: IRCClient, target: str, texts: list[str]) -> list[str]:
+        """Send PRIVMSGs (echo-message); return their msgids."""
+        ids = []
+        for text in texts:
+            client.send(f"PRIVMSG {target} :{text}")
+            line = await client.expect(lambda l: l.command == "PRIVMSG" and l.params[-1] == text)
+            ids.append(line.tags["msgid"])
+        return ids
+
+    async def history(self, client: IRCClient, target: str) -> list[Any]:
+        """The lines of a CHATHISTORY LATEST batch."""
+        client.skip()
+        client.send(f"CHATHISTORY LATEST {target} * 50")
+        opener = await client.expect("BATCH")
+        ref = opener.params[0][1:]
+        lines = await client.collect_until(lambda l: l.command == "BATCH" and l.params == ["-" + ref])
+        return lines[:-1]
+
+    @asynctest
+    async def test_edit_delete_reaction_survive_restart(self) -> None:
+        """After a restart history still shows the edit, leaves the deleted message out and carries the
+        reaction; none of the edit's text or the emoji is in the database file in clear."""
+        caps = ("echo-message", "message-tags", "batch", "server-time", "draft/message-redaction")
+        run = await self.start()
+        alice = await run.client("alice", caps=caps, account="did:plc:alice")
+        alice.send("JOIN #keep")
+        await alice.expect("366")
+        first, second = await self.say_all(alice, "#keep", ["first draft", "to be deleted"])
+        alice.send(f"@+draft/edit={first} PRIVMSG #keep :zebra-crossing-final-text")
+        await alice.expect(lambda l: l.params[-1:] == ["zebra-crossing-final-text"])
+        alice.send(f"@+react=🦓;+reply={first} TAGMSG #keep")
+        await alice.expect("TAGMSG")
+        alice.send(f"REDACT #keep {second}")
+        await alice.expect("REDACT")
+        await run.stop()
+        with open(os.path.join(self.data_dir, "freeq.db"), "rb") as f:
+            raw = f.read()
+        self.assertNotIn(b"zebra-crossing-final-text", raw)
+        self.assertNotIn("🦓".encode(), raw)
+
+        run = await self.start()
+        alice = await run.client("alice", caps=caps, account="did:plc:alice")
+        alice.send("JOIN #keep")
+        await alice.expect("366")
+        inner = [l for l in await self.history(alice, "#keep") if l.command == "PRIVMSG"]
+        self.assertEqual([(l.tags["msgid"], l.params[-1]) for l in inner], [(first, "zebra-crossing-final-text")])
+        self.assertEqual(inner[0].tags["+freeq.at/reactions"], "🦓:alice")
+        self.assertIn("+freeq.at/edited", inner[0].tags)

@@ -2,7 +2,7 @@
 server applies the same rules to the other's events and keeps them in its own history."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from twisted.internet import reactor
 from twisted.trial import unittest
