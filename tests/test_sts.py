@@ -126,6 +126,25 @@ class STSTests(unittest.TestCase):
 
 
 
+class STSWebSocketTests(unittest.TestCase):
+    """A WebSocket client cannot switch to the raw TLS port: it is never offered sts."""
+
+    @asynctest
+    async def test_websocket_gets_no_sts(self) -> None:
+        """With a TLS listener known to the server, a plain TCP client gets sts=port=, a WebSocket one none."""
+        from tests.support import start_web
+        from tests.test_web_ws import ws_connect
+
+        srv = await start_server(self)
+        srv.server.learn_tls_port(6697)  # as the composition root does once the TLS listener is bound
+        self.assertEqual(sts(await cap_ls(await srv.connect())), "port=6697")
+        web = await start_web(self, srv)
+        ws = await ws_connect(self, web)
+        ws.send("CAP LS 302")
+        line = await ws.expect(lambda l: l.command == "CAP" and l.params[1:2] == ["LS"] and l.params[2:3] != ["*"])
+        self.assertNotIn("sts", [t.split("=", 1)[0] for t in line.params[-1].split()])
+
+
 class STSConfigTests(unittest.TestCase):
     """The flag: default, parsing and bounds."""
 

@@ -109,3 +109,25 @@ class UTF8OnlyTests(unittest.TestCase):
         await c.expect(fail("JOIN"))
         await join(c, "#ok")
         self.assertEqual(sorted(srv.server.channels), ["#ok"])
+
+
+class UTF8OnlyWebSocketTests(unittest.TestCase):
+    """The WebSocket transport shares the framing: a binary frame that is not UTF-8 is refused the same way."""
+
+    @asynctest
+    async def test_binary_frame_not_utf8_is_refused(self) -> None:
+        """binary.ircv3.net: a PRIVMSG frame with invalid UTF-8 gets FAIL PRIVMSG INVALID_UTF8 and is not
+        relayed; the connection stays."""
+        from tests.support import start_web
+        from tests.test_web_ws import ws_connect
+
+        srv = await start_server(self, flood_rate=0)
+        web = await start_web(self, srv)
+        bob = await srv.client("bob")
+        ws = await ws_connect(self, web, ["binary.ircv3.net"])
+        await ws.register("webby")
+        ws.send(b"PRIVMSG bob :\xff\xfe", binary=True)
+        await ws.expect(fail("PRIVMSG"))
+        await bob.expect_not("PRIVMSG", after=[])
+        ws.send(b"PRIVMSG bob :fine", binary=True)
+        self.assertEqual((await bob.expect("PRIVMSG")).params, ["bob", "fine"])
