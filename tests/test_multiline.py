@@ -4,17 +4,19 @@ The pure part (:mod:`freeq.state.multiline`) is tested directly; everything else
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from freeq import signing
+from freeq.irc.parser import parse
 from freeq.state.multiline import (
     MAX_BYTES, MAX_LINES, PendingBatch, Refusal, body_problem, line_budget, split_body,
 )
 from tests.support import IRCClient, Line, ServerFixture, asynctest, start_server
+from tests.test_client_sdk import FakeClient
 
 ML = ("batch", "draft/multiline", "message-tags", "server-time", "echo-message")
 T0 = 1_700_000_000.0
@@ -330,3 +332,53 @@ class MultilineTests(unittest.TestCase):
         alice.send("BATCH +y draft/multiline #c,#d")
         line = await alice.expect("FAIL")
         self.assertEqual(line.params[:2], ["BATCH", "MULTILINE_INVALID_TARGET"])
+
+
+class SdkUnitTests(unittest.TestCase):
+    """The Python SDK's multiline helper and inbound assembly, against scripted server lines."""
+
+    def client(self, caps: str = "batch draft/multiline=max-bytes=40000,max-lines=100 message-tags") -> FakeClient:
+        c = FakeClient(caps=("batch", "draft/multiline", "message-tags"))
+        c.sent()
+        c.feed(f":srv CAP * LS :{caps}")
+        req = c.sent()[0]
+        c.feed(":srv CAP * ACK :" + req.split(" ", 2)[2].lstrip(":"), ":srv 001 bot :hi")
+        c.sent()
+        return c
+
+    def test_say_multiline_wire_form(self) -> None:
+        """One batch: opener, a tagged line per line, a long line continued with the concat tag, closer."""
+        c = self.client()
+        c.proto.say_multiline("#c", "hi\n" + "y" * 500)
+        sent = [parse(l) for l in c.sent()]
+        assert all(m is not None for m in sent)
+        opener, *lines, closer = sent
+        self.assertEqual(opener.params[1:], ["draft/multiline", "#c"])
+        ref = opener.params[0][1:]
+        self.assertEqual(closer.params, ["-" + ref])
+        self.assertEqual([m.params[1] for m in lines], ["hi", "y" * 400, "y" * 100])
+        self.assertTrue(all(m.tags["batch"] == ref for m in lines))
+        self.assertEqual(["draft/multiline-concat" in m.tags for m in lines], [False, False, True])
+        self.assertRaises(ValueError, c.proto.say_multiline, "#c", "\n\n")
+
+    def test_fallback_without_the_cap(self) -> None:
+        """Without draft/multiline each non-blank line is its own PRIVMSG."""
+        c = self.client(caps="message-tags")
+        c.proto.say_multiline("#c", "a\n\nb")
+        self.assertEqual(c.sent(), ["PRIVMSG #c a", "PRIVMSG #c b"])
+
+    def test_inbound_batch_assembled_with_both_concat_spellings(self) -> None:
+        """A server batch becomes one message with the opener's sender and tags; both concat spellings join."""
+        c = self.client()
+        got: list[Any] = []
+        c.proto.on_message.add(got.append)
+        c.feed("@msgid=M1;time=2026-01-01T00:00:00.000Z :al!u@h BATCH +r draft/multiline #c",
+               "@batch=r :al!u@h PRIVMSG #c :one",
+               "@batch=r;+draft/multiline-concat :al!u@h PRIVMSG #c : more",
+               "@batch=r :al!u@h PRIVMSG #c :two",
+               "@batch=r;draft/multiline-concat :al!u@h PRIVMSG #c :!",
+               "BATCH -r")
+        self.assertEqual(len(got), 1)
+        self.assertEqual(got[0].text, "one more\ntwo!")
+        self.assertEqual((got[0].nick, got[0].msgid, got[0].target), ("al", "M1", "#c"))
+        self.assertNotIn("batch", got[0].tags)

@@ -35,6 +35,7 @@ from freeq.client.errors import ClientError, ConnectionClosed, IRCError, SASLFai
 from freeq.client.events import Event, OneShot
 from freeq.client.model import (
     AccountEvent, ChannelState, ChatMessage, JoinEvent, PartEvent, WhoisReply, parse_server_time, split_prefix)
+from freeq.client.multiline import MultilineCommands
 from freeq.client.negotiation import MAX_DPOP_ROUNDS, ClientNegotiation
 from freeq.irc.parser import Message
 
@@ -45,7 +46,7 @@ _JOIN_ERRORS = frozenset({"403", "405", "437", "471", "473", "474", "475", "476"
 _NICK_ERRORS = frozenset({"431", "432", "433", "436", "437"})
 
 
-class FreeqClient(EditCommands, ClientNegotiation):  # EditCommands: edit/delete/react (issue #12)
+class FreeqClient(MultilineCommands, EditCommands, ClientNegotiation):  # EditCommands: edit/delete/react (issue #12)
     """One IRC connection to a freeq (or any IRCv3) server.
 
     :param nick: the nick to register with (``_`` is appended if it is refused during registration;

@@ -263,12 +263,14 @@ class RegistrationCommands(_Server):
                 user.set_caps(user.caps | {"cap-notify"})
             tokens = cap_ls_tokens(user.cap_version >= 302, {"sasl": self.sasl_mechanisms()}) + self._sts_tokens(user)
             line = " ".join(tokens)
-            if len(line) <= 400 or user.cap_version < 302:
+            # One line whenever it fits in 512 bytes: the freeq JavaScript SDK reads each LS line as the last.
+            room = 510 - len(f":{self.name} CAP {me} LS :".encode("utf-8"))
+            if len(line.encode("utf-8")) <= room or user.cap_version < 302:
                 user.write(build_text(self.name, "CAP", me, "LS", line))
             else:
                 chunk: list[str] = []
                 for tok in tokens:
-                    if chunk and len(" ".join(chunk + [tok])) > 400:
+                    if chunk and len(" ".join(chunk + [tok]).encode("utf-8")) > room - 2:
                         user.write(build_text(self.name, "CAP", me, "LS", "*", " ".join(chunk)))
                         chunk = []
                     chunk.append(tok)
