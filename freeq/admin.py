@@ -22,6 +22,7 @@ from freeq.store.crypto import DecryptionError, MessageCipher
 from freeq.store import service
 from freeq.store.db import Store, StoreError
 from freeq.store.keys import DB_ENCRYPTION_KEY, KeyFileError, fingerprint, load_raw_key, write_secret_atomically
+from freeq.store.redaction import reencrypt_side_rows
 
 NEW_SUFFIX = ".new"
 
@@ -95,6 +96,8 @@ def rekey(data_dir: str, db_path: Optional[str] = None, batch_size: int = 500,
             if done is None:
                 conn.close()
                 return False
+            print(f"re-encrypted {reencrypt_side_rows(conn, old_cipher, new_cipher)} edits, deletes and reactions",
+                  file=out)
             _record_new_key(conn, new_cipher)
             print(f"re-encrypted {done} messages", file=out)
         conn.close()

@@ -2,6 +2,7 @@
 what each kind of client sees, and how history and the REST API show the result."""
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Any
@@ -275,10 +276,9 @@ class RedactionRestartTests(unittest.TestCase):
         lines = await client.collect_until(lambda l: l.command == "BATCH" and l.params == ["-" + ref])
         return lines[:-1]
 
-    @asynctest
-    async def test_edit_delete_reaction_survive_restart(self) -> None:
-        """After a restart history still shows the edit, leaves the deleted message out and carries the
-        reaction; none of the edit's text or the emoji is in the database file in clear."""
+    async def populate(self) -> str:
+        """Run once: alice (an account) edits her first message in #keep, reacts to it and deletes her second;
+        stop. Returns the first message's msgid."""
         caps = ("echo-message", "message-tags", "batch", "server-time", "draft/message-redaction")
         run = await self.start()
         alice = await run.client("alice", caps=caps, account="did:plc:alice")
@@ -292,11 +292,22 @@ class RedactionRestartTests(unittest.TestCase):
         alice.send(f"REDACT #keep {second}")
         await alice.expect("REDACT")
         await run.stop()
+        return first
+
+    @asynctest
+    async def test_edit_delete_reaction_survive_restart(self) -> None:
+        """After a restart history still shows the edit, leaves the deleted message out and carries the
+        reaction; none of the edit's text or the emoji is in the database file in clear."""
+        first = await self.populate()
         with open(os.path.join(self.data_dir, "freeq.db"), "rb") as f:
             raw = f.read()
         self.assertNotIn(b"zebra-crossing-final-text", raw)
         self.assertNotIn("🦓".encode(), raw)
+        await self.check_after_restart(first)
 
+    async def check_after_restart(self, first: str) -> None:
+        """Start again: history shows the edit and the reaction on ``first`` and not the deleted message."""
+        caps = ("echo-message", "message-tags", "batch", "server-time", "draft/message-redaction")
         run = await self.start()
         alice = await run.client("alice", caps=caps, account="did:plc:alice")
         alice.send("JOIN #keep")
@@ -305,3 +316,15 @@ class RedactionRestartTests(unittest.TestCase):
         self.assertEqual([(l.tags["msgid"], l.params[-1]) for l in inner], [(first, "zebra-crossing-final-text")])
         self.assertEqual(inner[0].tags["+freeq.at/reactions"], "🦓:alice")
         self.assertIn("+freeq.at/edited", inner[0].tags)
+
+    @asynctest
+    async def test_rekey_keeps_edits_deletes_reactions(self) -> None:
+        """``freeq-admin rekey`` re-encrypts the edit, delete and reaction rows too: after the rotation history
+        still applies them (a deleted message does not come back)."""
+        from freeq.admin import rekey
+
+        first = await self.populate()
+        out = io.StringIO()
+        self.assertTrue(rekey(self.data_dir, out=out))
+        self.assertIn("re-encrypted 3 edits, deletes and reactions", out.getvalue())
+        await self.check_after_restart(first)

@@ -283,4 +283,33 @@ class RedactionStore:
             return None
 
 
-__all__: Sequence[str] = ["RedactionStore", "ADDED", "DUPLICATE", "TOO_MANY", "NOT_FOUND"]
+#: The side tables, their kind (in the associated data) and the column that completes it (if any).
+_SIDE_TABLES = (("message_edits", "edit", "edit_msgid"), ("message_deletes", "delete", None),
+                ("message_reactions", "reaction", None))
+
+
+def reencrypt_side_rows(conn: sqlite3.Connection, old: MessageCipher, new: MessageCipher) -> int:
+    """Key rotation (``freeq-admin rekey``): re-encrypt every edit, delete and reaction row still under
+    ``old`` under ``new``, in one transaction; return how many. A row that does not decrypt under ``old``
+    raises :class:`DecryptionError` and nothing is changed (rerunnable: rows under ``new`` are skipped)."""
+    done = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, kind, extra_col in _SIDE_TABLES:
+            extra_sql = extra_col if extra_col else "''"
+            rows = conn.execute(f"SELECT rowid, target, msgid, {extra_sql}, payload FROM {table} WHERE key_fp=?",
+                                (old.fingerprint,)).fetchall()
+            for rowid, target, msgid, extra, payload in rows:
+                aad = _aad(kind, target, msgid, extra)
+                conn.execute(f"UPDATE {table} SET payload=?, key_fp=? WHERE rowid=?",
+                             (new.seal(old.open(payload, aad), aad), new.fingerprint, rowid))
+                done += 1
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return done
+
+
+__all__: Sequence[str] = ["RedactionStore", "ADDED", "DUPLICATE", "TOO_MANY", "NOT_FOUND", "reencrypt_side_rows"]
