@@ -373,7 +373,8 @@ class SDKLoginTests(unittest.TestCase):
         cred = PDSSessionCredential(ident.did, ident.pds.url, ident.token)
         client = await self.connect(srv, "pdsuser", cred)
         self.assertEqual(client.account, ident.did)
-        self.assertEqual(ident.pds.requests[-1].headers["authorization"], "Bearer " + ident.token)
+        sessions = [r for r in ident.pds.requests if r.path == "/xrpc/com.atproto.server.getSession"]  # not the profile read
+        self.assertEqual(sessions[-1].headers["authorization"], "Bearer " + ident.token)
 
     @asynctest
     async def test_pds_session_wrong_did_fails(self) -> None:
@@ -398,7 +399,8 @@ class SDKLoginTests(unittest.TestCase):
         self.assertEqual(client.account, ident.did)
         self.assertEqual(cred.nonces_received, 1)
         self.assertEqual([p.get("nonce") for p in ident.pds.dpop_payloads], [None, ident.pds.dpop_nonce])
-        self.assertEqual(ident.pds.requests[-1].headers["authorization"], "DPoP " + ident.token)
+        sessions = [r for r in ident.pds.requests if r.path == "/xrpc/com.atproto.server.getSession"]  # not the profile read
+        self.assertEqual(sessions[-1].headers["authorization"], "DPoP " + ident.token)
 
     @asynctest
     async def test_pds_oauth_endless_rotation_is_bounded(self) -> None:

@@ -116,10 +116,11 @@ class RegistrationTests(ServerTestCase):
         self.send(user, "NICK alice")
         self.send(user, "USER al 0 * :Alice")
         self.assertFalse(user.registered)
-        self.assertEqual(self.commands(sink), ["CAP"])
+        ls_lines = len(self.commands(sink))  # CAP LS 302 may take several lines
+        self.assertEqual(set(self.commands(sink)), {"CAP"})
         self.send(user, "CAP END")
         self.assertTrue(user.registered)
-        self.assertEqual(self.commands(sink)[1], "001")
+        self.assertEqual(self.commands(sink)[ls_lines], "001")
 
     def test_isupport_lines_at_most_13_tokens(self) -> None:
         """Each 005 line carries at most 13 tokens, so it stays within 15 parameters."""
