@@ -122,3 +122,29 @@ class ReactionTests(unittest.TestCase):
         self.assertEqual((line.tags["+reply"], line.tags["+draft/reply"]), (first.tags["msgid"],) * 2)
         kept = [l for l in await self.history(alice) if l.params[-1] == "answer"][0]
         self.assertEqual(kept.tags["+draft/reply"], first.tags["msgid"])
+
+    @asynctest
+    async def test_rows_of_pruned_messages_go(self) -> None:
+        """Once the history cap has pruned a message, its reaction rows go at the next reaction in that
+        conversation (they are older than the oldest message left)."""
+        self.clock = Clock()
+        self.clock.advance(T0)
+        srv = await start_server(self, clock=self.clock, flood_rate=0, max_messages_per_channel=2)
+        alice = await srv.client("alice", caps=TAGS)
+        alice.send("JOIN #c")
+        await alice.expect("366")
+        self.srv = srv
+        first = (await self.say(alice, "one")).tags["msgid"]
+        alice.send(f"@+react=a;+reply={first} TAGMSG #c")
+        await alice.expect("TAGMSG")
+        self.clock.advance(1)
+        await self.say(alice, "two")
+        await self.say(alice, "three")
+        last = (await self.say(alice, "four")).tags["msgid"]
+        alice.send(f"@+react=b;+reply={last} TAGMSG #c")
+        await alice.expect(lambda l: l.command == "TAGMSG" and l.tags.get("+react") == "b")
+        store = srv.server.store
+        assert store is not None
+        rows = await store._in_thread(lambda: store.conn.execute(
+            "SELECT msgid FROM message_reactions").fetchall())
+        self.assertEqual([r[0] for r in rows], [last])

@@ -253,7 +253,11 @@ class RedactionStore:
             raise
 
     def _cap(self, conn: sqlite3.Connection, table: str, target: str) -> None:
-        """Keep at most the history cap of ``table``'s rows for ``target`` (the oldest go)."""
+        """Drop ``table``'s rows of ``target`` older than its oldest stored message (their messages went with
+        retention or the history cap: a row is never older than its message), then keep at most the history
+        cap of them (the oldest go)."""
+        conn.execute(f"DELETE FROM {table} WHERE target=? AND time_ms < (SELECT MIN(first_ms) FROM message_chunks "
+                     f"WHERE target=?)", (target, target))
         cap = self.max_messages_per_target
         if not cap:
             return
