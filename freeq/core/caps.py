@@ -15,7 +15,6 @@ CAPABILITIES: dict[str, str] = {
     "chghost": "",
     "draft/channel-rename": "",  # freeq.core.rename
     "draft/chathistory": "",
-    "draft/multiline": "max-bytes=40000,max-lines=100",  # freeq.state.multiline.CAP_VALUE
     "draft/message-redaction": "",  # freeq.core.redaction
     "draft/metadata-2": CAP_VALUE,  # freeq.core.metadata
     "draft/read-marker": "",
