@@ -8,8 +8,10 @@ import os
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from freeq.core.rename import RENAME_INTERVAL
 from tests.s2s_support import start_pair
 from tests.support import asynctest, start_server, start_tree
 from tests.test_channels import join, mode_line, setup_channel
@@ -112,6 +114,49 @@ class RenameTests(unittest.TestCase):
         await join(carol, "#new")
         carol.send("INVITE")
         await carol.expect("337")
+
+
+    @asynctest
+    async def test_a_channel_is_renamed_at_most_once_a_minute(self) -> None:
+        """Each rename costs every member without the cap a PART, JOIN and NAMES: a second RENAME of the same
+        channel within RENAME_INTERVAL is refused (CANNOT_RENAME); after it, it passes. Other channels are
+        not held back."""
+        clock = Clock()
+        srv = await start_server(self, clock=clock, flood_rate=0)
+        alice, bob = await setup_channel(srv, "#one", "alice", "bob", caps={"alice": (CAP,)})
+        await join(alice, "#other")
+        alice.send("RENAME #one #two")
+        await alice.expect("RENAME")
+        clock.advance(RENAME_INTERVAL - 1)
+        alice.send("RENAME #two #three")
+        await alice.expect(failed("CANNOT_RENAME", "#two", "#three"))
+        alice.send("RENAME #other #else")
+        self.assertEqual((await alice.expect("RENAME")).params[:2], ["#other", "#else"])
+        clock.advance(1)
+        alice.send("RENAME #two #three")
+        self.assertEqual((await alice.expect("RENAME")).params[:2], ["#two", "#three"])
+        self.assertEqual(sorted(srv.server.channels), ["#else", "#three"])
+
+
+    @asynctest
+    async def test_the_record_of_recent_renames_is_bounded(self) -> None:
+        """With room for one recent rename, a second channel waits until the first entry is old enough to
+        be dropped."""
+        from freeq.core import rename
+
+        self.patch(rename, "RENAMES_REMEMBERED", 1)
+        clock = Clock()
+        srv = await start_server(self, clock=clock, flood_rate=0)
+        (alice,) = await setup_channel(srv, "#a", "alice", caps={"alice": (CAP,)})
+        await join(alice, "#b")
+        alice.send("RENAME #a #a2")
+        await alice.expect("RENAME")
+        alice.send("RENAME #b #b2")
+        await alice.expect(failed("CANNOT_RENAME", "#b", "#b2"))
+        clock.advance(RENAME_INTERVAL)
+        alice.send("RENAME #b #b2")
+        await alice.expect("RENAME")
+        self.assertEqual(len(srv.server._renamed or {}), 1)
 
 
 class RenamePersistenceTests(unittest.TestCase):

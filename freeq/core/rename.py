@@ -32,9 +32,20 @@ log = Logger()
 
 CAP = "draft/channel-rename"
 
+#: Seconds before a channel may be renamed again: each rename sends every member without the cap a PART,
+#: a JOIN and the whole NAMES list (quadratic in the members), so an operator cannot repeat it at will.
+RENAME_INTERVAL = 60.0
+
+#: The most channels whose last rename is remembered (entries older than RENAME_INTERVAL are dropped
+#: first; past this many recent renames on the server, RENAME is refused until some expire).
+RENAMES_REMEMBERED = 10_000
+
 
 class RenameCommands(_Server):
     """The RENAME command."""
+
+    #: folded channel name -> when it was last renamed (to that name); made on first use.
+    _renamed: Optional[dict[str, float]] = None
 
     if TYPE_CHECKING:  # what this group calls in the other groups
         _channel_refused: Callable[[User, Channel, Optional[str], str], bool]  # operator
@@ -76,6 +87,27 @@ class RenameCommands(_Server):
         other = self.channels.get(fold(new_name))
         if other is not None and other is not chan:
             return ("CHANNEL_NAME_IN_USE", "Channel already exists")
+        too_soon = self._rename_too_soon(chan)
+        if too_soon is not None:
+            return ("CANNOT_RENAME", too_soon)
+        return None
+
+    def _rename_too_soon(self, chan: Channel) -> Optional[str]:
+        """Why ``chan`` may not be renamed yet (renamed in the last RENAME_INTERVAL seconds, or the bounded
+        record of recent renames is full), or ``None``."""
+        now = self.clock.seconds()
+        renamed = self._renamed
+        if renamed is None:
+            return None
+        last = renamed.get(chan.folded)
+        if last is not None and now - last < RENAME_INTERVAL:
+            return f"The channel was renamed less than {int(RENAME_INTERVAL)} seconds ago"
+        if len(renamed) >= RENAMES_REMEMBERED:
+            for folded, when in list(renamed.items()):
+                if now - when >= RENAME_INTERVAL:
+                    del renamed[folded]
+            if len(renamed) >= RENAMES_REMEMBERED:
+                return "Too many channels were renamed in the last minute, try again later"
         return None
 
     def rename_channel(self, chan: Channel, new_name: str, reason: str, source: str) -> None:
@@ -83,6 +115,10 @@ class RenameCommands(_Server):
         who renamed it)."""
         old_name, old_folded = chan.name, chan.folded
         new_folded = fold(new_name)
+        if self._renamed is None:
+            self._renamed = {}
+        self._renamed.pop(old_folded, None)
+        self._renamed[new_folded] = self.clock.seconds()
         del self.channels[old_folded]
         chan.name = new_name
         chan.folded = new_folded
