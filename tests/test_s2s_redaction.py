@@ -124,4 +124,8 @@ class FederatedRedactionTests(unittest.TestCase):
                                    {"+draft/edit": msgid}, "01HZZZZZZZZZZZZZZZZZZZZZZZ")
         await logs.wait("Federated edit of", msgid, "rejected")
         self.assertFalse(any(m.params[-1:] == ["forged"] for m in alice.lines))
+        # An edit is one line: a multiline body carrying the edit tag is refused (even from the author's server).
+        b.federation.local_multiline_message(user, "PRIVMSG", "#fed", b.server.channels["#fed"], "two\nlines",
+                                             {"+draft/edit": msgid}, "01HZZZZZZZZZZZZZZZZZZZZZZY")
+        await logs.wait("Federated edit of", msgid, "more than one line")
         self.assertEqual([m.params[-1] for m in await alice.history("#fed")], ["original"])

@@ -306,6 +306,9 @@ class RedactionCommands(_Server):
             normalise_pairs(tags, react=command == "TAGMSG")
             return False
         ref = tags[EDIT_TAG if edit else DELETE_TAG]
+        if edit and "\n" in text:  # an edit is one line (a multiline body cannot be delivered as one PRIVMSG)
+            log.warn("Federated edit of {msgid} by {nick} rejected: more than one line", msgid=ref, nick=actor.nick)
+            return True
         if key is None or self.store is None or not valid_msgid(ref):
             log.warn("Federated {kind} of {msgid} by {nick} not applied: not in stored history here",
                      kind="edit" if edit else "delete", msgid=ref, nick=actor.nick)
