@@ -381,3 +381,33 @@ class ProfileDefaultTests(unittest.TestCase):
         profile = await allowed.fetch(did)
         self.assertEqual(profile.display_name if profile else None, "Nope")
 
+
+
+class SDKMetadataTests(unittest.TestCase):
+    """The Python SDK's metadata helpers: set, get, subscribe, and the change events."""
+
+    @asynctest
+    async def test_set_get_subscribe(self) -> None:
+        from freeq.client.connection import DEFAULT_CAPS
+        from freeq.client.errors import IRCError
+        from freeq.client.markers import MetadataChange
+        from tests.test_client_sdk import sdk
+        from tests.test_sasl import new_credential
+
+        srv = await start_server(self)
+        caps = DEFAULT_CAPS + ("draft/metadata-2", "batch")
+        alice = await sdk(self, srv.port, "alice", credential=new_credential(), caps=caps)
+        bob = await sdk(self, srv.port, "bob", caps=caps)
+        await alice.join("#room")
+        await bob.join("#room")
+        self.assertEqual(await bob.metadata_subscribe("display-name", "avatar"), ["display-name", "avatar"])
+        told = bob.on_metadata.wait(lambda c: c.key == "display-name")
+        self.assertEqual(await alice.metadata_set("*", "display-name", "Alice"), "Alice")
+        self.assertEqual(await told, MetadataChange("alice", "display-name", "Alice"))
+        self.assertEqual(bob.metadata["alice"], {"display-name": "Alice"})
+        self.assertEqual(await bob.metadata_get("alice", "display-name", "homepage"),
+                         {"display-name": "Alice", "homepage": None})
+        with self.assertRaises(IRCError) as caught:
+            await alice.metadata_set("*", "avatar", "javascript:alert(1)")
+        self.assertEqual(caught.exception.params[:2], ["METADATA", "VALUE_INVALID"])
+        self.assertIsNone(await alice.metadata_set("*", "display-name"))

@@ -264,3 +264,32 @@ class StoreMarkerTests(unittest.TestCase):
         self.assertEqual(await store.load_read_markers(DID, 10), {"#c": (2000, 11)})
         self.assertEqual(await store.load_read_markers("did:plc:other", 10), {})
 
+
+
+class SDKMarkerTests(unittest.TestCase):
+    """The Python SDK's helpers: mark_read / get_read_marker, and another device's update as an event."""
+
+    @asynctest
+    async def test_two_devices(self) -> None:
+        from freeq.client.connection import DEFAULT_CAPS
+        from freeq.client.errors import IRCError
+        from freeq.client.markers import MarkRead
+        from tests.test_client_sdk import sdk
+        from tests.test_sasl import new_credential
+
+        srv = await start_server(self)
+        cred = new_credential()
+        caps = DEFAULT_CAPS + ("draft/read-marker",)
+        phone = await sdk(self, srv.port, "alice", credential=cred, caps=caps)
+        laptop = await sdk(self, srv.port, "alice2", credential=cred, caps=caps)
+        self.assertIsNone(await phone.get_read_marker("#chan"))
+        when = time.time() - 60
+        told = laptop.on_markread.wait(lambda m: m.target == "#chan")
+        stamp = await phone.mark_read("#chan", when)
+        self.assertEqual(stamp, format_ms(int(round(when * 1000))))
+        self.assertEqual(await told, MarkRead("#chan", stamp))
+        self.assertEqual(laptop.read_markers["#chan"], stamp)
+        self.assertEqual(await laptop.mark_read("#CHAN", when - 30), stamp)  # forward only
+        with self.assertRaises(IRCError) as caught:
+            await phone.mark_read("#chan", "yesterday")
+        self.assertEqual(caught.exception.params[:2], ["MARKREAD", "INVALID_PARAMS"])
