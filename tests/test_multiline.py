@@ -382,3 +382,23 @@ class SdkUnitTests(unittest.TestCase):
         self.assertEqual(got[0].text, "one more\ntwo!")
         self.assertEqual((got[0].nick, got[0].msgid, got[0].target), ("al", "M1", "#c"))
         self.assertNotIn("batch", got[0].tags)
+
+
+class LabelTests(unittest.TestCase):
+    """labeled-response on the closing BATCH."""
+
+    @asynctest
+    async def test_labelled_close_gets_ack_and_a_clean_echo(self) -> None:
+        """A labelled ``BATCH -`` is acknowledged; the echo is a well-formed multiline batch of its own."""
+        srv = await start_server(self)
+        alice = await srv.client("alice", caps=ML + ("labeled-response",))
+        alice.send("JOIN #c")
+        await alice.expect("366")
+        alice.skip()
+        alice.send("BATCH +b draft/multiline #c\r\n@batch=b PRIVMSG #c :x\r\n@batch=b PRIVMSG #c :y\r\n"
+                   "@label=L1 BATCH -b")
+        opener, lines = await read_batch(alice)
+        self.assertNotIn("label", opener.tags)
+        self.assertEqual(assemble(lines), "x\ny")
+        ack = await alice.expect("ACK")
+        self.assertEqual(ack.tags["label"], "L1")

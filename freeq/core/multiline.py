@@ -108,6 +108,8 @@ class MultilineCommands(_Server):
     if TYPE_CHECKING:  # what this group calls in the other groups
         signature_tag: Callable[[User, str, str, str, Optional[str], float], Optional[str]]  # identity
         _hook_message: Callable[[User, str, str, str], Optional[str]]  # messages
+        write_unlabelled: Callable[[User, bytes], None]  # server
+        current_label: Optional[str]  # server
 
     def _multiline_sessions(self) -> dict[User, MultilineSession]:
         sessions: Optional[dict[User, MultilineSession]] = self.__dict__.get("_multiline")
@@ -331,10 +333,17 @@ class MultilineCommands(_Server):
             if u is not sender:
                 send(u)
         echo = "echo-message" in sender.caps
-        if to_self or echo:
-            send(sender)
-        if to_self and echo:  # to oneself with echo-message: the delivery and the echo, as deliver() does
-            send(sender)
+        copies = (1 if to_self or echo else 0) + (1 if to_self and echo else 0)  # to oneself: delivery and echo
+        if copies:
+            key = sender.tagclass | (_TC_BATCH if wants_batch(sender) else 0)
+            data = variants.get(key) or render(key)
+            for _ in range(copies):
+                if self.current_label is not None:
+                    # A labelled BATCH -: the echo is a batch of its own, never folded into a labelled reply
+                    # (whose batch tag would clash with the multiline one); the command itself gets ACK.
+                    self.write_unlabelled(sender, data)
+                else:
+                    sender.write(data)
         return msgid
 
     def multiline_history_line(self, user: User, source: str, command: str, target: str, body: str,
