@@ -321,7 +321,8 @@ class MultilineTests(unittest.TestCase):
 
     @asynctest
     async def test_batch_needs_the_cap_and_a_known_type(self) -> None:
-        """Without draft/multiline, or for another batch type, BATCH is refused with a FAIL."""
+        """Without draft/multiline, for another batch type, or with a target that is not one word, BATCH is
+        refused with a FAIL (a target that cannot be echoed shows as ``*``)."""
         srv, alice, bob, carol = await self.start()
         carol.send("BATCH +x draft/multiline #c")
         line = await carol.expect("FAIL")
@@ -332,6 +333,12 @@ class MultilineTests(unittest.TestCase):
         alice.send("BATCH +y draft/multiline #c,#d")
         line = await alice.expect("FAIL")
         self.assertEqual(line.params[:2], ["BATCH", "MULTILINE_INVALID_TARGET"])
+        alice.send("BATCH +z draft/multiline :#c x")
+        line = await alice.expect("FAIL")
+        self.assertEqual(line.params[:3], ["BATCH", "MULTILINE_INVALID_TARGET", "*"])
+        alice.send("BATCH +w draft/multiline #c\r\n@batch=w PRIVMSG :#c x")
+        line = await alice.expect("FAIL")
+        self.assertEqual(line.params[:4], ["BATCH", "MULTILINE_INVALID_TARGET", "#c", "*"])
 
 
 class SdkUnitTests(unittest.TestCase):

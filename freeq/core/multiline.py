@@ -24,7 +24,7 @@ from freeq.irc.parser import Message, build, build_text
 from freeq.signing import SIG_TAG
 from freeq.state.multiline import (
     CAP, CONCAT_TAGS, INVALID_CODE, MAX_LINES, MAX_OPEN, MAX_REF, OPEN_SECONDS, PendingBatch, Refusal, line_budget,
-    split_body,
+    shown, split_body,
 )
 from freeq.state.rules import channel_history_key, dm_history_key, send_refusal, status_recipients, status_target
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
@@ -165,8 +165,8 @@ class MultilineCommands(_Server):
         if not wants_batch(user):
             self.fail(user, "BATCH", INVALID_CODE, "Negotiate draft/multiline and batch first")
             return
-        if len(p) < 3 or not p[2] or "," in p[2]:
-            self.fail(user, "BATCH", "MULTILINE_INVALID_TARGET", p[2] if len(p) > 2 and p[2] else "*",
+        if len(p) < 3 or shown(p[2]) != p[2] or "," in p[2]:
+            self.fail(user, "BATCH", "MULTILINE_INVALID_TARGET", shown(p[2]) if len(p) > 2 else "*",
                       "A multiline batch has one target")
             return
         if len(ref) > MAX_REF or "\\" in ref or ";" in ref:

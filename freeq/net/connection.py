@@ -472,8 +472,12 @@ class ClientConnection:
     # -- flood control: fake lag, then Excess Flood --------------------------------
     def _in_batch(self, msg: Any) -> bool:
         """A line of an open ``draft/multiline`` batch costs no token: its ``BATCH +`` paid for the batch, which
-        is bounded by its own limits (lines, bytes, open batches). Untagged lines other than BATCH skip the ask."""
-        return bool(msg.tags or msg.command == "BATCH") and self.factory.server.in_multiline_batch(self.user, msg)
+        is bounded by its own limits (lines, bytes, open batches). Lines without a ``batch`` tag, BATCH aside, skip
+        the ask."""
+        tags = msg.tags
+        if not (tags and "batch" in tags) and msg.command != "BATCH":
+            return False
+        return self.factory.server.in_multiline_batch(self.user, msg)
 
     def _queue(self, msg: Any) -> None:
         if not self._pending:

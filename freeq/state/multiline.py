@@ -61,7 +61,7 @@ class PendingBatch:
         if command not in ("PRIVMSG", "NOTICE") or (self.command is not None and command != self.command):
             raise Refusal(INVALID_CODE, "Multiline batches hold PRIVMSG or NOTICE lines, not both")
         if folded_target != self.folded_target:
-            raise Refusal(INVALID_TARGET_CODE, self.target, typed_target, "Multiline target mismatch")
+            raise Refusal(INVALID_TARGET_CODE, self.target, shown(typed_target), "Multiline target mismatch")
         if concat and not text:
             raise Refusal(INVALID_CODE, "Concatenated line is blank")
         if concat and not self.lines:
@@ -82,6 +82,11 @@ class PendingBatch:
         if self.command is None or not body.replace("\n", "").strip():
             raise Refusal(INVALID_CODE, "Multiline batch has no text")
         return body
+
+
+def shown(word: str) -> str:
+    """``word`` as a middle parameter of a reply: itself when it is one, else ``*``."""
+    return word if word and " " not in word and word[0] != ":" else "*"
 
 
 def body_problem(body: str) -> Optional[str]:
