@@ -148,3 +148,22 @@ class ReactionTests(unittest.TestCase):
         rows = await store._in_thread(lambda: store.conn.execute(
             "SELECT msgid FROM message_reactions").fetchall())
         self.assertEqual([r[0] for r in rows], [last])
+
+    @asynctest
+    async def test_redact_a_reaction(self) -> None:
+        """A kept reaction keeps the msgid of its TAGMSG: its reactor may REDACT it (history loses it, tag
+        clients get +draft/delete); someone else who is not a channel operator may not."""
+        _srv, alice, bob, _dave = await self.start()
+        msgid = (await self.say(alice, "react to me")).tags["msgid"]
+        bob.send(f"@+react=👍;+reply={msgid} TAGMSG #c")
+        bobs = (await bob.expect(lambda l: l.command == "TAGMSG" and l.tags.get("+react") == "👍")).tags["msgid"]
+        alice.send(f"@+react=🎉;+reply={msgid} TAGMSG #c")
+        alices = (await alice.expect(lambda l: l.command == "TAGMSG" and l.tags.get("+react") == "🎉")).tags["msgid"]
+        bob.send(f"REDACT #c {alices}")
+        fail = await bob.expect("FAIL")
+        self.assertEqual(fail.params[:4], ["REDACT", "REDACT_FORBIDDEN", "#c", alices])
+        bob.send(f"REDACT #c {bobs}")
+        gone = await alice.expect(lambda l: l.command == "TAGMSG" and "+draft/delete" in l.tags)
+        self.assertEqual(gone.tags["+draft/delete"], bobs)
+        line = [l for l in await self.history(alice) if l.tags["msgid"] == msgid][0]
+        self.assertEqual(line.tags["+freeq.at/reactions"], "🎉:alice")

@@ -78,6 +78,7 @@ class FederatedRedactionTests(unittest.TestCase):
         self.assertEqual((edit.tags or {})["+draft/edit"], msgid)
 
         bob.client.react("#fed", msgid, "👍")
+        mine = await bob.find(lambda m: m.command == "TAGMSG" and (m.tags or {}).get("+react") == "👍", "own reaction")
         react = await alice.find(lambda m: m.command == "TAGMSG" and (m.tags or {}).get("+react") == "👍", "reaction")
         self.assertEqual((react.tags or {})["+reply"], msgid)
 
@@ -91,6 +92,13 @@ class FederatedRedactionTests(unittest.TestCase):
             self.assertEqual((shown[0].tags or {})["msgid"], msgid)
             self.assertEqual((shown[0].tags or {})["+freeq.at/reactions"], "👍:bob")
             self.assertEqual((shown[0].tags or {})["+freeq.at/edited"], (edit.tags or {})["msgid"])
+
+        # bob takes his reaction back with REDACT of its msgid (his echo); A applies it too.
+        bob.client.delete("#fed", (mine.tags or {})["msgid"])
+        await alice.find(lambda m: m.command == "REDACT" and m.params[1:2] == [(mine.tags or {})["msgid"]],
+                         "reaction REDACT on A")
+        for node_client in (alice, bob):
+            self.assertNotIn("+freeq.at/reactions", ((await node_client.history("#fed"))[0].tags or {}))
 
         alice.client.delete("#fed", msgid, "gone")
         redact = await bob.find(lambda m: m.command == "REDACT", "REDACT on B")

@@ -5,7 +5,9 @@ Mixed into :class:`freeq.core.server.IRCServer`. Both spellings are relayed (IRC
 ``draft/`` ones, the freeq SDK the short ones). A reaction that names a stored message is kept (at
 most ``MAX_REACTIONS_PER_USER`` per user and ``MAX_REACTIONS_PER_MESSAGE`` per message: beyond, ``FAIL
 REACT TOO_MANY_REACTIONS`` and nothing is relayed) and shows in history as ``+freeq.at/reactions``.
-Clients without message-tags get ``PRIVMSG <target> :\\x01ACTION reacted with <emoji>\\x01`` instead.
+Clients without message-tags get ``PRIVMSG <target> :\\x01ACTION reacted with <emoji>\\x01`` instead. A
+kept reaction keeps its msgid: ``REDACT`` (or ``+draft/delete``) of it removes it, by the reactor or a
+channel operator (the IRCv3 message-redaction use case).
 """
 from __future__ import annotations
 
@@ -77,6 +79,8 @@ class ReactionCommands(_Server):
             key = dm_history_key("PRIVMSG", user, other)
             chan = None
 
+        msgid = self.ulid.new()  # kept with the reaction: REDACT of this msgid removes it
+
         def relay(outcome: object = None) -> None:
             if user not in self.connections:
                 return
@@ -84,7 +88,7 @@ class ReactionCommands(_Server):
                 self.fail(user, "REACT", "TOO_MANY_REACTIONS", shown, reply or "*",
                           "Too many reactions on this message")
                 return
-            msgid = self.deliver(user, "TAGMSG", shown, "", tags, recipients, to_self=other is user, now=now)
+            self.deliver(user, "TAGMSG", shown, "", tags, recipients, to_self=other is user, msgid=msgid, now=now)
             if not unreact:
                 self._reaction_fallback(user, shown, emoji, recipients)
             if chan is not None:
@@ -98,7 +102,7 @@ class ReactionCommands(_Server):
         if unreact:
             d = self.store.remove_reaction(key, reply, emoji, user.nick, user.account)
         else:
-            d = self.store.add_reaction(key, reply, now, emoji, user.nick, user.account)
+            d = self.store.add_reaction(key, reply, now, emoji, user.nick, user.account, msgid)
         d.addCallback(relay)
         d.addErrback(lambda f: log.failure("Storing a reaction by {nick} failed", f, nick=user.nick))
 
@@ -141,6 +145,6 @@ class ReactionCommands(_Server):
         if unreact:
             d = self.store.remove_reaction(key, reply, emoji, actor.nick, actor.account)
         else:
-            d = self.store.add_reaction(key, reply, now, emoji, actor.nick, actor.account)
+            d = self.store.add_reaction(key, reply, now, emoji, actor.nick, actor.account, msgid)
         d.addCallback(relay)
         d.addErrback(lambda f: log.failure("Storing a federated reaction failed", f))

@@ -25,8 +25,8 @@ from twisted.logger import Logger
 
 from freeq.signing import SIG_TAG
 from freeq.state.redaction import (
-    EDITED_TAG, MAX_EDITS_PER_MESSAGE, MAX_REACTIONS_PER_MESSAGE, MAX_REACTIONS_PER_USER, REACTIONS_TAG,
-    reactions_tag, reactor_id)
+    EDITED_TAG, MAX_EDITS_PER_MESSAGE, MAX_REACTIONS_PER_MESSAGE, MAX_REACTIONS_PER_USER, REACT_TAGS, REACTIONS_TAG,
+    REPLY_TAGS, reactions_tag, reactor_id)
 from freeq.store.chunks import Key, StoredMessage
 from freeq.store.crypto import DecryptionError, MessageCipher
 
@@ -55,23 +55,37 @@ class RedactionStore:
     # -- reads -----------------------------------------------------------------------------------
     def find_message(self, target: str, msgid: str) -> defer.Deferred:
         """The stored message ``msgid`` of conversation ``target`` as it was first sent, or ``None`` if
-        there is none or it was deleted. The msgid of one of its edits names it too."""
+        there is none or it was deleted. The msgid of one of its edits names it too, and a kept
+        reaction's msgid names that reaction (a TAGMSG)."""
         self.flush()
-        return self._in_thread(lambda: self._original(self.conn, target, msgid))
+        return self._in_thread(lambda: self._original(self.conn, target, msgid, reactions=True))
+
+    def _reaction_message(self, conn: sqlite3.Connection, target: str, msgid: str) -> Optional[StoredMessage]:
+        """A kept reaction named by its own msgid, as the TAGMSG it was (REDACT may remove it)."""
+        row = conn.execute("SELECT msgid, time_ms, payload FROM message_reactions WHERE target=? AND "
+                           "reaction_msgid=? LIMIT 1", (target, msgid)).fetchone()
+        if row is None or not msgid:
+            return None
+        body = self._open("reaction", target, row[0], "", row[2])
+        if body is None:
+            return None
+        tags = {REACT_TAGS[0]: str(body["emoji"]), REPLY_TAGS[0]: row[0]}
+        return StoredMessage(msgid, int(row[1]), "TAGMSG", str(body["nick"]), body.get("account"), target, "", tags)
 
     def annotated_history(self, target: str, query: str, args: tuple[Any, ...], limit: int) -> defer.Deferred:
         """:meth:`freeq.store.db.Store.history` with edits, deletes and reactions applied (see the module)."""
         self.flush()
         return self._in_thread(lambda: self._annotate(self.conn, target, self._history(target, query, args, limit)))
 
-    def _original(self, conn: sqlite3.Connection, target: str, msgid: str) -> Optional[StoredMessage]:
+    def _original(self, conn: sqlite3.Connection, target: str, msgid: str,
+                  reactions: bool = False) -> Optional[StoredMessage]:
         found = self._locate(conn, target, msgid)
         if found is None:
             row = conn.execute("SELECT msgid FROM message_edits WHERE edit_msgid=? AND target=? LIMIT 1",
                                (msgid, target)).fetchone()
             found = self._locate(conn, target, row[0]) if row is not None else None
         if found is None:
-            return None
+            return self._reaction_message(conn, target, msgid) if reactions else None
         m = found[1]
         if conn.execute("SELECT 1 FROM message_deletes WHERE target=? AND msgid=?", (target, m.msgid)).fetchone():
             return None
@@ -174,14 +188,16 @@ class RedactionStore:
                          "VALUES (?,?,?,?,?)", (target, msgid, int(now * 1000), cipher.fingerprint,
                                                 self._seal("delete", target, msgid, "", payload)))
             conn.execute("DELETE FROM message_edits WHERE target=? AND msgid=?", (target, msgid))
-            conn.execute("DELETE FROM message_reactions WHERE target=? AND msgid=?", (target, msgid))
+            conn.execute("DELETE FROM message_reactions WHERE target=? AND (msgid=? OR reaction_msgid=?)",
+                         (target, msgid, msgid))
             self._cap(conn, "message_deletes", target)
 
         return self._in_thread(lambda: self._write(insert))
 
     def add_reaction(self, target: str, msgid: str, now: float, emoji: str, nick: str,
-                     account: Optional[str]) -> defer.Deferred:
-        """Keep a reaction to ``msgid`` (or to the message an edit msgid names); fires with ``ADDED``,
+                     account: Optional[str], reaction_msgid: str = "") -> defer.Deferred:
+        """Keep a reaction (the TAGMSG ``reaction_msgid``) to ``msgid`` (or to the message an edit msgid
+        names); fires with ``ADDED``,
         ``DUPLICATE`` (already there), ``TOO_MANY`` (the user's or the message's bound) or ``NOT_FOUND``
         (no such message, or deleted: nothing is kept)."""
         self.flush()
@@ -203,9 +219,10 @@ class RedactionStore:
             payload = {"emoji": emoji, "nick": nick, "account": account}
 
             def insert(conn: sqlite3.Connection) -> None:
-                conn.execute("INSERT INTO message_reactions(target, msgid, time_ms, key_fp, payload) VALUES (?,?,?,?,?)",
-                             (target, m.msgid, int(now * 1000), self._cipher().fingerprint,
-                              self._seal("reaction", target, m.msgid, "", payload)))
+                conn.execute("INSERT INTO message_reactions(target, msgid, reaction_msgid, time_ms, key_fp, payload) "
+                             "VALUES (?,?,?,?,?,?)", (target, m.msgid, reaction_msgid, int(now * 1000),
+                                                     self._cipher().fingerprint,
+                                                     self._seal("reaction", target, m.msgid, "", payload)))
                 self._cap(conn, "message_reactions", target)
 
             self._write(insert)

@@ -31,16 +31,19 @@ CREATE TABLE message_deletes (
     PRIMARY KEY (target, msgid)
 );
 
--- A reaction of one user (DID, or a guest's nick) to one message.
+-- A reaction of one user (DID, or a guest's nick) to one message; its own msgid (the reacting TAGMSG's)
+-- lets REDACT remove it.
 CREATE TABLE message_reactions (
-    id       INTEGER PRIMARY KEY,
-    target   TEXT NOT NULL,
-    msgid    TEXT NOT NULL,
-    time_ms  INTEGER NOT NULL,
-    key_fp   TEXT NOT NULL,
-    payload  BLOB NOT NULL                   -- JSON {"emoji","nick","account"}
+    id             INTEGER PRIMARY KEY,
+    target         TEXT NOT NULL,
+    msgid          TEXT NOT NULL,            -- the message reacted to
+    reaction_msgid TEXT NOT NULL,            -- the reacting TAGMSG ('' if it had none)
+    time_ms        INTEGER NOT NULL,
+    key_fp         TEXT NOT NULL,
+    payload        BLOB NOT NULL             -- JSON {"emoji","nick","account"}
 );
 CREATE INDEX message_reactions_by_msgid ON message_reactions (target, msgid);
+CREATE INDEX message_reactions_by_reaction ON message_reactions (target, reaction_msgid);
 
 -- == Section B: read markers and metadata =====================================================
 
