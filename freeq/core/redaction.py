@@ -117,7 +117,8 @@ class RedactionCommands(_Server):
             return True
         reply = tags.get(REPLY_TAGS[0], tags.get(REPLY_TAGS[1]))
         if reply is not None and not valid_msgid(reply):
-            self.fail(user, command, "INVALID_PARAMS", targets, "The reply tag must name a msgid")
+            if command != "NOTICE":  # a NOTICE is never answered with an error
+                self.fail(user, command, "INVALID_PARAMS", targets, "The reply tag must name a msgid")
             return True
         if kind == "REACT":
             self.start_reaction(user, targets, tags, now)
