@@ -15,7 +15,7 @@ from freeq.irc.parser import parse
 from freeq.state.multiline import (
     MAX_BYTES, MAX_LINES, PendingBatch, Refusal, body_problem, line_budget, split_body,
 )
-from tests.support import IRCClient, Line, ServerFixture, asynctest, start_server
+from tests.support import IRCClient, Line, ServerFixture, asynctest, sleep, start_server
 from tests.test_client_sdk import FakeClient
 
 ML = ("batch", "draft/multiline", "message-tags", "server-time", "echo-message")
@@ -262,6 +262,26 @@ class MultilineTests(unittest.TestCase):
         self.assertEqual(assemble(lines), "\n".join(body))
         alice.send("PRIVMSG #c :still here")
         await bob.expect("still here")
+
+    @asynctest
+    async def test_long_lines_of_a_batch_are_read(self) -> None:
+        """Lines of an open batch may be longer than an IRC line (the freeq JS SDK sends up to 6400 bytes), whole or
+        arriving in pieces; outside a batch the same line is still 417."""
+        srv, alice, bob, carol = await self.start()
+        long1, long2 = "a" * 3000, "b" * 6000
+        alice.send("BATCH +L draft/multiline #c\r\n@batch=L PRIVMSG #c :" + long1)
+        line = ("@batch=L PRIVMSG #c :" + long2 + "\r\n").encode()
+        for i in range(0, len(line), 1000):
+            alice.send(line[i:i + 1000])
+            await sleep(0.01)
+        alice.send("BATCH -L")
+        _o, lines = await read_batch(bob)
+        self.assertEqual(assemble(lines), long1 + "\n" + long2)
+        self.assertTrue(all(len(l.raw.encode()) <= 512 + len(l.raw.split(" ", 1)[0]) for l in lines))
+        alice.send("@batch=none PRIVMSG #c :" + long1)
+        await alice.expect("417")
+        alice.send("PRIVMSG #c :" + long1)
+        await alice.expect("417")
 
     @asynctest
     async def test_signature_over_body(self) -> None:

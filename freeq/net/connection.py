@@ -29,6 +29,7 @@ from freeq.config import Config
 from freeq.irc.interfaces import IClientConnection, IRCHandler
 from freeq.irc.parser import build_text, parse
 from freeq.state.flood import ConnectionRate, TokenBucket
+from freeq.state.multiline import BATCH_LINE_BYTES
 from freeq.state.throttle import ip_key
 from freeq.state.user import User
 
@@ -394,12 +395,26 @@ class ClientConnection:
             if self._closed:
                 return
         rest = buf[start:]
-        if len(rest) > limit:
+        # a long line of a multiline batch (checked once: a continuing line was let through before)
+        if len(rest) > limit and (self._discarding or not (
+                (start == 0 and len(self._buffer) > limit) or self._batch_room(rest, cfg))):
             if not self._discarding:
                 self._too_long()
                 self._discarding = True
             rest = b""
         self._buffer = rest
+
+    def _batch_room(self, raw: bytes, cfg: Config) -> bool:
+        """Whether a line over the usual bound (complete, or still arriving) may be longer: a ``PRIVMSG``/``NOTICE``
+        of a ``draft/multiline`` batch its user has open, up to ``BATCH_LINE_BYTES`` after the tags (the freeq
+        JavaScript SDK sends lines of up to 6400 bytes there; the batch's own limits bound the total). Only
+        lines over the bound are parsed for this."""
+        sp = raw.find(b" ")
+        if raw[:1] != b"@" or sp < 0 or sp - 1 > cfg.max_tag_bytes or len(raw) - sp - 1 > BATCH_LINE_BYTES \
+                or b"batch=" not in raw[:sp]:
+            return False
+        msg = parse(raw.decode("utf-8", "replace"))
+        return msg is not None and msg.command in ("PRIVMSG", "NOTICE") and self._in_batch(msg)
 
     def _too_long(self) -> None:
         user = self.user
@@ -414,7 +429,8 @@ class ClientConnection:
         if raw[:1] == b"@":
             sp = raw.find(b" ")
             tag_len = sp if sp >= 0 else len(raw)  # with the '@'
-            if tag_len - 1 > cfg.max_tag_bytes or len(raw) - tag_len - 1 > cfg.max_line_bytes - 2:
+            if (tag_len - 1 > cfg.max_tag_bytes or len(raw) - tag_len - 1 > cfg.max_line_bytes - 2) \
+                    and not self._batch_room(raw, cfg):
                 self._too_long()
                 return
         elif len(raw) > cfg.max_line_bytes - 2:

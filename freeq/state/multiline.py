@@ -19,6 +19,9 @@ CAP_VALUE = f"max-bytes={MAX_BYTES},max-lines={MAX_LINES}"
 #: Open batches one connection may hold at once, and how long one may stay open before it is dropped.
 MAX_OPEN = 5
 OPEN_SECONDS = 60.0
+#: Text bytes of one line of an open batch (an ordinary line has 510): the freeq JavaScript SDK sends lines of up to
+#: 6400 bytes in a batch, and the reference server reads lines of 8192.
+BATCH_LINE_BYTES = 8192
 #: The longest batch reference accepted from a client (it only names the batch on that connection).
 MAX_REF = 64
 #: The concat tag, in the IRCv3 spelling and in the freeq SDK's client-only spelling; both are read and written.
