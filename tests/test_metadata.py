@@ -19,7 +19,7 @@ from freeq.config import Config, Listen
 from freeq.core.metadata import MAX_KEYS, MAX_SUBS, MAX_VALUE_BYTES, valid_key, value_problem
 from tests.atproto_servers import LoopbackServer, loopback_http, make_did_doc, random_plc_did, start_plc
 from tests.support import ServerFixture, asynctest, sleep, start_server, start_tree
-from tests.test_read_marker import web_token_login
+from tests.test_read_marker import NO_NETWORK, web_token_login
 from tests.test_sasl import login
 
 CAPS = ("draft/metadata-2", "batch")
@@ -82,7 +82,7 @@ class UserMetadataTests(unittest.TestCase):
 
     @asynctest
     async def test_set_get_list_clear(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         c = await srv.client("alice", caps=CAPS)
         c.send("METADATA * SET display-name :Alice A.")
         self.assertEqual((await c.expect(numeric("761"))).params, ["alice", "alice", "display-name", "*", "Alice A."])
@@ -109,7 +109,7 @@ class UserMetadataTests(unittest.TestCase):
 
     @asynctest
     async def test_refusals(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         c = await srv.client("alice", caps=CAPS)
         await srv.client("bob")
         c.send("METADATA * SET Bad:Key x")
@@ -143,7 +143,7 @@ class UserMetadataTests(unittest.TestCase):
 
     @asynctest
     async def test_subscriptions(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         c = await srv.client("alice", caps=CAPS)
         c.send("METADATA * SUB display-name avatar Bad")
         await c.expect(fail("KEY_INVALID"))
@@ -167,7 +167,7 @@ class NotificationTests(unittest.TestCase):
 
     @asynctest
     async def test_user_and_channel_changes(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         alice = await srv.client("alice", caps=CAPS)
         bob = await srv.client("bob", caps=CAPS)
         carol = await srv.client("carol", caps=CAPS)  # not subscribed
@@ -192,7 +192,7 @@ class NotificationTests(unittest.TestCase):
 
     @asynctest
     async def test_join_sync(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         alice = await srv.client("alice", caps=CAPS)
         alice.send("JOIN #room")
         await alice.expect(numeric("366"))
@@ -222,7 +222,7 @@ class BeforeConnectTests(unittest.TestCase):
 
     @asynctest
     async def test_set_before_connect(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         c = await srv.connect()
         c.send("CAP LS 302")
         c.send("NICK early")
@@ -245,7 +245,8 @@ class PersistenceTests(unittest.TestCase):
     @asynctest
     async def test_restart(self) -> None:
         data_dir = os.path.abspath(self.mktemp())
-        config = Config(listen=Listen("127.0.0.1", 0), tls_listen=None, data_dir=data_dir, flood_rate=0)
+        config = Config(listen=Listen("127.0.0.1", 0), tls_listen=None, data_dir=data_dir, flood_rate=0,
+                        plc_directory_url=NO_NETWORK["plc_directory_url"])
         top, port = start_tree(config)
         srv = ServerFixture(getattr(top, "irc_server"), port, None, [], [], reactor)
         try:
@@ -394,7 +395,7 @@ class SDKMetadataTests(unittest.TestCase):
         from tests.test_client_sdk import sdk
         from tests.test_sasl import new_credential
 
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         caps = DEFAULT_CAPS + ("draft/metadata-2", "batch")
         alice = await sdk(self, srv.port, "alice", credential=new_credential(), caps=caps)
         bob = await sdk(self, srv.port, "bob", caps=caps)

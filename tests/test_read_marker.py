@@ -17,6 +17,9 @@ from freeq.store.db import Store
 from tests.support import IRCClient, ServerFixture, asynctest, sleep, start_server, start_tree
 
 DID = "did:plc:readmarkeraaaaaaaaaaaaaa"
+#: The profile read after a did:plc login resolves the DID: point it at a loopback address, which the SSRF
+#: guard refuses at once, so these tests never look up plc.directory.
+NO_NETWORK = {"plc_directory_url": "http://127.0.0.1:9"}
 
 
 def ts(ms: int) -> str:
@@ -91,7 +94,7 @@ class GuestMarkerTests(unittest.TestCase):
 
     @asynctest
     async def test_set_get_and_forward_only(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         c = await srv.client("guest", caps=("draft/read-marker",))
         c.send("MARKREAD #chan")
         self.assertEqual((await c.expect(is_markread("#chan"))).params, ["#chan", "*"])
@@ -108,7 +111,7 @@ class GuestMarkerTests(unittest.TestCase):
 
     @asynctest
     async def test_future_is_clamped_to_now(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         c = await srv.client("guest")
         before = int(time.time() * 1000)
         c.send(f"MARKREAD bob {ts(before + 3_600_000)}")
@@ -118,7 +121,7 @@ class GuestMarkerTests(unittest.TestCase):
 
     @asynctest
     async def test_bad_input_gets_fail(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         c = await srv.client("guest", caps=("draft/read-marker",))
         c.send("MARKREAD")
         self.assertEqual((await c.expect("FAIL")).params[:2], ["MARKREAD", "NEED_MORE_PARAMS"])
@@ -132,7 +135,7 @@ class GuestMarkerTests(unittest.TestCase):
 
     @asynctest
     async def test_join_sends_marker_before_end_of_names(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         c = await srv.client("guest", caps=("draft/read-marker",))
         now = int(time.time() * 1000) - 1000
         c.send(f"MARKREAD #room {ts(now)}")
@@ -154,7 +157,7 @@ class AccountMarkerTests(unittest.TestCase):
 
     @asynctest
     async def test_devices_share_and_are_told(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         a = await web_token_login(srv, "alice")
         b = await web_token_login(srv, "alice2")  # the second device adopts the identity's nick
         no_cap = await web_token_login(srv, "alice3", caps="")
@@ -175,7 +178,7 @@ class AccountMarkerTests(unittest.TestCase):
 
     @asynctest
     async def test_read_back_from_the_store(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         a = await web_token_login(srv, "alice")
         now = int(time.time() * 1000) - 1000
         a.send(f"MARKREAD Bob {ts(now)}")
@@ -189,7 +192,8 @@ class AccountMarkerTests(unittest.TestCase):
     @asynctest
     async def test_survives_a_restart_and_is_sent_on_join(self) -> None:
         data_dir = os.path.abspath(self.mktemp())
-        config = Config(listen=Listen("127.0.0.1", 0), tls_listen=None, data_dir=data_dir, flood_rate=0)
+        config = Config(listen=Listen("127.0.0.1", 0), tls_listen=None, data_dir=data_dir, flood_rate=0,
+                        plc_directory_url=NO_NETWORK["plc_directory_url"])
         top, port = start_tree(config)
         srv = ServerFixture(getattr(top, "irc_server"), port, None, [], [], reactor)
         try:
@@ -224,7 +228,7 @@ class LateReadTests(unittest.TestCase):
 
     @asynctest
     async def test_marker_follows_when_read(self) -> None:
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         a = await web_token_login(srv, "alice")
         now = int(time.time() * 1000) - 1000
         a.send(f"MARKREAD #late {ts(now)}")
@@ -277,7 +281,7 @@ class SDKMarkerTests(unittest.TestCase):
         from tests.test_client_sdk import sdk
         from tests.test_sasl import new_credential
 
-        srv = await start_server(self)
+        srv = await start_server(self, **NO_NETWORK)
         cred = new_credential()
         caps = DEFAULT_CAPS + ("draft/read-marker",)
         phone = await sdk(self, srv.port, "alice", credential=cred, caps=caps)
@@ -293,3 +297,60 @@ class SDKMarkerTests(unittest.TestCase):
         with self.assertRaises(IRCError) as caught:
             await phone.mark_read("#chan", "yesterday")
         self.assertEqual(caught.exception.params[:2], ["MARKREAD", "INVALID_PARAMS"])
+
+
+class FederatedMarkerTests(unittest.TestCase):
+    """A DID connected to two federated servers sees its marker move on both; only a server hosting a user of
+    the account may move it."""
+
+    @asynctest
+    async def test_both_servers(self) -> None:
+        from tests.s2s_support import start_line, wait_for
+
+        a, b = await start_line(self, "a.test", "b.test", **NO_NETWORK)
+        on_a = await web_token_login(a.fixture, "alice")
+        on_b = await web_token_login(b.fixture, "alicb")
+        await wait_for(lambda: b.knows("alice") and a.knows("alicb"), what="each other's user")
+        now = int(time.time() * 1000) - 5000
+        on_a.send(f"MARKREAD #fed {ts(now)}")
+        await on_a.expect(is_markread("#fed"))
+        self.assertEqual((await on_b.expect(is_markread("#fed"))).params, ["#fed", ts(now)])
+        on_b.send(f"MARKREAD #fed {ts(now - 1000)}")  # older: stays, nothing goes out
+        self.assertEqual((await on_b.expect(is_markread("#fed"))).params[1], ts(now))
+        await on_a.expect_not(is_markread("#fed"), after=(on_b,))
+        on_b.send(f"MARKREAD Carol {ts(now + 1000)}")
+        await on_b.expect(is_markread("Carol"))
+        self.assertEqual((await on_a.expect(is_markread("carol"))).params, ["carol", ts(now + 1000)])
+        on_a.send("MARKREAD carol")
+        self.assertEqual((await on_a.expect(is_markread("carol"))).params[1], ts(now + 1000))
+        guest = await b.client("guest", caps=("draft/read-marker",))
+        guest.send("MARKREAD #fed")
+        self.assertEqual((await guest.expect(is_markread("#fed"))).params[1], "*")
+
+    @asynctest
+    async def test_forged_markers_refused(self) -> None:
+        from tests.s2s_support import link_raw_peer, wait_for
+
+        node, mallory, _client = await link_raw_peer(self, "a.test", "op")
+        victim = await web_token_login(node.fixture, "alice")
+        mallory.send(mallory.user(1, "mal"))  # a guest of mallory's: no account
+        await wait_for(lambda: node.knows("mal"), what="mallory's user")
+        when = int(time.time() * 1000) - 1000
+        fields = {"uid": mallory.uid(1), "target": "#chan", "read_ms": when}
+        mallory.send(mallory.event("marker", fields, to=node.id))  # a user without the account
+        mallory.send(mallory.event("marker", dict(fields, uid="0123456789abcdef.x.1"), to=node.id))  # not its user
+        mallory.send(mallory.event("marker", fields))  # flooded, not routed
+        mallory.send(mallory.event("marker", dict(fields, target="#Chan"), to=node.id))  # not folded
+        mallory.send(mallory.user(2, "mal2"))  # the link is in order: once mal2 is known, all of the above was read
+        await wait_for(lambda: node.knows("mal2"), what="mallory's second user")
+        victim.send("MARKREAD #chan")
+        self.assertEqual((await victim.expect(is_markread("#chan"))).params[1], "*")
+        self.assertNotIn("#chan", node.server.read_markers.accounts.get(DID, MarkerBook(1)).entries)
+        stats = node.federation.stats
+        self.assertEqual((stats.get("rejected:unauthorized"), stats.get("rejected:forged"), stats.get("malformed")),
+                         (2, 1, 1))
+        # The same event from a user of the account's (the origin hosts the account): applied, forward only.
+        mallory.send(mallory.user(3, "mal3", account=DID))
+        await wait_for(lambda: node.knows("mal3"), what="mallory's user of the account")
+        mallory.send(mallory.event("marker", dict(fields, uid=mallory.uid(3)), to=node.id))
+        self.assertEqual((await victim.expect(is_markread("#chan"))).params, ["#chan", ts(when)])

@@ -4,8 +4,11 @@ A marker belongs to an identity: for a DID-authenticated user it is kept per acc
 the account's connections (each one with the capability is told when it moves, and gets the marker of a
 channel when it joins it), and persisted; a guest's markers live on its one connection and are never
 stored (a guest nick is ephemeral, so there is no identity to attach them to across connections). A
-marker only ever moves forward, and never past the server's clock. Markers are per server: federation
-does not carry them (docs/ircv3.md).
+marker only ever moves forward, and never past the server's clock.
+
+Federated: when an account's marker moves here, a ``marker`` event is routed to each server where the
+account also has a user (freeq.s2s.outbound); a server applies one only from a server hosting a user of
+that account (freeq.s2s.inbound), through :meth:`ReadMarkerCommands.apply_remote_marker`, forward only.
 
 An account's markers are read from the store when it logs in (on the DB thread) and cached for the
 ``MAX_CACHED_ACCOUNTS`` most recently used accounts; anything asking for them before the read finishes
@@ -150,6 +153,8 @@ class ReadMarkerCommands(_Server):
             for device in self.group(user):
                 if device is not user and CAP in device.caps:
                     device.write(line)
+            if account is not None:
+                self.s2s_notify("marker", user, key, read_ms)
 
         book = self._marker_book(user, answer)
         if book is not None:
@@ -165,6 +170,11 @@ class ReadMarkerCommands(_Server):
             if book is None:
                 book = state.guests[user] = MarkerBook(MAX_GUEST_MARKERS)
             return book
+        return self._account_markers(did, then)
+
+    def _account_markers(self, did: str, then: Optional[Callable[[MarkerBook], None]] = None) -> Optional[MarkerBook]:
+        """The markers of account ``did`` (see :meth:`_marker_book`)."""
+        state = self.read_markers
         book = state.accounts.get(did)
         if book is not None:
             state.accounts.move_to_end(did)
@@ -202,15 +212,45 @@ class ReadMarkerCommands(_Server):
                         did=did)
         self._markers_read({}, did)
 
+    def apply_remote_marker(self, did: str, key: str, read_ms: int) -> None:
+        """A federated server hosting a user of account ``did`` moved its marker of ``key`` (folded) to
+        ``read_ms``: move ours forward too (stored, and told to the account's connections here with the
+        capability). The caller (freeq.s2s.inbound) has checked who may move it and the values."""
+        now = self.clock.seconds()
+        store = self.store
+        if did not in self.read_markers.accounts and not self.sessions.get(did):
+            if store is not None:
+                store.save_read_marker(did, key, read_ms, now)  # kept for its next login here (larger wins)
+            return
+
+        def apply(book: MarkerBook) -> None:
+            marker, moved, evicted = book.advance(key, read_ms, now)
+            if not moved:
+                return
+            if store is not None:
+                store.save_read_marker(did, key, marker, now)
+                if evicted is not None:
+                    store.delete_read_marker(did, evicted)
+            chan = self.channels.get(key)
+            line = markread_line(self.name, chan.name if chan is not None else key, marker)
+            for device in self.sessions.get(did, ()):
+                if CAP in device.caps:
+                    device.write(line)
+
+        book = self._account_markers(did, apply)
+        if book is not None:
+            apply(book)
+
     # ------------------------------------------------------------------
     # Hooks into the other groups
     # ------------------------------------------------------------------
     def set_account(self, user: User, account: Optional[str]) -> None:
         """As the registration group's, and start reading the account's markers (a login is when they
-        will soon be wanted: the JOINs that follow carry them)."""
+        will soon be wanted: the JOINs that follow carry them). Not for federated users."""
         super().set_account(user, account)  # type: ignore[misc]  # the next group in the server's bases
-        if account is not None and self.store is not None:
-            self._marker_book(user)
+        federation = self.federation
+        if account is not None and self.store is not None and not (federation and federation.is_remote(user)):
+            self._account_markers(account)
 
     def _send_names(self, user: User, chan: "Channel") -> None:
         """As the channel group's, preceded for a member with the capability by the channel's marker, so it

@@ -412,8 +412,9 @@ class MetadataCommands(_Server):
         """As the registration group's; then read the account's metadata (what the connection set before
         logging in becomes the account's) and, in the background, its Bluesky profile."""
         super().set_account(user, account)  # type: ignore[misc]  # the next group in the server's bases
-        if account is None:
-            return
+        federation = self.federation
+        if account is None or (federation is not None and federation.is_remote(user)):
+            return  # a federated user's metadata is its own server's (per server for now)
         state = self.metadata
         before = state.guests.pop(user, None)
         own = state.accounts.get(account)

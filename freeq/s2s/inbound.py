@@ -32,6 +32,9 @@ _JOIN_REASON = {"k": "+k (bad key)", "l": "+l (channel full)", "b": "+b (banned)
 #: Rejection reasons for freeq.state.rules.send_refusal's reasons.
 _SEND_REASON = {"n": "sender is not on the channel (+n)", "m": "channel is moderated (+m)", "b": "sender is banned"}
 
+#: How far past our clock a peer's read marker may be (clock skew between servers), in ms.
+MARKER_SKEW_MS = 120_000
+
 _MSGID_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_")
 
 
@@ -344,6 +347,30 @@ class InboundEvents(LocalObservers):
         for device in list(self.server.group(victim)):
             device.write(build_text(actor.hostmask, "KILL", device.nick, reason))
             self.server.close(device, text)
+        return True
+
+    def _ev_marker(self, ctx: EventContext) -> bool:
+        """A user of the origin moved its account's read marker (routed here: the account has a user here too).
+        Only a server hosting a user of the account may move its marker: the actor must be the origin's and
+        logged in; the marker then only moves forward (freeq.core.markers)."""
+        actor = self._actor(ctx)
+        if actor is None:
+            return False
+        if ctx.ev.get("to") != self.me:
+            raise ProtocolError("marker event not routed")
+        did = actor.account
+        if not did:
+            self._warn_rejected(ctx.link, "marker", "unauthorized: the user has no account", nick=actor.nick)
+            return False
+        target = P.get(ctx.ev, "target", str)
+        cfg = self.server.config
+        if target != fold(target) or not (valid_channel(target, cfg.channel_len) if target[:1] in "#&"
+                                          else valid_nick(target, cfg.nick_len)):
+            raise ProtocolError("bad marker target")
+        read_ms = P.get(ctx.ev, "read_ms", int)
+        if not 0 <= read_ms <= int(self.clock.seconds() * 1000) + MARKER_SKEW_MS:
+            raise ProtocolError("marker time out of range")
+        self.server.apply_remote_marker(did, target, read_ms)
         return True
 
     def _ev_kick(self, ctx: EventContext) -> bool:

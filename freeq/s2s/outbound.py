@@ -235,6 +235,23 @@ class LocalObservers(RemoteUsers):
         go ahead, every server with members will apply it. Applying it here alone would split the channel."""
         return self._refuser(m.conn.origin for m in chan.members if isinstance(m.conn, RemoteSession))
 
+    def local_marker(self, user: User, target: str, read_ms: int) -> None:
+        """A local account's read marker of ``target`` (folded) moved to ``read_ms``: a ``marker`` event routed to
+        each server where the account also has a user (never flooded: where others read is nobody else's
+        business). Finding them looks at every remote user, bounded by ``max_remote_users`` per link."""
+        did = user.account
+        if not self._local(user) or did is None:
+            return
+        primary = self.server.primary_session(did)
+        if primary is None or primary not in self.local_uid:
+            return  # not announced to the federation (yet)
+        homes = {u.conn.origin for u in self.remote.values() if u.account == did}
+        if not homes:
+            return
+        fields = {"uid": self.uid(primary), "target": target, "read_ms": int(read_ms)}
+        for origin in sorted(homes):
+            self._emit("marker", fields, to=origin)
+
     def remote_kill(self, oper: User, victim: User, reason: str) -> "LinkControl":
         """A local operator's KILL of a remote user: a signed ``kill`` event routed to the user's home server,
         which disconnects the user (its QUIT then reaches everyone), if it applies our operators' actions; if

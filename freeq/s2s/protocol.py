@@ -50,7 +50,10 @@ STATE_KINDS = frozenset({"topic", "mode", "kick", "invite", "refuse"})
 #: Server-operator actions on another server's users (``kill``: routed to the victim's home server, which
 #: disconnects the user): only ``full`` links may deliver them.
 OPER_KINDS = frozenset({"kill"})
-EVENT_KINDS = PRESENCE_KINDS | MESSAGE_KINDS | STATE_KINDS | OPER_KINDS
+#: An account's own state kept on every server where it has a user (``marker``: a draft/read-marker moved, routed
+#: to those servers; applied only from a server hosting a user of that account): ``full`` and ``relay`` links.
+ACCOUNT_KINDS = frozenset({"marker"})
+EVENT_KINDS = PRESENCE_KINDS | MESSAGE_KINDS | STATE_KINDS | OPER_KINDS | ACCOUNT_KINDS
 #: Control frames (not events): handshake, snapshot, keepalive, resync request.
 CONTROL_KINDS = frozenset({"hello", "burst", "ping", "pong", "resync"})
 
@@ -58,7 +61,7 @@ TRUST_LEVELS = ("full", "relay", "readonly")
 #: What each trust level lets a peer change here (events and burst contents alike).
 TRUST_ALLOWS = {
     "full": EVENT_KINDS,
-    "relay": PRESENCE_KINDS | MESSAGE_KINDS,
+    "relay": PRESENCE_KINDS | MESSAGE_KINDS | ACCOUNT_KINDS,
     "readonly": frozenset(),
 }
 
