@@ -101,6 +101,7 @@ class UserMetadataTests(unittest.TestCase):
         first = await bob.expect(numeric("761"))
         second = await bob.expect(numeric("761"))
         self.assertEqual([first.params[2], second.params[2]], ["display-name", "homepage"])
+        await bob.expect(numeric("762"))  # RPL_METADATAEND: where the reply ends, for a client without batch
         c.send("METADATA * CLEAR")
         cleared = await c.collect_until(lambda l: l.command == "BATCH" and l.params[0].startswith("-"))
         self.assertEqual(sorted(l.params[2] for l in cleared if l.command == "761"), ["display-name", "homepage"])

@@ -320,7 +320,7 @@ class MetadataCommands(_Server):
         if subs is None:
             subs = self.metadata.subs[user] = set()
         done = []
-        for i, key in enumerate(keys):
+        for key in keys:
             if not valid_key(key):
                 self.fail(user, "METADATA", "KEY_INVALID", key if _safe_word(key) else "*", "Invalid key")
                 continue
@@ -355,10 +355,13 @@ class MetadataCommands(_Server):
 
     def _metadata_batch(self, user: User, kind: str, param: Optional[str], lines: list[bytes]) -> None:
         """Send ``lines`` in a ``kind`` batch to a client with ``batch``; a labelled command's reply is already
-        grouped by its label (labeled-response), so it is sent as it is."""
+        grouped by its label (labeled-response), so it is sent as it is. A client without ``batch`` learns
+        where a ``metadata`` reply ends from ``762`` (RPL_METADATAEND, as in the earlier drafts)."""
         if "batch" not in user.caps or self.current_label is not None:
             for line in lines:
                 user.write(line)
+            if kind == "metadata" and "batch" not in user.caps:
+                self.num(user, "762", "end of metadata")
             return
         ref = self.ulid.new()[-10:]
         user.write(build(self.name, "BATCH", "+" + ref, kind, *([param] if param else [])))
