@@ -163,6 +163,37 @@ class UserMetadataTests(unittest.TestCase):
         self.assertEqual(sum(len(l.params) - 1 for l in lines if l.command == "770"), MAX_SUBS - 1)
 
 
+class CapAndRenameTests(unittest.TestCase):
+    """Giving up the capability clears the subscriptions; a renamed channel keeps its metadata."""
+
+    @asynctest
+    async def test_cap_removal_clears_subscriptions(self) -> None:
+        srv = await start_server(self, **NO_NETWORK)
+        c = await srv.client("alice", caps=CAPS)
+        c.send("METADATA * SUB display-name")
+        await c.expect(numeric("770"))
+        c.send("CAP REQ :-draft/metadata-2")
+        await c.expect(lambda l: l.command == "CAP" and "ACK" in l.params)
+        c.send("CAP REQ :draft/metadata-2")
+        await c.expect(lambda l: l.command == "CAP" and "ACK" in l.params)
+        c.send("METADATA * SUBS")
+        lines = await c.collect_until(lambda l: l.command == "BATCH" and l.params[0].startswith("-"))
+        self.assertEqual([l for l in lines if l.command == "772"], [])
+
+    @asynctest
+    async def test_rename_keeps_metadata(self) -> None:
+        srv = await start_server(self, **NO_NETWORK)
+        c = await srv.client("alice", caps=CAPS + ("draft/channel-rename",))
+        c.send("JOIN #old")
+        await c.expect(numeric("366"))
+        c.send("METADATA #old SET url https://old.example/")
+        await c.expect(numeric("761"))
+        c.send("RENAME #old #new :moving")
+        await c.expect("RENAME")
+        c.send("METADATA #new GET url")
+        self.assertEqual((await c.expect(numeric("761"))).params[1:], ["#new", "url", "*", "https://old.example/"])
+
+
 class NotificationTests(unittest.TestCase):
     """Subscribers hear of changes on users they share a channel with and on their channels; JOIN syncs."""
 

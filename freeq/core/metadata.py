@@ -9,7 +9,8 @@ Who holds what:
 * a guest's metadata lives on its connection only; what a connection set before logging in
   (``before-connect``) becomes its account's;
 * a channel's metadata is set by its operators; that of a registered channel (one with a founder DID)
-  is persisted (``channel_metadata``), any other channel's lasts as long as the channel.
+  is persisted (``channel_metadata``), any other channel's lasts as long as the channel. It follows the
+  channel through a RENAME.
 
 Keys are 1 to :data:`MAX_KEY_LEN` characters of ``a-z0-9_./-``; values at most :data:`MAX_VALUE_BYTES`
 bytes of UTF-8 without control characters; ``avatar`` and ``homepage`` must be http(s) URLs. At most
@@ -517,6 +518,30 @@ class MetadataCommands(_Server):
                         if key in subs:
                             other.write(build(self.name, "METADATA", primary.nick, key, "*",
                                               *([value] if value else [])))
+
+    def rename_channel(self, chan: Channel, new_name: str, reason: str, source: str) -> None:
+        """As the rename group's; the channel's metadata follows it to its new name (and, for a registered
+        channel, its stored rows)."""
+        old_folded = chan.folded
+        values = self.channel_metadata(chan)
+        super().rename_channel(chan, new_name, reason, source)  # type: ignore[misc]  # the next group in the bases
+        if not values or chan.folded == old_folded:
+            return
+        state = self.metadata
+        state.channels.pop(old_folded, None)
+        state.channels[chan.folded] = (chan.created, values)
+        store = self.store
+        if store is not None and chan.founder is not None:
+            for key, value in values.items():
+                store.save_channel_metadata(old_folded, key, None)
+                store.save_channel_metadata(chan.folded, key, value)
+
+    def irc_CAP(self, user: User, msg: Message) -> None:
+        """As the registration group's; a client that gives up the capability (or ``batch``) loses its
+        subscriptions, as the spec wants."""
+        super().irc_CAP(user, msg)  # type: ignore[misc]  # the next group in the server's bases
+        if user in self.metadata.subs and (CAP not in user.caps or "batch" not in user.caps):
+            del self.metadata.subs[user]
 
     def load_channels(self, records: Iterable[ChannelRecord]) -> None:
         """As the channel group's, and the metadata of the registered channels with them."""
