@@ -160,7 +160,7 @@ class MultilineCommands(_Server):
             self._close_batch(user, ref)
             return
         if len(p) < 2 or p[1] != CAP:
-            self.fail(user, "BATCH", "INVALID_TYPE", p[1] if len(p) > 1 else "*", "Unsupported batch type")
+            self.fail(user, "BATCH", "INVALID_TYPE", shown(p[1]) if len(p) > 1 else "*", "Unsupported batch type")
             return
         if not wants_batch(user):
             self.fail(user, "BATCH", INVALID_CODE, "Negotiate draft/multiline and batch first")
