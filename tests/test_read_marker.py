@@ -354,3 +354,30 @@ class FederatedMarkerTests(unittest.TestCase):
         await wait_for(lambda: node.knows("mal3"), what="mallory's user of the account")
         mallory.send(mallory.event("marker", dict(fields, uid=mallory.uid(3)), to=node.id))
         self.assertEqual((await victim.expect(is_markread("#chan"))).params, ["#chan", ts(when)])
+
+
+class FederatedSDKMarkerTests(unittest.TestCase):
+    """The Python SDK on two federated servers: one identity, a device on each, the marker follows."""
+
+    @asynctest
+    async def test_sdk_devices_on_two_servers(self) -> None:
+        from freeq.client.connection import DEFAULT_CAPS
+        from tests.s2s_support import start_line, wait_for
+        from tests.test_client_sdk import sdk
+        from tests.test_sasl import new_credential
+
+        a, b = await start_line(self, "a.test", "b.test", **NO_NETWORK)
+        cred = new_credential()
+        caps = DEFAULT_CAPS + ("draft/read-marker",)
+        laptop = await sdk(self, a.fixture.port, "alice", credential=cred, caps=caps)
+        phone = await sdk(self, b.fixture.port, "alicb", credential=cred, caps=caps)
+        await wait_for(lambda: a.knows(phone.nick) and b.knows(laptop.nick), what="each other's device")
+        when = time.time() - 120
+        told = phone.on_markread.wait(lambda m: m.target == "#fed")
+        stamp = await laptop.mark_read("#fed", when)
+        self.assertEqual((await told).timestamp, stamp)
+        self.assertEqual(await phone.get_read_marker("#fed"), stamp)
+        back = laptop.on_markread.wait(lambda m: m.target == "#fed" and m.timestamp != stamp)
+        later = await phone.mark_read("#fed", when + 60)
+        self.assertEqual((await back).timestamp, later)
+        self.assertEqual(laptop.read_markers["#fed"], later)

@@ -54,7 +54,7 @@ class MarkerCommands(ClientCommands):
         state: Optional[dict[str, Any]] = self.__dict__.get("_marker_state_")
         if state is None:
             state = self.__dict__["_marker_state_"] = {
-                "read_markers": {}, "metadata": {},
+                "read_markers": {}, "metadata": {}, "markreads": 0,
                 "on_markread": Event("markread", self.clock), "on_metadata": Event("metadata", self.clock)}
         return state
 
@@ -104,10 +104,14 @@ class MarkerCommands(ClientCommands):
 
     def _markread_answer(self, target: str) -> defer.Deferred:
         key = self.fold(target)
+        state = self._marker_state()
+        sent_after = state["markreads"]
 
         def matches(msg: Message) -> bool:
             if msg.command == "MARKREAD":
-                return bool(msg.params) and self.fold(msg.params[0]) == key
+                # Only a MARKREAD read after ours was sent: an on_markread callback may send this command while
+                # the line that fired it is still being handled (and is offered to on_raw waiters next).
+                return bool(msg.params) and self.fold(msg.params[0]) == key and state["markreads"] > sent_after
             return msg.command == "FAIL" and msg.params[:1] == ["MARKREAD"]
 
         return self._answer(matches, lambda msg: self.read_markers.get(key))
@@ -117,6 +121,7 @@ class MarkerCommands(ClientCommands):
             return
         target, value = msg.params[0], msg.params[1]
         stamp = value[len("timestamp="):] if value.startswith("timestamp=") else None
+        self._marker_state()["markreads"] += 1
         self.read_markers[self.fold(target)] = stamp
         self.on_markread.fire(MarkRead(target, stamp))
 
