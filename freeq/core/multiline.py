@@ -26,6 +26,7 @@ from freeq.state.multiline import (
     CAP, CONCAT_TAGS, INVALID_CODE, MAX_LINES, MAX_OPEN, MAX_REF, OPEN_SECONDS, PendingBatch, Refusal, line_budget,
     shown, split_body,
 )
+from freeq.state.redaction import drop_stray_actions
 from freeq.state.rules import channel_history_key, dm_history_key, send_refusal, status_recipients, status_target
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
 
@@ -186,6 +187,7 @@ class MultilineCommands(_Server):
             return
         session.dead.pop(ref, None)
         tags = {k: v for k, v in msg.tags.items() if k[:1] == "+"} if msg.tags else {}
+        drop_stray_actions(tags)  # a multiline message is never an edit, delete or unreact
         target = p[2]
         session.open[ref] = PendingBatch(ref, target, fold(target), now, tags)
 

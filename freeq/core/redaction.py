@@ -28,7 +28,7 @@ from freeq.signing import SIG_TAG
 from freeq.state.channel import Channel
 from freeq.state.redaction import (
     DELETE_TAG, EDIT_TAG, REACT_TAGS, REASON_TAG, REPLY_TAGS, UNREACT_TAG, delete_refusal, edit_refusal,
-    normalise_pairs, valid_msgid)
+    drop_stray_actions, normalise_pairs, valid_msgid)
 from freeq.state.rules import dm_history_key, send_refusal
 from freeq.state.user import TC_TAGS, User
 
@@ -123,6 +123,7 @@ class RedactionCommands(_Server):
         if kind == "REACT":
             self.start_reaction(user, targets, tags, now)
             return True
+        drop_stray_actions(tags)
         normalise_pairs(tags, react=command == "TAGMSG")
         return False
 
@@ -304,6 +305,7 @@ class RedactionCommands(_Server):
         edit = command == "PRIVMSG" and EDIT_TAG in tags
         delete = command == "TAGMSG" and DELETE_TAG in tags
         if not (edit or delete):
+            drop_stray_actions(tags)
             normalise_pairs(tags, react=command == "TAGMSG")
             return False
         ref = tags[EDIT_TAG if edit else DELETE_TAG]

@@ -111,6 +111,19 @@ def reactions_tag(reactions: Iterable[tuple[str, str]]) -> str:
     return ";".join(parts)
 
 
+#: Tags that act on another message; on a message that is not that action (an edit tag on a NOTICE or
+#: TAGMSG, a delete tag on a PRIVMSG, an unreact on a PRIVMSG...) they are dropped, never relayed: a client
+#: reading them would apply an edit or delete that no rule checked.
+STRAY_ACTION_TAGS = (EDIT_TAG, DELETE_TAG, UNREACT_TAG)
+
+
+def drop_stray_actions(tags: dict[str, str]) -> None:
+    """For a message that goes the ordinary way (not an edit, delete or reaction, local or federated, or a
+    multiline batch): drop the action tags it carries (``STRAY_ACTION_TAGS``), in place."""
+    for stray in STRAY_ACTION_TAGS:
+        tags.pop(stray, None)
+
+
 def normalise_pairs(tags: dict[str, str], react: bool = True) -> None:
     """Give both spellings of the reply tag, and with ``react`` (a TAGMSG: a reaction) of the react tag,
     when a client sent one (IRCv3 clients read ``+draft/react``/``+draft/reply``, the freeq SDK
