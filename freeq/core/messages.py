@@ -37,6 +37,7 @@ class MessageCommands(_Server):
         multiline_line: Callable[[User, Message, str], bool]  # multiline
         write_unlabelled: Callable[[User, bytes], None]  # server
         tagged_action: Callable[[User, str, str, str, dict[str, str], Optional[str], float], bool]  # redaction
+        deliver_multiline: Callable[..., str]  # multiline
 
     def irc_PRIVMSG(self, user: User, msg: Message) -> None:
         self._message(user, msg, "PRIVMSG")
@@ -118,7 +119,10 @@ class MessageCommands(_Server):
         return None
 
     def _channel_message(self, user: User, command: str, target: str, name: str, status_min: int,
-                         text: str, client_tags: dict[str, str], notice: bool, now: float) -> None:
+                         text: str, client_tags: dict[str, str], notice: bool, now: float,
+                         multiline: bool = False) -> None:
+        """One message (``multiline``: an assembled draft/multiline body) to channel ``name``: the send rule,
+        fan-out, federation and history."""
         chan = self.channels.get(fold(name))
         if chan is None:
             if not notice:
@@ -130,16 +134,23 @@ class MessageCommands(_Server):
                 self.num(user, "404", chan.name, _SEND_REFUSAL[refused])
             return
         target_display = (target[0] + chan.name) if status_min else chan.name
-        msgid = self.deliver(user, command, target_display, text, client_tags, status_recipients(chan, status_min),
-                             now=now)
-        self.s2s_notify("message", user, command, target_display, chan, text, client_tags, msgid)
+        if multiline:
+            msgid = self.deliver_multiline(user, command, target_display, text, client_tags,
+                                           status_recipients(chan, status_min), now=now)
+            self.s2s_notify("multiline_message", user, command, target_display, chan, text, client_tags, msgid)
+        else:
+            msgid = self.deliver(user, command, target_display, text, client_tags,
+                                 status_recipients(chan, status_min), now=now)
+            self.s2s_notify("message", user, command, target_display, chan, text, client_tags, msgid)
         key = channel_history_key(chan, command, status_min)
         if self.store is not None and key is not None:
             self.store.append_message(key, msgid, now, command, user.hostmask, user.account,
                                       chan.name, text, client_tags)
 
     def _private_message(self, user: User, command: str, target: str, text: str,
-                         client_tags: dict[str, str], notice: bool, now: float) -> None:
+                         client_tags: dict[str, str], notice: bool, now: float, multiline: bool = False) -> None:
+        """One message (``multiline``: an assembled body) to a user: every device of both sides, federation
+        and history."""
         nick = target.split("@", 1)[0] if "@" in target else target
         other = self.users.get(fold(nick))
         if other is None or not other.registered:
@@ -151,9 +162,14 @@ class MessageCommands(_Server):
         # Every device of the recipient gets it, and so do the sender's other devices (the conversation
         # stays in sync); deliver() skips the sending connection itself unless it asked for echo-message.
         recipients = set(self.group(other)) | set(self.group(user))
-        msgid = self.deliver(user, command, other.nick, text, client_tags, recipients, to_self=other is user,
-                             now=now)
-        self.s2s_notify("dm", user, command, other, text, client_tags, msgid)
+        if multiline:
+            msgid = self.deliver_multiline(user, command, other.nick, text, client_tags, recipients,
+                                           to_self=other is user, now=now)
+            self.s2s_notify("multiline_dm", user, command, other, text, client_tags, msgid)
+        else:
+            msgid = self.deliver(user, command, other.nick, text, client_tags, recipients, to_self=other is user,
+                                 now=now)
+            self.s2s_notify("dm", user, command, other, text, client_tags, msgid)
         key = dm_history_key(command, user, other)
         if self.store is not None and key is not None:
             self.store.append_message(key, msgid, now, command,

@@ -27,7 +27,7 @@ from freeq.state.multiline import (
     shown, split_body,
 )
 from freeq.state.redaction import drop_stray_actions
-from freeq.state.rules import channel_history_key, dm_history_key, send_refusal, status_recipients, status_target
+from freeq.state.rules import status_target
 from freeq.state.user import TC_ACCOUNT, TC_TAGS, TC_TIME, User
 
 if TYPE_CHECKING:
@@ -40,8 +40,6 @@ log = Logger()
 #: Tag-class bit (above freeq.state.user's three) for recipients that get the batch form.
 _TC_BATCH = 8
 _CONCAT_LINE = {CONCAT_TAGS[0]: "", CONCAT_TAGS[1]: ""}
-_SEND_REFUSAL = {"n": "Cannot send to channel (no external messages)", "m": "Cannot send to channel (+m)",
-                 "b": "Cannot send to channel (you're banned)"}
 
 
 class MultilineSession:
@@ -109,6 +107,8 @@ class MultilineCommands(_Server):
     if TYPE_CHECKING:  # what this group calls in the other groups
         signature_tag: Callable[[User, str, str, str, Optional[str], float], Optional[str]]  # identity
         _hook_message: Callable[[User, str, str, str], Optional[str]]  # messages
+        _channel_message: Callable[..., None]  # messages
+        _private_message: Callable[..., None]  # messages
         write_unlabelled: Callable[[User, bytes], None]  # server
         current_label: Optional[str]  # server
 
@@ -258,41 +258,10 @@ class MultilineCommands(_Server):
             if sig:
                 client_tags[SIG_TAG] = sig
         if is_channel(name):
-            chan = self.channels.get(fold(name))
-            if chan is None:
-                if not notice:
-                    self.num(user, "403", name, "No such channel")
-                return
-            refused = send_refusal(chan, user)
-            if refused is not None:
-                if not notice:
-                    self.num(user, "404", chan.name, _SEND_REFUSAL[refused])
-                return
-            display = (target[0] + chan.name) if status_min else chan.name
-            msgid = self.deliver_multiline(user, command, display, body, client_tags,
-                                           status_recipients(chan, status_min), now=now)
-            self.s2s_notify("multiline_message", user, command, display, chan, body, client_tags, msgid)
-            key = channel_history_key(chan, command, status_min)
-            if self.store is not None and key is not None:
-                self.store.append_message(key, msgid, now, command, user.hostmask, user.account, chan.name, body,
-                                          client_tags)
-            return
-        nick = target.split("@", 1)[0] if "@" in target else target
-        other = self.users.get(fold(nick))
-        if other is None or not other.registered:
-            if not notice:
-                self.num(user, "401", target, "No such nick/channel")
-            return
-        if command == "PRIVMSG" and other.away is not None:
-            self.num(user, "301", other.nick, other.away)
-        recipients = set(self.group(other)) | set(self.group(user))
-        msgid = self.deliver_multiline(user, command, other.nick, body, client_tags, recipients,
-                                       to_self=other is user, now=now)
-        self.s2s_notify("multiline_dm", user, command, other, body, client_tags, msgid)
-        dm = dm_history_key(command, user, other)
-        if self.store is not None and dm is not None:
-            self.store.append_message(dm, msgid, now, command, user.hostmask, user.account, other.nick, body,
-                                      client_tags)
+            self._channel_message(user, command, target, name, status_min, body, client_tags, notice, now,
+                                  multiline=True)
+        else:
+            self._private_message(user, command, target, body, client_tags, notice, now, multiline=True)
 
     def deliver_multiline(self, sender: User, command: str, target: str, body: str, client_tags: dict[str, str],
                           recipients: Iterable[User], to_self: bool = False, msgid: Optional[str] = None,
