@@ -11,7 +11,7 @@ channel operator (the IRCv3 message-redaction use case).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.logger import Logger
 
@@ -99,12 +99,18 @@ class ReactionCommands(_Server):
         if key is None or reply is None or self.store is None:
             relay()
             return
-        if unreact:
-            d = self.store.remove_reaction(key, reply, emoji, user.nick, user.account)
-        else:
-            d = self.store.add_reaction(key, reply, now, emoji, user.nick, user.account, msgid)
+        d = self._store_reaction(key, reply, emoji, user, msgid, unreact, now)
         d.addCallback(relay)
         d.addErrback(lambda f: log.failure("Storing a reaction by {nick} failed", f, nick=user.nick))
+
+    def _store_reaction(self, key: str, reply: str, emoji: str, actor: User, msgid: str, unreact: bool,
+                        now: float) -> Any:
+        """Add (or with ``unreact`` remove) ``actor``'s reaction ``emoji`` to message ``reply`` of conversation
+        ``key`` in the store; the Deferred fires with the store's outcome (e.g. too many reactions)."""
+        assert self.store is not None
+        if unreact:
+            return self.store.remove_reaction(key, reply, emoji, actor.nick, actor.account)
+        return self.store.add_reaction(key, reply, now, emoji, actor.nick, actor.account, msgid)
 
     def _reaction_fallback(self, sender: User, target: str, emoji: str, recipients: list[User]) -> None:
         """Recipients without message-tags see the reaction as an ACTION (built once, if anyone needs it)."""
@@ -142,9 +148,6 @@ class ReactionCommands(_Server):
         if key is None or reply is None or self.store is None:
             relay()
             return
-        if unreact:
-            d = self.store.remove_reaction(key, reply, emoji, actor.nick, actor.account)
-        else:
-            d = self.store.add_reaction(key, reply, now, emoji, actor.nick, actor.account, msgid)
+        d = self._store_reaction(key, reply, emoji, actor, msgid, unreact, now)
         d.addCallback(relay)
         d.addErrback(lambda f: log.failure("Storing a federated reaction failed", f))
