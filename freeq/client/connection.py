@@ -22,7 +22,12 @@ log = Logger()
 DEFAULT_CAPS: tuple[str, ...] = (
     "message-tags", "server-time", "account-notify", "account-tag", "extended-join", "away-notify",
     "multi-prefix", "cap-notify",
+    # Modern chat (issue #12): the SDK has helpers for each (freeq.client.multiline, edits, markers, history).
+    "batch", "labeled-response", "draft/chathistory", "draft/multiline", "draft/message-redaction",
+    "draft/read-marker", "draft/metadata-2", "extended-monitor",
 )
+#: (``echo-message`` is not requested by default: it changes what the server sends back; ask for it with
+#: ``caps=DEFAULT_CAPS + ("echo-message",)`` to learn the msgids of one's own messages.)
 #: Longest line accepted from the server (tags included) before the connection is dropped.
 MAX_LINE_BYTES = 16384
 

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from freeq.client.connection import DEFAULT_CAPS, MAX_LINE_BYTES
 from freeq.client.edits import EditCommands
+from freeq.client.history import HistoryCommands
 from freeq.client.markers import MarkerCommands
 from freeq.client.errors import ClientError, ConnectionClosed, IRCError, SASLFailed
 from freeq.client.events import Event, OneShot
@@ -47,7 +48,7 @@ _JOIN_ERRORS = frozenset({"403", "405", "437", "471", "473", "474", "475", "476"
 _NICK_ERRORS = frozenset({"431", "432", "433", "436", "437"})
 
 
-class FreeqClient(MarkerCommands, MultilineCommands, EditCommands, ClientNegotiation):  # EditCommands: edit/delete/react (issue #12)
+class FreeqClient(HistoryCommands, MarkerCommands, MultilineCommands, EditCommands, ClientNegotiation):  # EditCommands: edit/delete/react (issue #12)
     """One IRC connection to a freeq (or any IRCv3) server.
 
     :param nick: the nick to register with (``_`` is appended if it is refused during registration;
