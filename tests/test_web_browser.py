@@ -16,8 +16,9 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.trial import unittest
 
+from freeq.core.history import parse_timestamp
 from freeq.web.websocket import IRCWebSocketProtocol
-from tests.support import ServerFixture, WebFixture, asynctest, sleep, start_server, start_web
+from tests.support import IRCClient, Line, ServerFixture, WebFixture, asynctest, sleep, start_server, start_web
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -263,3 +264,324 @@ class BrowserClientTests(unittest.TestCase):
         await browser.wait_for(
             "[...document.querySelectorAll('#messages li')].some(li => li.dataset.nick === 'keyuser' && "
             f"li.dataset.account === {json.dumps(did)} && li.querySelector('.badge'))")
+
+
+#: The caps of the Python client on the other side of the modern-chat tests.
+PY_CAPS = ("message-tags", "server-time", "echo-message", "batch", "draft/multiline", "draft/message-redaction",
+           "draft/chathistory", "draft/read-marker")
+
+
+def li_where(condition: str) -> str:
+    """A JavaScript expression: the first message ``li`` (any conversation) for which ``condition`` (over
+    ``li``) holds, or undefined."""
+    return f"[...document.querySelectorAll('#messages li')].find(li => {condition})"
+
+
+def by_text(text: str) -> str:
+    """A JavaScript condition: a message ``li`` whose text is ``text``."""
+    return f"li.dataset.text === {json.dumps(text)}"
+
+
+class BrowserChatTests(unittest.TestCase):
+    """History, conversations, multiline, edits, deletes, reactions and read markers in the bundled web client,
+    in headless Chromium against the real server, with a Python IRC client on the other side."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        if not os.access(CHROMIUM, os.X_OK):
+            raise unittest.SkipTest("Chromium is not installed (`apt-get install chromium`)")
+
+    async def start(self) -> tuple[ServerFixture, WebFixture, BrowserSession]:
+        srv = await start_server(self, flood_rate=0)
+        web = await start_web(self, srv)
+        self.addCleanup(lambda: defer.ensureDeferred(no_web_sessions(srv)))
+        browser = BrowserSession(self)
+        await browser.start()
+        self.browser = browser
+        return srv, web, browser
+
+    async def js(self, expression: str) -> Any:
+        """Evaluate ``expression`` in the page."""
+        return await self.browser.cdp.evaluate(expression)  # type: ignore[union-attr]
+
+    async def type_and_send(self, text: str) -> None:
+        """Put ``text`` in the compose box and send it as the user would (Enter)."""
+        await self.js(f"document.getElementById('input').value = {json.dumps(text)}; "
+                      "document.getElementById('input').dispatchEvent(new KeyboardEvent('keydown', "
+                      "{key: 'Enter', bubbles: true, cancelable: true})); true")
+
+    async def joined(self, py: IRCClient, nick: str, channel: str) -> None:
+        """Wait until ``py`` sees ``nick`` join ``channel`` and the page shows the channel."""
+        await py.expect(lambda l: l.command == "JOIN" and (l.source or "").startswith(nick + "!")
+                        and l.params[0] == channel, timeout=20)
+        await self.browser.wait_for(f"freeq.active === {json.dumps(channel.lower())}")
+
+    async def say(self, py: IRCClient, target: str, text: str, tags: str = "") -> Line:
+        """``py`` sends ``text`` to ``target``; returns its echo (with the msgid). Messages get distinct
+        times (read markers have millisecond precision)."""
+        py.send(f"{tags}PRIVMSG {target} :{text}")
+        line = await py.expect(lambda l: l.command == "PRIVMSG" and (l.source or "").startswith(py.nick + "!")
+                               and l.params[-1] == text)
+        await sleep(0.005)
+        return line
+
+    @asynctest
+    async def test_history_on_join_shows_edits_deletes_and_reactions(self) -> None:
+        """Joining asks CHATHISTORY LATEST after 366; the batch fills the channel in order, with an edited
+        message's latest text marked edited, a deleted one left out and stored reactions counted."""
+        srv, web, browser = await self.start()
+        py = await srv.client("pybot", caps=PY_CAPS)
+        py.send("JOIN #hist")
+        await py.expect("366")
+        first = await self.say(py, "#hist", "first words")
+        typo = await self.say(py, "#hist", "helo wrld")
+        py.send(f"@+draft/edit={typo.tags['msgid']} PRIVMSG #hist :hello world")
+        await py.expect(lambda l: l.command == "PRIVMSG" and l.params[-1] == "hello world")
+        gone = await self.say(py, "#hist", "regrettable")
+        py.send(f"REDACT #hist {gone.tags['msgid']}")
+        await py.expect("REDACT")
+        py.send(f"@+draft/react=👍;+draft/reply={first.tags['msgid']} TAGMSG #hist")
+        await py.expect("TAGMSG")
+        await self.say(py, "#hist", "last words")
+
+        await browser.open(f"{web.url}/?nick=webby&channel=%23hist&autoconnect=1")
+        await self.joined(py, "webby", "#hist")
+        texts = await browser.wait_for(
+            "(() => { const t = [...document.querySelectorAll('#messages li.privmsg')].map(li => li.dataset.text);"
+            " return t.length >= 3 ? t : null; })()")
+        self.assertEqual(texts, ["first words", "hello world", "last words"])
+        edited = await self.js("({..." + li_where(by_text("hello world")) + ".dataset})")
+        self.assertEqual(edited.get("edited"), "1")
+        self.assertEqual(edited.get("msgid"), typo.tags["msgid"])
+        chip = await self.js("({..." + li_where(by_text("first words")) + ".querySelector('.reaction').dataset})")
+        self.assertEqual(chip, {"emoji": "👍", "count": "1"})
+        self.assertIsNone(await self.js(li_where(by_text("regrettable"))))
+
+    @asynctest
+    async def test_several_channels_and_private_chats(self) -> None:
+        """/join adds a second channel to the list; a message to the one not shown counts as unread there;
+        a private message opens a chat; clicking a member's nick opens one; /msg sends to it."""
+        srv, web, browser = await self.start()
+        py = await srv.client("pybot", caps=PY_CAPS)
+        for chan in ("#one", "#two"):
+            py.send(f"JOIN {chan}")
+            await py.expect("366")
+        await browser.open(f"{web.url}/?nick=webby&channel=%23one&autoconnect=1")
+        await self.joined(py, "webby", "#one")
+        await self.type_and_send("/join #two")
+        await self.joined(py, "webby", "#two")
+        names = await self.js("[...document.querySelectorAll('#convs li')].map(li => li.dataset.name)")
+        self.assertEqual(names, ["*", "#one", "#two"])
+
+        await self.say(py, "#one", "while you were away")
+        await browser.wait_for("document.querySelector('#convs li[data-key=\"#one\"]').dataset.unread === '1'")
+        self.assertEqual(await self.js("document.querySelector('#convs li[data-key=\"#one\"] .unread').textContent"),
+                         "1")
+        await self.js("document.querySelector('#convs li[data-key=\"#one\"]').click(); true")
+        await browser.wait_for("freeq.active === '#one' && "
+                               "document.querySelector('#convs li[data-key=\"#one\"]').dataset.unread === '0'")
+        shown = await self.js("[...document.querySelectorAll('#messages ol')].filter(ol => !ol.hidden)"
+                              ".map(ol => ol.dataset.conv)")
+        self.assertEqual(shown, ["#one"])
+
+        py.send("PRIVMSG webby :psst")
+        await browser.wait_for("document.querySelector('#convs li[data-key=\"pybot\"]')?.dataset.unread === '1'")
+        self.assertEqual(await self.js("freeq.active"), "#one")
+        await browser.wait_for("!!" + li_where("li.closest('ol').dataset.conv === 'pybot' && li.dataset.text === 'psst'"))
+
+        await self.js("document.querySelector('#members li[data-nick=\"pybot\"]').click(); true")
+        await browser.wait_for("freeq.active === 'pybot'")
+        await self.type_and_send("and back")
+        line = await py.expect(lambda l: l.command == "PRIVMSG" and (l.source or "").startswith("webby!"))
+        self.assertEqual(line.params, ["pybot", "and back"])
+        await browser.wait_for("!!" + li_where("li.closest('ol').dataset.conv === 'pybot' && li.dataset.text === 'and back'"))
+
+        await self.type_and_send("/msg carol hi there")
+        await browser.wait_for("freeq.active === 'carol'")
+
+    @asynctest
+    async def test_multiline_out_and_in(self) -> None:
+        """Shift+Enter makes a new line; Enter sends the lines as one draft/multiline batch; a batch from the
+        other side shows as one message."""
+        srv, web, browser = await self.start()
+        py = await srv.client("pybot", caps=PY_CAPS)
+        py.send("JOIN #ml")
+        await py.expect("366")
+        await browser.open(f"{web.url}/?nick=webby&channel=%23ml&autoconnect=1")
+        await self.joined(py, "webby", "#ml")
+        cdp = browser.cdp
+        assert cdp is not None
+        await self.js("document.getElementById('input').focus(); true")
+        await cdp.call("Input.insertText", text="first line")
+        for kind in ("keyDown", "keyUp"):
+            await cdp.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13,
+                           modifiers=8, **({"text": "\r"} if kind == "keyDown" else {}))
+        await cdp.call("Input.insertText", text="  second line")
+        self.assertEqual(await self.js("document.getElementById('input').value"), "first line\n  second line")
+        for kind in ("keyDown", "keyUp"):
+            await cdp.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13,
+                           **({"text": "\r"} if kind == "keyDown" else {}))
+        opener = await py.expect(lambda l: l.command == "BATCH" and l.params[0].startswith("+"))
+        self.assertEqual(opener.params[1:], ["draft/multiline", "#ml"])
+        self.assertTrue((opener.source or "").startswith("webby!"))
+        lines = await py.collect_until(lambda l: l.command == "BATCH" and l.params[0] == "-" + opener.params[0][1:])
+        self.assertEqual([l.params for l in lines[:-1]], [["#ml", "first line"], ["#ml", "  second line"]])
+        await browser.wait_for("!!" + li_where("li.dataset.nick === 'webby' && " + by_text("first line\n  second line")))
+        self.assertEqual(await self.js("document.getElementById('input').value"), "")
+
+        long_line = "x" * 900
+        await self.type_and_send("short\n" + long_line)
+        opener = await py.expect(lambda l: l.command == "BATCH" and l.params[0].startswith("+"))
+        lines = await py.collect_until(lambda l: l.command == "BATCH" and l.params[0] == "-" + opener.params[0][1:])
+        self.assertEqual("".join(("" if "draft/multiline-concat" in l.tags else "\n") + l.params[1]
+                                 for l in lines[:-1]), "\nshort\n" + long_line)
+
+        py.send("BATCH +b1 draft/multiline #ml")
+        py.send("@batch=b1 PRIVMSG #ml :from python")
+        py.send("@batch=b1 PRIVMSG #ml :")
+        py.send("@batch=b1 PRIVMSG #ml :<b>not bold</b>")
+        py.send("BATCH -b1")
+        await browser.wait_for("!!" + li_where("li.dataset.nick === 'pybot' && "
+                                        + by_text("from python\n\n<b>not bold</b>")))
+        self.assertEqual(await self.js(li_where("li.dataset.nick === 'pybot'") + ".querySelectorAll('b').length"), 0)
+        self.assertEqual(await self.js("document.querySelectorAll('#messages li.privmsg').length"), 3)
+
+    @asynctest
+    async def test_edit_and_delete(self) -> None:
+        """The page edits its own message (+draft/edit) and deletes it (REDACT); the other side's edit and
+        delete show on receipt."""
+        srv, web, browser = await self.start()
+        py = await srv.client("pybot", caps=PY_CAPS)
+        py.send("JOIN #ed")
+        await py.expect("366")
+        await browser.open(f"{web.url}/?nick=webby&channel=%23ed&autoconnect=1")
+        await self.joined(py, "webby", "#ed")
+        await self.type_and_send("helo")
+        sent = await py.expect(lambda l: l.command == "PRIVMSG" and l.params == ["#ed", "helo"])
+        msgid = sent.tags["msgid"]
+        await browser.wait_for(li_where(by_text("helo")) + f"?.dataset.msgid === {json.dumps(msgid)}")
+        self.assertIsNone(await self.js(li_where("li.dataset.nick === 'pybot'")))
+
+        await self.js(li_where(by_text("helo")) + ".querySelector('button.edit').click(); true")
+        self.assertEqual(await self.js("document.getElementById('input').value"), "helo")
+        await self.type_and_send("hello")
+        edit = await py.expect(lambda l: l.command == "PRIVMSG" and (l.source or "").startswith("webby!"))
+        self.assertEqual(edit.params, ["#ed", "hello"])
+        self.assertEqual(edit.tags.get("+draft/edit"), msgid)
+        await browser.wait_for(li_where(f"li.dataset.msgid === {json.dumps(msgid)}") +
+                               "?.dataset.edited === '1'")
+        self.assertEqual(await self.js(li_where(f"li.dataset.msgid === {json.dumps(msgid)}") + ".dataset.text"),
+                         "hello")
+        self.assertEqual(await self.js("document.querySelectorAll('#messages li.privmsg').length"), 1)
+
+        await self.js(li_where(by_text("hello")) + ".querySelector('button.delete').click(); true")
+        redact = await py.expect("REDACT")
+        self.assertEqual(redact.params[:2], ["#ed", msgid])
+        await browser.wait_for(li_where(f"li.dataset.msgid === {json.dumps(msgid)}") + "?.dataset.deleted === '1'")
+        self.assertEqual(await self.js(li_where(f"li.dataset.msgid === {json.dumps(msgid)}") +
+                                       ".querySelector('.text').textContent"), "(message deleted)")
+
+        theirs = await self.say(py, "#ed", "their typo")
+        their_id = theirs.tags["msgid"]
+        await browser.wait_for("!!" + li_where(by_text("their typo")))
+        self.assertIsNone(await self.js(li_where(by_text("their typo")) + ".querySelector('button.edit')"))
+        py.send(f"@+draft/edit={their_id} PRIVMSG #ed :their fix")
+        await browser.wait_for(li_where(f"li.dataset.msgid === {json.dumps(their_id)}") +
+                               "?.dataset.text === 'their fix'")
+        py.send(f"REDACT #ed {their_id}")
+        await browser.wait_for(li_where(f"li.dataset.msgid === {json.dumps(their_id)}") + "?.dataset.deleted === '1'")
+
+    @asynctest
+    async def test_reactions(self) -> None:
+        """The page reacts (TAGMSG +draft/react with +draft/reply) and takes it back; the other side's
+        reactions are counted, and a REDACT of a reaction takes it away."""
+        srv, web, browser = await self.start()
+        py = await srv.client("pybot", caps=PY_CAPS)
+        py.send("JOIN #re")
+        await py.expect("366")
+        await browser.open(f"{web.url}/?nick=webby&channel=%23re&autoconnect=1")
+        await self.joined(py, "webby", "#re")
+        line = await self.say(py, "#re", "react to me")
+        msgid = line.tags["msgid"]
+        target = li_where(by_text("react to me"))
+        await browser.wait_for("!!" + target)
+
+        await self.js(target + ".querySelector('button.react').click(); " + target +
+                      ".querySelector('.picker button').click(); true")
+        reaction = await py.expect(lambda l: l.command == "TAGMSG" and (l.source or "").startswith("webby!"))
+        self.assertEqual(reaction.params, ["#re"])
+        self.assertEqual((reaction.tags.get("+draft/react"), reaction.tags.get("+draft/reply")), ("👍", msgid))
+        await browser.wait_for(target + "?.querySelector('.reaction[data-emoji=\"👍\"]')?.dataset.count === '1'")
+
+        py.send(f"@+draft/react=👍;+draft/reply={msgid} TAGMSG #re")
+        await browser.wait_for(target + "?.querySelector('.reaction[data-emoji=\"👍\"]')?.dataset.count === '2'")
+        py.send(f"@+draft/react=🎉;+draft/reply={msgid} TAGMSG #re")
+        party = await py.expect(lambda l: l.command == "TAGMSG" and l.tags.get("+draft/react") == "🎉")
+        await browser.wait_for(target + "?.querySelector('.reaction[data-emoji=\"🎉\"]')?.dataset.count === '1'")
+        py.send(f"REDACT #re {party.tags['msgid']}")
+        await browser.wait_for(target + " && !" + target + ".querySelector('.reaction[data-emoji=\"🎉\"]')")
+
+        await self.js(target + ".querySelector('.reaction[data-emoji=\"👍\"]').click(); true")
+        unreact = await py.expect(lambda l: l.command == "TAGMSG" and (l.source or "").startswith("webby!"))
+        self.assertEqual((unreact.tags.get("+freeq.at/unreact"), unreact.tags.get("+draft/reply")), ("👍", msgid))
+        await browser.wait_for(target + "?.querySelector('.reaction[data-emoji=\"👍\"]')?.dataset.count === '1'")
+        self.assertEqual(await self.js(target + ".querySelector('.reaction').title"), "pybot")
+
+    @asynctest
+    async def test_read_marker_boundary_and_unread_count(self) -> None:
+        """Viewing a channel sends MARKREAD with its newest message's time; a signed-in page that comes back
+        gets the marker on join and shows the unread boundary before the first message after it (and an
+        unread count for a channel not on screen), then moves the marker on."""
+        srv, web, browser = await self.start()
+        py = await srv.client("pybot", caps=PY_CAPS)
+        for chan in ("#rm", "#side"):
+            py.send(f"JOIN {chan}")
+            await py.expect("366")
+        seen = await self.say(py, "#rm", "seen before")
+        url = f"{web.url}/?nick=marky&channel=%23rm&auth=didkey&autoconnect=1"
+        await browser.open(url)
+        await self.joined(py, "marky", "#rm")
+        did = srv.server.users["marky"].account
+        self.assertTrue(did and did.startswith("did:key:"))
+        await browser.wait_for("!!" + li_where(by_text("seen before")))
+        seen_ms = parse_timestamp(seen.tags["time"])
+        for _ in range(100):
+            if srv.server.read_markers.accounts.get(did) and srv.server.read_markers.accounts[did].get("#rm") == seen_ms:
+                break
+            await sleep(0.05)
+        self.assertEqual(srv.server.read_markers.accounts[did].get("#rm"), seen_ms)
+        self.assertIsNone(await self.js("document.querySelector('#messages .unread-marker')"))
+
+        await self.js("freeq.disconnect(); true")
+        await py.expect(lambda l: l.command == "QUIT" and (l.source or "").startswith("marky!"), timeout=20)
+        await sleep(0.01)
+        await self.say(py, "#rm", "new one")
+        await self.say(py, "#side", "side one")
+        last = await self.say(py, "#rm", "new two")
+
+        await browser.open(url)
+        await self.joined(py, "marky", "#rm")
+        await browser.wait_for("!!" + li_where(by_text("new two")))
+        after = await self.js("document.querySelector('#messages .unread-marker')?.nextElementSibling?.dataset.text")
+        self.assertEqual(after, "new one")
+        before = await self.js("document.querySelector('#messages .unread-marker').previousElementSibling.dataset.text")
+        self.assertEqual(before, "seen before")
+        last_ms = parse_timestamp(last.tags["time"])
+        for _ in range(100):
+            if srv.server.read_markers.accounts[did].get("#rm") == last_ms:
+                break
+            await sleep(0.05)
+        self.assertEqual(srv.server.read_markers.accounts[did].get("#rm"), last_ms)
+
+        await self.type_and_send("/join #side")
+        await self.joined(py, "marky", "#side")
+        await browser.wait_for("!!" + li_where(by_text("side one")))  # on screen, so read
+        await self.js("document.querySelector('#convs li[data-key=\"#rm\"]').click(); true")
+        await browser.wait_for("freeq.active === '#rm'")
+        side_two = await self.say(py, "#side", "side two")
+        await self.say(py, "#side", "side three")
+        await browser.wait_for("document.querySelector('#convs li[data-key=\"#side\"]').dataset.unread === '2'")
+        # the count follows the marker, wherever it moves it from (here: a MARKREAD the page sends itself)
+        await self.type_and_send(f"/quote MARKREAD #side timestamp={side_two.tags['time']}")
+        await browser.wait_for("document.querySelector('#convs li[data-key=\"#side\"]').dataset.unread === '1'")
