@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from freeq.core.history import parse_timestamp
 from freeq.web.websocket import IRCWebSocketProtocol
 from tests.support import IRCClient, Line, ServerFixture, WebFixture, asynctest, sleep, start_server, start_web
+from tests.test_sasl import login, new_credential
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -401,6 +402,36 @@ class BrowserChatTests(unittest.TestCase):
         await browser.wait_for("freeq.active === 'carol'")
 
     @asynctest
+    async def test_private_chat_history_for_signed_in_users(self) -> None:
+        """A signed-in page that comes back and opens a private chat with /query gets its stored history
+        (CHATHISTORY LATEST <nick>), its own side included."""
+        srv, web, browser = await self.start()
+        py = await login(srv, "pyid", new_credential(), caps="message-tags server-time echo-message batch")
+        py.nick = "pyid"
+        py.send("JOIN #dm")
+        await py.expect("366")
+        url = f"{web.url}/?nick=webdid&channel=%23dm&auth=didkey&autoconnect=1"
+        await browser.open(url)
+        await self.joined(py, "webdid", "#dm")
+        await self.say(py, "webdid", "remember this")
+        await browser.wait_for("!!" + li_where("li.closest('ol').dataset.conv === 'pyid' && " + by_text("remember this")))
+        await self.js("document.querySelector('#convs li[data-key=\"pyid\"]').click(); true")
+        await self.type_and_send("and this")
+        await py.expect(lambda l: l.command == "PRIVMSG" and l.params == ["pyid", "and this"])
+
+        await self.js("freeq.disconnect(); true")
+        await py.expect(lambda l: l.command == "QUIT" and (l.source or "").startswith("webdid!"), timeout=20)
+        await browser.open(url)
+        await self.joined(py, "webdid", "#dm")
+        self.assertIsNone(await self.js("document.querySelector('#convs li[data-key=\"pyid\"]')"))
+        await self.type_and_send("/query pyid")
+        await browser.wait_for("freeq.active === 'pyid'")
+        texts = await browser.wait_for(
+            "(() => { const t = [...document.querySelectorAll('#messages ol[data-conv=\"pyid\"] li.privmsg')]"
+            ".map(li => li.dataset.nick + ': ' + li.dataset.text); return t.length >= 2 ? t : null; })()")
+        self.assertEqual(texts, ["pyid: remember this", "webdid: and this"])
+
+    @asynctest
     async def test_multiline_out_and_in(self) -> None:
         """Shift+Enter makes a new line; Enter sends the lines as one draft/multiline batch; a batch from the
         other side shows as one message."""
@@ -527,6 +558,33 @@ class BrowserChatTests(unittest.TestCase):
         self.assertEqual((unreact.tags.get("+freeq.at/unreact"), unreact.tags.get("+draft/reply")), ("👍", msgid))
         await browser.wait_for(target + "?.querySelector('.reaction[data-emoji=\"👍\"]')?.dataset.count === '1'")
         self.assertEqual(await self.js(target + ".querySelector('.reaction').title"), "pybot")
+
+    @asynctest
+    async def test_replies(self) -> None:
+        """Reply on a message sends the next one with +draft/reply=<msgid>; a received reply shows what it
+        answers."""
+        srv, web, browser = await self.start()
+        py = await srv.client("pybot", caps=PY_CAPS)
+        py.send("JOIN #rp")
+        await py.expect("366")
+        await browser.open(f"{web.url}/?nick=webby&channel=%23rp&autoconnect=1")
+        await self.joined(py, "webby", "#rp")
+        question = await self.say(py, "#rp", "question?")
+        await browser.wait_for("!!" + li_where(by_text("question?")))
+        await self.js(li_where(by_text("question?")) + ".querySelector('button.reply').click(); true")
+        await self.type_and_send("answer")
+        answer = await py.expect(lambda l: l.command == "PRIVMSG" and (l.source or "").startswith("webby!"))
+        self.assertEqual(answer.params, ["#rp", "answer"])
+        self.assertEqual(answer.tags.get("+draft/reply"), question.tags["msgid"])
+        await browser.wait_for(li_where(by_text("answer")) + "?.querySelector('.reply-to')?.textContent === "
+                               + json.dumps("↪ pybot: question?"))
+        await self.type_and_send("no longer a reply")
+        plain = await py.expect(lambda l: l.command == "PRIVMSG" and (l.source or "").startswith("webby!"))
+        self.assertNotIn("+draft/reply", plain.tags)
+
+        await self.say(py, "#rp", "thanks", tags=f"@+draft/reply={answer.tags['msgid']} ")
+        await browser.wait_for(li_where(by_text("thanks")) + "?.querySelector('.reply-to')?.textContent === "
+                               + json.dumps("↪ webby: answer"))
 
     @asynctest
     async def test_read_marker_boundary_and_unread_count(self) -> None:

@@ -19,6 +19,8 @@
   const MAX_BATCH_LINES = 2000;      // lines held per open batch
   const MAX_REACTION_IDS = 5000;     // reaction msgids remembered (a REDACT of one takes it back)
   const MAX_REACTORS = 100;          // nicks shown per emoji
+  const MAX_EMOJI = 50;              // different reactions shown per message
+  const MAX_CONVS = 100;             // conversations listed (the oldest private chat not on screen goes)
   const LINE_BYTES = 400;            // text bytes per PRIVMSG line sent
   const MARK_DELAY = 250;            // ms before MARKREAD is sent for the conversation on screen
   const REACTIONS = ["👍", "❤", "😂", "🎉", "👀"];
@@ -219,7 +221,13 @@
   function getConv(name, create) {
     const key = name === SERVER ? SERVER : fold(name);
     let conv = state.convs.get(key);
-    if (!conv && create) conv = newConv(name, isChannel(name) ? "channel" : "dm");
+    if (!conv && create) {
+      if (state.convs.size >= MAX_CONVS) {
+        const old = [...state.convs.values()].find((c) => c.kind === "dm" && c.key !== state.active);
+        if (old) dropConv(old);
+      }
+      conv = newConv(name, isChannel(name) ? "channel" : "dm");
+    }
     return conv || null;
   }
 
@@ -355,7 +363,7 @@
     for (const part of (value || "").split(";")) {
       const i = part.lastIndexOf(":");
       if (i <= 0) continue;
-      out.set(part.slice(0, i), part.slice(i + 1).split(",").filter(Boolean).slice(0, MAX_REACTORS));
+      if (out.size < MAX_EMOJI) out.set(part.slice(0, i), part.slice(i + 1).split(",").filter(Boolean).slice(0, MAX_REACTORS));
     }
     return out;
   }
@@ -387,6 +395,16 @@
       li.append(n);
       if (msg.account) li.append(badge(msg.account));
     }
+    if (msg.replyTo && !msg.deleted) {
+      const parent = conv.byId.get(msg.replyTo);
+      const r = document.createElement("span");
+      r.className = "reply-to";
+      r.dataset.msgid = msg.replyTo;
+      r.textContent = parent && !parent.deleted
+        ? "↪ " + parent.nick + ": " + (parent.text.length > 60 ? parent.text.slice(0, 60) + "…" : parent.text)
+        : "↪ (reply)";
+      li.prepend(r);
+    }
     const body = document.createElement("span");
     body.className = "text";
     body.textContent = msg.deleted ? "(message deleted)" : msg.text;
@@ -407,6 +425,7 @@
         picker.append(button("pick", emoji, "React with " + emoji, () => { picker.hidden = true; react(conv, msg, emoji); }));
       }
       actions.append(button("react", "☺+", "React", () => { picker.hidden = !picker.hidden; }), picker);
+      actions.append(button("reply", "Reply", "Reply to this message", () => startReply(conv, msg)));
       if (msg.self && msg.kind !== "notice") {
         actions.append(button("edit", "Edit", "Edit this message", () => startEdit(conv, msg)));
         actions.append(button("delete", "Delete", "Delete this message", () => deleteMessage(conv, msg)));
@@ -435,6 +454,7 @@
     return {
       kind, from, nick: shown, shown, text, account, self, time: timeOf(tags), msgid: (tags && tags.msgid) || "",
       edited: !!(tags && tags["+freeq.at/edited"]), deleted: false,
+      replyTo: (tags && (tags["+draft/reply"] || tags["+reply"])) || "",
       reactions: parseReactions(tags && tags["+freeq.at/reactions"]), li: null,
     };
   }
@@ -520,7 +540,7 @@
 
   function applyReaction(conv, target, emoji, nick, add) {
     const msg = conv.byId.get(target);
-    if (!msg || !emoji) return;
+    if (!msg || !emoji || (add && !msg.reactions.has(emoji) && msg.reactions.size >= MAX_EMOJI)) return;
     const nicks = (msg.reactions.get(emoji) || []).filter((n) => fold(n) !== fold(nick));
     if (add && nicks.length < MAX_REACTORS) nicks.push(nick);
     if (nicks.length) msg.reactions.set(emoji, nicks); else msg.reactions.delete(emoji);
@@ -542,7 +562,17 @@
     if (!state.caps.has("echo-message")) applyReaction(conv, msg.msgid, emoji, state.nick, !mine);
   }
 
+  function startReply(conv, msg) {
+    stopEdit();
+    state.replying = { conv: conv.key, msgid: msg.msgid };
+    $("input").placeholder = "Replying to " + msg.nick + " (Escape cancels)";
+    $("compose").classList.add("replying");
+    $("input").focus();
+  }
+
   function startEdit(conv, msg) {
+    state.replying = null;
+    $("compose").classList.remove("replying");
     state.editing = { conv: conv.key, msgid: msg.msgid };
     $("input").value = msg.text;
     $("input").placeholder = "Editing a message (Escape cancels)";
@@ -551,9 +581,11 @@
   }
 
   function stopEdit() {
+    // Also ends a reply: the compose box is back to a plain new message.
     state.editing = null;
+    state.replying = null;
     $("input").placeholder = PLACEHOLDER;
-    $("compose").classList.remove("editing");
+    $("compose").classList.remove("editing", "replying");
   }
 
   function deleteMessage(conv, msg) {
@@ -919,6 +951,8 @@
     const lines = body.replace(/\r\n?/g, "\n").split("\n");
     const long = lines.some((l) => enc.encode(l).length > LINE_BYTES);
     const multiline = state.caps.has("draft/multiline") && state.caps.has("batch");
+    const reply = state.replying && state.replying.conv === conv.key ? { "+draft/reply": state.replying.msgid } : {};
+    if (state.replying) stopEdit();
     if ((lines.length > 1 || long) && multiline && !action) {
       const pieces = [];
       for (const l of lines) utf8Chunks(l, LINE_BYTES).forEach((c, i) => pieces.push([c, i > 0]));
@@ -927,7 +961,7 @@
         return;
       }
       const ref = "ml" + Math.random().toString(36).slice(2, 10) + (state.batchSeq++).toString(36);
-      send("BATCH +" + ref + " draft/multiline " + target);
+      send(tagPrefix(reply) + "BATCH +" + ref + " draft/multiline " + target);
       for (const [piece, concat] of pieces) {
         send(tagPrefix(concat ? { batch: ref, "draft/multiline-concat": "" } : { batch: ref }) + "PRIVMSG " + target + " :" + piece);
       }
@@ -935,7 +969,7 @@
     } else {
       for (const l of lines) {
         if (!l.trim()) continue;
-        for (const piece of utf8Chunks(l, LINE_BYTES)) send("PRIVMSG " + target + " :" + piece);
+        for (const piece of utf8Chunks(l, LINE_BYTES)) send(tagPrefix(reply) + "PRIVMSG " + target + " :" + piece);
       }
     }
     if (!state.caps.has("echo-message")) {
@@ -1010,7 +1044,7 @@
       nick, wantChannel: channel && (isChannel(channel) ? channel : "#" + channel), identity,
       capLs: [], caps: new Set(), capValues: new Map(), capDone: false, saslBuffer: "", registered: false,
       account: null, accounts: new Map(), convs: new Map(), active: null, batches: new Map(),
-      reactionIds: new Map(), editing: null, batchSeq: 0,
+      reactionIds: new Map(), editing: null, replying: null, batchSeq: 0,
     };
     newConv(SERVER, "server");
     showConv(SERVER);
@@ -1078,7 +1112,7 @@
     // Enter sends; Shift+Enter starts a new line of the same message; Escape cancels an edit.
     $("input").addEventListener("keydown", (ev) => {
       if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $("compose").requestSubmit(); }
-      else if (ev.key === "Escape" && state && state.editing) { stopEdit(); $("input").value = ""; }
+      else if (ev.key === "Escape" && state && (state.editing || state.replying)) { stopEdit(); $("input").value = ""; }
     });
     document.addEventListener("visibilitychange", () => { const c = activeConv(); if (c) markRead(c); });
     // A token in the URL fragment never reaches server logs: #token=<web token>.
