@@ -317,15 +317,31 @@ class _ShutdownService(service.Service):
         return super().stopService()
 
 
-def make_verifier(config: Config, reactor: Any) -> Any:
-    """The SASL verification backend: an SSRF-guarded HTTP client, a caching DID resolver, the verifier."""
+def make_did_access(config: Config, reactor: Any) -> tuple[Any, Any]:
+    """The SSRF-guarded HTTP client and the caching DID resolver that the SASL verifier and the profile reader
+    share: ``(http, resolver)``."""
     from freeq.auth.did import DIDResolver
     from freeq.auth.http import SafeHTTPClient
-    from freeq.auth.verify import ChallengeVerifier
 
     http = SafeHTTPClient(reactor, allow_private=config.allow_private_network, timeout=config.http_timeout)
     resolver = DIDResolver(http, reactor, plc_directory_url=config.plc_directory_url, ttl=config.did_cache_ttl)
+    return http, resolver
+
+
+def make_verifier(config: Config, reactor: Any, did_access: Optional[tuple[Any, Any]] = None) -> Any:
+    """The SASL verification backend over ``did_access`` (:func:`make_did_access`, made here when not given)."""
+    from freeq.auth.verify import ChallengeVerifier
+
+    http, resolver = did_access or make_did_access(config, reactor)
     return ChallengeVerifier(resolver, http)
+
+
+def make_profile_fetcher(did_access: tuple[Any, Any], clock: Any) -> Any:
+    """The Bluesky profile reader (draft/metadata-2 defaults) over the verifier's HTTP client and DID cache."""
+    from freeq.auth.profile import ProfileFetcher
+
+    http, resolver = did_access
+    return ProfileFetcher(resolver, http, clock)
 
 
 def make_plain_verifier(config: Config, clock: Any, net_reactor: Any) -> Any:
@@ -363,10 +379,11 @@ def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence
     from freeq.metrics import Metrics
     from freeq.web.tokens import BearerTokenStore, WebTokenStore
 
+    did_access = make_did_access(config, net_reactor or reactor)
     server = IRCServer(config, reactor, store=store, signer=persistence.signer if persistence is not None else None,
-                       verifier=make_verifier(config, net_reactor or reactor), metrics=Metrics(),
+                       verifier=make_verifier(config, net_reactor or reactor, did_access), metrics=Metrics(),
                        web_tokens=WebTokenStore(reactor), bearer_tokens=BearerTokenStore(reactor),
-                       federation=federation)
+                       profiles=make_profile_fetcher(did_access, reactor), federation=federation)
     server.plain_verifier = make_plain_verifier(config, reactor, net_reactor or reactor)
     if store is not None:
         server.load_channels(store.load_channels())

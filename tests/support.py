@@ -303,11 +303,18 @@ class ServerFixture:
             await port.stopListening()
 
 
+#: The PLC directory of test configs that bring no fake of their own (see :func:`make_config`).
+NO_PUBLIC_PLC = "http://127.0.0.1:9"
+
+
 def make_config(**overrides: Any) -> Config:
     """A config for tests: loopback, a temporary data dir, flood control as given."""
     # connection_rate 0: the suite opens many connections from 127.0.0.1 (the throttle has its own tests).
+    # plc_directory_url on loopback port 9: a did:plc login in a test without a fake PLC of its own makes the
+    # server read the DID's Bluesky profile (draft/metadata-2 defaults); the SSRF guard refuses this address at
+    # once (and with --allow-private-network nothing listens there), so no test ever asks plc.directory.
     base: dict[str, Any] = dict(listen=None, tls_listen=None, data_dir=tempfile.mkdtemp(prefix="freeq-test-"),
-                                connection_rate=0)
+                                connection_rate=0, plc_directory_url=NO_PUBLIC_PLC)
     base.update(overrides)
     return Config(**base)
 

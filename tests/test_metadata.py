@@ -249,6 +249,63 @@ class NotificationTests(unittest.TestCase):
         self.assertIn(["alice", "display-name", "*", "Alice"], [l.params for l in synced if l.command == "METADATA"])
 
 
+class WhoisTests(unittest.TestCase):
+    """WHOIS shows the target's metadata as 760 (RPL_WHOISKEYVALUE), before its end."""
+
+    @asynctest
+    async def test_whois_key_values(self) -> None:
+        srv = await start_server(self)
+        alice = await srv.client("alice", caps=CAPS)
+        bob = await srv.client("bob")  # no capability needed to read a WHOIS
+        alice.send("METADATA * SET homepage https://alice.example/")
+        await alice.expect(numeric("761"))
+        alice.send("METADATA * SET display-name :Alice A.")
+        await alice.expect(numeric("761"))
+        bob.send("WHOIS alice")
+        lines = await bob.collect_until(numeric("318"))
+        self.assertEqual([l.params for l in lines if l.command == "760"],
+                         [["bob", "alice", "display-name", "*", "Alice A."],
+                          ["bob", "alice", "homepage", "*", "https://alice.example/"]])
+        alice.send("WHOIS bob")
+        self.assertEqual([l for l in await alice.collect_until(numeric("318")) if l.command == "760"], [])
+
+
+class HookPointTests(unittest.TestCase):
+    """Read markers and metadata act through the server's named hook points (freeq.core.server), never by
+    overriding a method of another command group (which made the order of IRCServer's bases decide)."""
+
+    def test_features_override_nothing(self) -> None:
+        from freeq.core.markers import ReadMarkerCommands
+        from freeq.core.metadata import MetadataCommands
+        from freeq.core.server import IRCServer
+
+        features = (ReadMarkerCommands, MetadataCommands)
+        others = [base for base in IRCServer.__mro__ if base not in features and base is not object]
+        for feature in features:
+            own = {name for name in vars(feature) if not name.startswith("__")}
+            clashes = {name for name in own for base in others if name in vars(base)}
+            self.assertEqual(clashes, set(), feature.__name__)
+
+    @asynctest
+    async def test_no_profile_read_leaves_loopback_in_tests(self) -> None:
+        """A did:plc login on a test server without a fake PLC of its own reads the profile from the tests'
+        loopback PLC address (refused by the SSRF guard), never from plc.directory."""
+        from tests.s2s_support import LogCapture, wait_for
+
+        logs = LogCapture(self)
+        srv = await start_server(self)
+        requested: list[str] = []
+        http = srv.server.profiles._http
+        real_get = http.get
+        http.get = lambda url, **kw: (requested.append(url), real_get(url, **kw))[1]
+        self.addCleanup(setattr, http, "get", real_get)
+        await web_token_login(srv, "alice", did=DID, caps="draft/metadata-2")
+        await wait_for(lambda: DID in srv.server.profiles._cache, what="the profile read to end")
+        self.assertEqual(logs.find("no profile for " + DID) != [], True)
+        self.assertTrue(requested)  # the read was tried, on loopback
+        self.assertEqual([url for url in requested if not url.startswith("http://127.0.0.1:9/")], [])
+
+
 class BeforeConnectTests(unittest.TestCase):
     """METADATA during registration, and the burst that carries it before the end of the MOTD."""
 
@@ -386,7 +443,7 @@ class ProfileDefaultTests(unittest.TestCase):
         pds.status = 500
         c = await login(srv, "alice", cred, caps="draft/metadata-2")
         for _ in range(300):
-            fetcher = srv.server.metadata.fetcher
+            fetcher = srv.server.profiles
             if fetcher and did in fetcher._cache:
                 break
             await sleep(0.01)

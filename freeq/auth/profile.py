@@ -3,7 +3,8 @@
 After a DID logs in, the server reads the profile record from the PDS named in the DID document
 (``GET <pds>/xrpc/com.atproto.repo.getRecord?repo=<did>&collection=app.bsky.actor.profile&rkey=self``)
 through the same :class:`~freeq.auth.http.SafeHTTPClient` (SSRF guard, no redirects, size cap, one
-deadline) and :class:`~freeq.auth.did.DIDResolver` (cache) the SASL verifier uses. The display name
+deadline) and :class:`~freeq.auth.did.DIDResolver` (cache) the SASL verifier uses: the composition root
+(:func:`freeq.tap.make_irc_server`) makes them once and hands them to both. The display name
 and the avatar (as the PDS's ``com.atproto.sync.getBlob`` URL of the avatar blob) become defaults of
 the ``display-name`` and ``avatar`` metadata keys (:mod:`freeq.core.metadata`).
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import quote
 
 from twisted.internet import defer
@@ -24,6 +25,10 @@ from twisted.logger import Logger
 
 from freeq.auth.did import DIDResolutionError, pds_endpoint
 from freeq.auth.http import HTTPFetchError, UnsafeURLError
+
+if TYPE_CHECKING:
+    from freeq.auth.did import DIDResolver
+    from freeq.auth.http import SafeHTTPClient
 
 log = Logger()
 
@@ -81,9 +86,10 @@ def parse_profile(body: bytes, pds: str, did: str) -> Profile:
 class ProfileFetcher:
     """Reads and caches Bluesky profiles (see the module docstring)."""
 
-    def __init__(self, resolver: Any, http: Any, clock: Any, ttl: float = 3600.0, max_entries: int = 10000) -> None:
-        self._resolver = resolver  # freeq.auth.did.DIDResolver
-        self._http = http  # freeq.auth.http.SafeHTTPClient
+    def __init__(self, resolver: "DIDResolver", http: "SafeHTTPClient", clock: Any, ttl: float = 3600.0,
+                 max_entries: int = 10000) -> None:
+        self._resolver = resolver
+        self._http = http
         self._clock = clock
         self.ttl = ttl
         self.max_entries = max_entries

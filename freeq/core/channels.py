@@ -69,6 +69,7 @@ class ChannelCommands(_Server):
             self.channels[chan.folded] = chan
             if chan.founder is None:
                 self.empty_since[chan.folded] = self.clock.seconds()  # the expiry starts again at start-up
+        self.after_channels_loaded()  # hook point (freeq.core.server)
 
     def irc_JOIN(self, user: User, msg: Message) -> None:
         if not msg.params or not msg.params[0]:
@@ -152,6 +153,7 @@ class ChannelCommands(_Server):
             except Exception:
                 log.failure("plugin on_join failed")
         self.s2s_notify("join", user, chan, key)
+        self.after_join(user, chan)  # hook point (freeq.core.server)
 
     def _may_create_channel(self, user: User, name: str, now: float) -> bool:
         """Whether ``user`` may create one more channel now (its address's and account's quota); else 479."""
@@ -208,6 +210,7 @@ class ChannelCommands(_Server):
         return "="
 
     def _send_names(self, user: User, chan: Channel) -> None:
+        self.before_names(user, chan)  # hook point (freeq.core.server)
         if self._visible_channel(chan, user):
             multi = "multi-prefix" in user.caps
             uhnames = "userhost-in-names" in user.caps

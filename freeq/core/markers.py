@@ -12,7 +12,8 @@ that account (freeq.s2s.inbound), through :meth:`ReadMarkerCommands.apply_remote
 
 An account's markers are read from the store when it logs in (on the DB thread) and cached for the
 ``MAX_CACHED_ACCOUNTS`` most recently used accounts; anything asking for them before the read finishes
-waits for it. Mixed into :class:`freeq.core.server.IRCServer`.
+waits for it. Mixed into :class:`freeq.core.server.IRCServer`, whose named hook points (``on_account_changed``,
+``before_names``) call the ``markers_*`` methods: nothing of another group is overridden.
 """
 from __future__ import annotations
 
@@ -242,32 +243,30 @@ class ReadMarkerCommands(_Server):
             apply(book)
 
     # ------------------------------------------------------------------
-    # Hooks into the other groups
+    # Hook points (called by IRCServer's named hooks, freeq.core.server)
     # ------------------------------------------------------------------
-    def set_account(self, user: User, account: Optional[str]) -> None:
-        """As the registration group's, and start reading the account's markers (a login is when they
-        will soon be wanted: the JOINs that follow carry them). Not for federated users."""
-        super().set_account(user, account)  # type: ignore[misc]  # the next group in the server's bases
+    def markers_on_account(self, user: User, account: Optional[str]) -> None:
+        """``user`` logged in to ``account``: start reading the account's markers (a login is when they will
+        soon be wanted: the JOINs that follow carry them). Not for federated users."""
         federation = self.federation
         if account is not None and self.store is not None and not (federation and federation.is_remote(user)):
             self._account_markers(account)
 
-    def _send_names(self, user: User, chan: "Channel") -> None:
-        """As the channel group's, preceded for a member with the capability by the channel's marker, so it
-        comes after the JOIN and before the end of NAMES (the spec's place for it)."""
-        if CAP in user.caps and user in chan.members:
-            name = chan.name
-            folded = chan.folded
+    def markers_before_names(self, user: User, chan: "Channel") -> None:
+        """NAMES of ``chan`` is about to be sent to ``user``: a member with the capability first gets the
+        channel's marker, so it comes after the JOIN and before the end of NAMES (the spec's place for it)."""
+        if CAP not in user.caps or user not in chan.members:
+            return
+        name = chan.name
+        folded = chan.folded
 
-            def send(book: MarkerBook) -> None:
-                if user in self.connections:
-                    marker = book.get(folded)
-                    if marker is not None:
-                        user.write(markread_line(self.name, name, marker))
+        def send(book: MarkerBook) -> None:
+            if user in self.connections:
+                marker = book.get(folded)
+                if marker is not None:
+                    user.write(markread_line(self.name, name, marker))
 
-            book = self._marker_book(user, send)
-            user.write(markread_line(self.name, name, book.get(folded) if book is not None else None))
-        super()._send_names(user, chan)  # type: ignore[misc]  # the next group in the server's bases
-
+        book = self._marker_book(user, send)
+        user.write(markread_line(self.name, name, book.get(folded) if book is not None else None))
 
 __all__ = ["CAP", "MarkerBook", "ReadMarkerCommands", "ReadMarkerState", "marker_target", "markread_line"]

@@ -17,9 +17,17 @@ bytes of UTF-8 without control characters; ``avatar`` and ``homepage`` must be h
 :data:`MAX_KEYS` keys per target and :data:`MAX_SUBS` subscriptions per connection. Clients with the
 capability hear of changes to keys they subscribed to on themselves (made by their other connections),
 on their channels and on the users they share a channel with; a joiner with the capability gets the
-channel's and its members' metadata. Metadata is per server for now: federation does not carry it.
+channel's and its members' metadata, and ``760`` lines in WHOIS.
 
-Mixed into :class:`freeq.core.server.IRCServer`.
+Federated: a change made here goes out as a signed ``metadata`` event (freeq.s2s.outbound); a server applies
+a user's only from that user's home server and a channel's only from a server whose user is an operator of
+the channel there (freeq.s2s.inbound), through :meth:`MetadataCommands.apply_remote_metadata`. A federated
+user shows what its home server announced (kept in memory, never stored here). Bursts do not carry
+metadata: a user's values are announced when it registers and whenever they change (docs/federation.md).
+
+Mixed into :class:`freeq.core.server.IRCServer`, whose named hook points (``on_account_changed``,
+``before_motd``, ``after_register``, ``after_join``, ...) call the ``metadata_*`` methods: nothing of
+another group is overridden.
 """
 from __future__ import annotations
 
@@ -31,8 +39,8 @@ from urllib.parse import urlsplit
 from twisted.logger import Logger
 
 from freeq.irc.names import fold, is_channel
-from freeq.irc.parser import Message, build
-from freeq.state.channel import OP, Channel, ChannelRecord
+from freeq.irc.parser import Message, build, build_text
+from freeq.state.channel import OP, Channel
 from freeq.state.user import User
 
 if TYPE_CHECKING:
@@ -94,10 +102,10 @@ class MetadataState:
         self.loading: dict[str, set[str]] = {}  # DID being read -> keys changed meanwhile (they win)
         self.defaults: OrderedDict[str, dict[str, str]] = OrderedDict()  # DID -> its profile's values
         self.guests: weakref.WeakKeyDictionary[User, dict[str, str]] = weakref.WeakKeyDictionary()
+        # a federated user -> what its home server announced (``metadata`` events)
+        self.remote: weakref.WeakKeyDictionary[User, dict[str, str]] = weakref.WeakKeyDictionary()
         self.channels: dict[str, tuple[int, dict[str, str]]] = {}  # folded -> (channel created, values)
         self.subs: weakref.WeakKeyDictionary[User, set[str]] = weakref.WeakKeyDictionary()
-        self.registering: Optional[User] = None
-        self.fetcher: Any = False  # False: not built yet; None: none can be (no verifier)
         self.load_failure_logged = False
 
     def trim(self, connected: Any) -> None:
@@ -115,7 +123,7 @@ class MetadataCommands(_Server):
     """The METADATA command, and metadata on login, registration and JOIN."""
 
     if TYPE_CHECKING:
-        verifier: Any
+        profiles: Optional["ProfileFetcher"]
         ulid: Any
         current_label: Optional[str]
 
@@ -133,6 +141,9 @@ class MetadataCommands(_Server):
     def user_metadata(self, user: User) -> dict[str, str]:
         """What ``user`` shows: its account's values over its profile's defaults, or a guest's own."""
         state = self.metadata
+        federation = self.federation
+        if federation is not None and federation.is_remote(user):
+            return dict(state.remote.get(user, {}))
         did = user.account
         if did is None:
             return dict(state.guests.get(user, {}))
@@ -374,9 +385,11 @@ class MetadataCommands(_Server):
     # ------------------------------------------------------------------
     # Changes: persistence and notifications
     # ------------------------------------------------------------------
-    def _metadata_changed(self, by: Optional[User], obj: Any, keys: list[str]) -> None:
+    def _metadata_changed(self, by: Optional[User], obj: Any, keys: list[str], from_peer: bool = False) -> None:
         """Persist and announce a change of ``keys`` on ``obj`` (a User or Channel) made by ``by`` (``None``:
-        the server, e.g. profile defaults arriving)."""
+        the server, e.g. profile defaults arriving). A local change also goes to the federation (a
+        ``metadata`` event); one ``from_peer`` (a federated server's event) does not, and a federated user's
+        values are never stored here."""
         store = self.store
         if isinstance(obj, Channel):
             values = self.channel_metadata(obj)
@@ -388,7 +401,7 @@ class MetadataCommands(_Server):
         else:
             did = obj.account
             own = self.metadata.accounts.get(did, {}) if did is not None else {}
-            if did is not None and store is not None and by is not None:
+            if did is not None and store is not None and by is not None and not from_peer:
                 for key in keys:
                     store.save_account_metadata(did, key, own.get(key))
                 loading = self.metadata.loading.get(did)
@@ -397,6 +410,8 @@ class MetadataCommands(_Server):
             values = self.user_metadata(obj)
             target = obj.nick
             audience = set(self.group(obj)) | self.co_members(obj)
+        if by is not None and not from_peer and self.federation is not None:
+            self.s2s_notify("metadata", by, obj, {key: values.get(key) for key in keys})
         subs_of = self.metadata.subs
         for other in audience:
             if other is by or CAP not in other.caps or not other.registered:
@@ -409,16 +424,41 @@ class MetadataCommands(_Server):
                     value = values.get(key)
                     other.write(build(self.name, "METADATA", target, key, "*", *([value] if value else [])))
 
+    def apply_remote_metadata(self, actor: User, chan: Optional[Channel], changes: dict[str, Optional[str]]) -> None:
+        """A federated server's ``metadata`` event: ``actor`` (one of its users) changed its own metadata
+        (``chan`` is ``None``) or that of ``chan``; ``changes`` maps keys to values (``None``: unset). The caller
+        (freeq.s2s.inbound) has checked who may change it and the values (:func:`changes_problem`). Subscribers
+        here are told of what changed; a new key over :data:`MAX_KEYS` is dropped."""
+        state = self.metadata
+        if chan is None:
+            values = state.remote.get(actor)
+            if values is None:
+                values = state.remote[actor] = {}
+        else:
+            values = self.channel_metadata(chan)
+            if not values:
+                values = {}
+                state.channels[chan.folded] = (chan.created, values)
+        changed = []
+        for key, value in changes.items():
+            if value is None:
+                if values.pop(key, None) is not None:
+                    changed.append(key)
+            elif values.get(key) != value and (key in values or len(values) < MAX_KEYS):
+                values[key] = value
+                changed.append(key)
+        if changed:
+            self._metadata_changed(actor, actor if chan is None else chan, sorted(changed), from_peer=True)
+
     # ------------------------------------------------------------------
-    # Hooks into the other groups
+    # Hook points (called by IRCServer's named hooks, freeq.core.server)
     # ------------------------------------------------------------------
-    def set_account(self, user: User, account: Optional[str]) -> None:
-        """As the registration group's; then read the account's metadata (what the connection set before
+    def metadata_on_account(self, user: User, account: Optional[str]) -> None:
+        """``user`` logged in to ``account``: read the account's metadata (what the connection set before
         logging in becomes the account's) and, in the background, its Bluesky profile."""
-        super().set_account(user, account)  # type: ignore[misc]  # the next group in the server's bases
         federation = self.federation
         if account is None or (federation is not None and federation.is_remote(user)):
-            return  # a federated user's metadata is its own server's (per server for now)
+            return  # a federated user's metadata comes from its home server (``metadata`` events)
         state = self.metadata
         before = state.guests.pop(user, None)
         own = state.accounts.get(account)
@@ -436,6 +476,77 @@ class MetadataCommands(_Server):
                     own[key] = value
             self._metadata_changed(user, user, sorted(before))
         self._fetch_profile(account)
+
+    def metadata_before_motd(self, user: User) -> None:
+        """``user`` is registering and the MOTD comes next: a client with the capability first gets its own
+        metadata (every key) in a ``metadata`` batch, as the spec wants it before the end of the MOTD."""
+        if CAP in user.caps:
+            values = self.user_metadata(user)
+            self._metadata_batch(user, "metadata", user.nick, [
+                build(self.name, "METADATA", user.nick, k, "*", v) for k, v in sorted(values.items())])
+
+    def metadata_after_register(self, user: User) -> None:
+        """``user`` registered and was announced to the federation: what it set before connecting (or its
+        account holds already) follows it there."""
+        if self.federation is None or self.users.get(user.folded) is not user:
+            return  # another device of an identity already announced
+        values = self.user_metadata(user)
+        if values:
+            self.s2s_notify("metadata", user, user, dict(sorted(values.items())))
+
+    def metadata_after_join(self, user: User, chan: Channel) -> None:
+        """``user`` (and its other devices) joined ``chan``: a joiner with the capability gets the channel's and
+        its members' metadata (subscribed keys), and members with it get the joiner's."""
+        for device in self.group(user):
+            if CAP in device.caps and self.metadata.subs.get(device):
+                self._metadata_batch(device, "metadata", chan.name, self._sync_lines(device, chan))
+        values = self.user_metadata(user)
+        if not values:
+            return
+        devices = set(self.group(user))
+        for member in chan.members:
+            subs = self.metadata.subs.get(member)
+            if member in devices or CAP not in member.caps or not subs:
+                continue
+            for k in sorted(subs & values.keys()):
+                member.write(build(self.name, "METADATA", user.nick, k, "*", values[k]))
+
+    def metadata_on_caps_changed(self, user: User) -> None:
+        """``user``'s capabilities changed: a client that gave up the capability (or ``batch``) loses its
+        subscriptions, as the spec wants."""
+        if user in self.metadata.subs and (CAP not in user.caps or "batch" not in user.caps):
+            del self.metadata.subs[user]
+
+    def metadata_after_channels_loaded(self) -> None:
+        """The persisted channels were restored at start-up: the metadata of the registered ones with them."""
+        if self.store is None:
+            return
+        for folded, values in self.store.load_channel_metadata().items():
+            chan = self.channels.get(folded)
+            if chan is not None:
+                self.metadata.channels[folded] = (chan.created, dict(list(values.items())[:MAX_KEYS]))
+
+    def metadata_on_channel_renamed(self, chan: Channel, old_folded: str) -> None:
+        """``chan`` was renamed (it was ``old_folded``): its metadata follows it to its new name (and, for a
+        registered channel, its stored rows)."""
+        state = self.metadata
+        if chan.folded == old_folded:
+            return
+        entry = state.channels.pop(old_folded, None)
+        if entry is None or entry[0] != chan.created or not entry[1]:
+            return
+        state.channels[chan.folded] = entry
+        store = self.store
+        if store is not None and chan.founder is not None:
+            for key, value in entry[1].items():
+                store.save_channel_metadata(old_folded, key, None)
+                store.save_channel_metadata(chan.folded, key, value)
+
+    def metadata_whois(self, asker: User, target: User) -> None:
+        """WHOIS of ``target``: its metadata as ``760`` (RPL_WHOISKEYVALUE ``<target> <key> <visibility>
+        :<value>``), every key being public here."""
+        for key, value in sorted(self.user_metadata(target).items()):
+            asker.write(build_text(self.name, "760", asker.nick, target.nick, key, "*", value))
 
     def _account_metadata_read(self, rows: dict[str, str], did: str) -> None:
         state = self.metadata
@@ -463,25 +574,12 @@ class MetadataCommands(_Server):
             log.failure("reading the metadata of {did} failed (further failures are not logged)", failure, did=did)
 
     def _fetch_profile(self, did: str) -> None:
-        fetcher = self._profile_fetcher()
+        fetcher: Optional["ProfileFetcher"] = self.profiles  # from the composition root (freeq.tap)
         if fetcher is None:
             return
         d = fetcher.fetch(did)
         d.addCallback(self._profile_fetched, did)
         d.addErrback(lambda f: log.failure("applying the profile of {did} failed", f, did=did))
-
-    def _profile_fetcher(self) -> Optional["ProfileFetcher"]:
-        """The profile reader, sharing the SASL verifier's SSRF-guarded HTTP client and DID cache."""
-        state = self.metadata
-        if state.fetcher is False:
-            from freeq.auth.profile import ProfileFetcher
-
-            verifier = self.verifier
-            resolver = getattr(verifier, "_resolver", None)
-            http = getattr(verifier, "_http", None)
-            state.fetcher = ProfileFetcher(resolver, http, self.clock) if resolver and http else None
-        fetcher: Optional[ProfileFetcher] = state.fetcher
-        return fetcher
 
     def _profile_fetched(self, profile: Optional["Profile"], did: str) -> None:
         if profile is None:
@@ -508,6 +606,9 @@ class MetadataCommands(_Server):
                     session.write(build(self.name, "METADATA", session.nick, key, "*", *([value] if value else [])))
         primary = self.primary_session(did)
         if primary is not None:
+            if self.federation is not None:
+                shown = self.user_metadata(primary)
+                self.s2s_notify("metadata", primary, primary, {key: shown.get(key) for key in changed})
             others = self.co_members(primary) - set(self.sessions.get(did, ()))
             subs_of = state.subs
             for other in others:
@@ -519,80 +620,20 @@ class MetadataCommands(_Server):
                             other.write(build(self.name, "METADATA", primary.nick, key, "*",
                                               *([value] if value else [])))
 
-    def rename_channel(self, chan: Channel, new_name: str, reason: str, source: str) -> None:
-        """As the rename group's; the channel's metadata follows it to its new name (and, for a registered
-        channel, its stored rows)."""
-        old_folded = chan.folded
-        values = self.channel_metadata(chan)
-        super().rename_channel(chan, new_name, reason, source)  # type: ignore[misc]  # the next group in the bases
-        if not values or chan.folded == old_folded:
-            return
-        state = self.metadata
-        state.channels.pop(old_folded, None)
-        state.channels[chan.folded] = (chan.created, values)
-        store = self.store
-        if store is not None and chan.founder is not None:
-            for key, value in values.items():
-                store.save_channel_metadata(old_folded, key, None)
-                store.save_channel_metadata(chan.folded, key, value)
 
-    def irc_CAP(self, user: User, msg: Message) -> None:
-        """As the registration group's; a client that gives up the capability (or ``batch``) loses its
-        subscriptions, as the spec wants."""
-        super().irc_CAP(user, msg)  # type: ignore[misc]  # the next group in the server's bases
-        if user in self.metadata.subs and (CAP not in user.caps or "batch" not in user.caps):
-            del self.metadata.subs[user]
-
-    def load_channels(self, records: Iterable[ChannelRecord]) -> None:
-        """As the channel group's, and the metadata of the registered channels with them."""
-        super().load_channels(records)  # type: ignore[misc]  # the next group in the server's bases
-        if self.store is None:
-            return
-        for folded, values in self.store.load_channel_metadata().items():
-            chan = self.channels.get(folded)
-            if chan is not None:
-                self.metadata.channels[folded] = (chan.created, dict(list(values.items())[:MAX_KEYS]))
-
-    def _try_register(self, user: User) -> None:
-        """As the registration group's, noting who is registering so the burst carries its metadata."""
-        state = self.metadata
-        state.registering = user
-        try:
-            super()._try_register(user)  # type: ignore[misc]  # the next group in the server's bases
-        finally:
-            state.registering = None
-
-    def _send_motd(self, user: User) -> None:
-        """As the registration group's; during registration a client with the capability first gets its own
-        metadata (every key) in a ``metadata`` batch, as the spec wants it before the end of the MOTD."""
-        if self.metadata.registering is user and CAP in user.caps:
-            values = self.user_metadata(user)
-            self._metadata_batch(user, "metadata", user.nick, [
-                build(self.name, "METADATA", user.nick, k, "*", v) for k, v in sorted(values.items())])
-        super()._send_motd(user)  # type: ignore[misc]  # the next group in the server's bases
-
-    def _join(self, user: User, name: str, key: Optional[str]) -> None:
-        """As the channel group's; then a joiner with the capability gets the channel's and its members'
-        metadata (subscribed keys), and members with it get the joiner's."""
-        folded = fold(name) if name else ""
-        was_in = folded in user.channels
-        super()._join(user, name, key)  # type: ignore[misc]  # the next group in the server's bases
-        chan = user.channels.get(folded)
-        if chan is None or was_in:
-            return
-        for device in self.group(user):
-            if CAP in device.caps and self.metadata.subs.get(device):
-                self._metadata_batch(device, "metadata", chan.name, self._sync_lines(device, chan))
-        values = self.user_metadata(user)
-        if not values:
-            return
-        devices = set(self.group(user))
-        for member in chan.members:
-            subs = self.metadata.subs.get(member)
-            if member in devices or CAP not in member.caps or not subs:
-                continue
-            for k in sorted(subs & values.keys()):
-                member.write(build(self.name, "METADATA", user.nick, k, "*", values[k]))
+def changes_problem(changes: Any) -> Optional[str]:
+    """Why ``changes`` (the ``keys`` of a peer's ``metadata`` event: key -> value or ``None``) is malformed, or
+    ``None`` when every key and value is one this server would accept from a client."""
+    if not isinstance(changes, dict) or not changes:
+        return "no keys"
+    if len(changes) > MAX_KEYS:
+        return "too many keys"
+    for key, value in changes.items():
+        if not isinstance(key, str) or not valid_key(key):
+            return "bad key"
+        if value is not None and (not isinstance(value, str) or value_problem(key, value) is not None):
+            return "bad value"
+    return None
 
 
 def _safe_word(text: str) -> bool:
@@ -600,5 +641,5 @@ def _safe_word(text: str) -> bool:
     return 0 < len(text) <= MAX_KEY_LEN and " " not in text and not text.startswith(":") and text.isprintable()
 
 
-__all__ = ["CAP", "CAP_VALUE", "MAX_KEYS", "MAX_SUBS", "MAX_VALUE_BYTES", "MetadataCommands", "MetadataState",
+__all__ = ["CAP", "CAP_VALUE", "changes_problem", "MAX_KEYS", "MAX_SUBS", "MAX_VALUE_BYTES", "MetadataCommands", "MetadataState",
            "valid_key", "value_problem"]

@@ -67,6 +67,7 @@ class QueryCommands(_Server):
             now = self.clock.seconds()
             self.num(user, "317", other.nick, str(int(now - other.last_spoke)), str(int(other.signon)),
                      "seconds idle, signon time")
+            self.whois_extra(user, other)  # hook point (freeq.core.server)
             self.num(user, "318", other.nick, "End of /WHOIS list.")
 
     def irc_WHOWAS(self, user: User, msg: Message) -> None:

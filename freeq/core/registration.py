@@ -90,6 +90,7 @@ class RegistrationCommands(_Server):
         user.write(build(self.name, "004", nick, self.name, VERSION, USER_MODES, CHANNEL_MODES, "beIklov"))
         self._send_isupport(user)
         self._send_lusers(user)
+        self.before_motd(user)  # hook point (freeq.core.server)
         self._send_motd(user)
         if user.modes:
             user.write(build(user.nick, "MODE", user.nick, "+" + "".join(sorted(user.modes))))
@@ -99,6 +100,7 @@ class RegistrationCommands(_Server):
             self.monitor_notify(user.folded, user)
         log.info("{nick} registered from {ip}", nick=nick, ip=user.ip)
         self.s2s_notify("register", user)
+        self.after_register(user)  # hook point (freeq.core.server)
         for hook in self.hooks:
             try:
                 hook.on_register(user)
@@ -301,6 +303,7 @@ class RegistrationCommands(_Server):
                 return
             user.set_caps(frozenset((user.caps | enable) - disable))
             user.write(build_text(self.name, "CAP", me, "ACK", raw.strip()))
+            self.on_caps_changed(user)  # hook point (freeq.core.server)
         elif sub == "END":
             if not user.registered:
                 user.cap_negotiating = False
@@ -413,3 +416,4 @@ class RegistrationCommands(_Server):
             self.monitor_extended(user, data, "account-notify")
             if "account-notify" in user.caps:
                 user.write(data)
+        self.on_account_changed(user, account)  # hook point (freeq.core.server)

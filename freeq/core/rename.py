@@ -138,6 +138,7 @@ class RenameCommands(_Server):
                 chan.persisted = False
                 self.store.delete_channel(old_folded)
         self.channel_changed(chan)
+        self.on_channel_renamed(chan, old_folded)  # hook point (freeq.core.server)
         rename = build_text(source, "RENAME", old_name, new_name, reason)
         for member in list(chan.members):
             if CAP in member.caps:

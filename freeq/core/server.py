@@ -42,7 +42,7 @@ from freeq.irc.confusables import NickOwners
 from freeq.irc.parser import Message, UnsafeLineError, build, build_text, format_tags
 from freeq.irc.ulid import ULIDGenerator
 from freeq.plugins import IServerHook
-from freeq.state.channel import ChannelTable
+from freeq.state.channel import Channel, ChannelTable
 from freeq.state.masks import LogThrottle, mask_problem
 from freeq.state.channel_quota import CreationQuota
 from freeq.state.links import FederationControl
@@ -83,11 +83,10 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
     return b"@" + tag + b" " + line
 
 
-class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_names (issue #12)
-                MetadataCommands,  # and this set_account, load_channels, _try_register, _send_motd, _join
-                RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands,
+class IRCServer(RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands,
                 MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands, MultilineCommands,
-                RedactionCommands, ReactionCommands, RenameCommands):
+                RedactionCommands, ReactionCommands, RenameCommands,
+                ReadMarkerCommands, MetadataCommands):  # they act through the hook points below (issue #12)
     """All users and channels of one server, and the handlers for every command."""
 
     def __str__(self) -> str:
@@ -97,12 +96,13 @@ class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_nam
 
     def __init__(self, config: Config, clock: Any, hooks: Sequence[IServerHook] = (),
                  store: Optional["Store"] = None, *, signer: Any = None, verifier: Any = None, metrics: Any = None,
-                 web_tokens: Any = None, bearer_tokens: Any = None,
+                 web_tokens: Any = None, bearer_tokens: Any = None, profiles: Any = None,
                  federation: Optional[Callable[["IRCServer"], FederationControl]] = None) -> None:
         """Collaborators come in here, from the composition root (:func:`freeq.tap.make_irc_server`):
         ``signer`` (freeq.signing.MessageSigner), ``verifier`` (freeq.auth.verify.ChallengeVerifier),
         ``metrics`` (freeq.metrics.Metrics), and the web listener's SASL web-token and REST bearer stores
-        (freeq.web.tokens). Each may be ``None`` where a test does without it. ``federation`` builds the
+        (freeq.web.tokens), and ``profiles`` (freeq.auth.profile.ProfileFetcher: Bluesky profiles, the
+        draft/metadata-2 defaults). Each may be ``None`` where a test does without it. ``federation`` builds the
         federation of this server (freeq.s2s.federation.FederationFactory), called last, with the server
         complete; without it the server stands alone."""
         self.config = config
@@ -118,6 +118,7 @@ class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_nam
         self.signer: Any = signer
         self.verifier: Any = verifier
         self.metrics: Any = metrics
+        self.profiles: Any = profiles
         self.clock = clock
         self.name = config.server_name
         self.hooks = list(hooks)
@@ -437,6 +438,47 @@ class IRCServer(ReadMarkerCommands,  # first: it wraps set_account and _send_nam
         m = self.metrics
         if m is not None:
             setattr(m, name, getattr(m, name, 0) + 1)
+
+    # ------------------------------------------------------------------
+    # Hook points: the command groups call these at fixed moments of their work, and each one names the
+    # features that act then (no group overrides another's method, so the order of the bases decides nothing)
+    # ------------------------------------------------------------------
+    def on_account_changed(self, user: User, account: Optional[str]) -> None:
+        """``user`` logged in to ``account`` (or out, ``None``); called by ``set_account`` once it is done."""
+        self.metadata_on_account(user, account)
+        self.markers_on_account(user, account)
+
+    def on_caps_changed(self, user: User) -> None:
+        """``user``'s capabilities changed (``CAP REQ`` acknowledged)."""
+        self.metadata_on_caps_changed(user)
+
+    def before_motd(self, user: User) -> None:
+        """``user`` is registering: called just before its MOTD is sent."""
+        self.metadata_before_motd(user)
+
+    def after_register(self, user: User) -> None:
+        """``user`` registered (and was announced to the federation)."""
+        self.metadata_after_register(user)
+
+    def before_names(self, user: User, chan: Channel) -> None:
+        """The NAMES of ``chan`` is about to be sent to ``user`` (on JOIN, on NAMES, to a new device)."""
+        self.markers_before_names(user, chan)
+
+    def after_join(self, user: User, chan: Channel) -> None:
+        """``user`` (and its other devices) joined ``chan`` here, the JOIN and NAMES sent."""
+        self.metadata_after_join(user, chan)
+
+    def after_channels_loaded(self) -> None:
+        """The persisted channels were restored at start-up."""
+        self.metadata_after_channels_loaded()
+
+    def on_channel_renamed(self, chan: Channel, old_folded: str) -> None:
+        """``chan`` was renamed; it was ``old_folded`` (folded)."""
+        self.metadata_on_channel_renamed(chan, old_folded)
+
+    def whois_extra(self, asker: User, target: User) -> None:
+        """The WHOIS of ``target`` for ``asker``: called before its end (``318``)."""
+        self.metadata_whois(asker, target)
 
     def s2s_notify(self, event: str, *args: Any) -> None:
         """Tell the federation (its observer ``local_<event>``) about a local state change."""

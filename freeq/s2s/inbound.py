@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from twisted.logger import Logger
 
+from freeq.core.metadata import changes_problem
 from freeq.irc.names import fold, valid_channel, valid_nick
 from freeq.irc.parser import build, build_text
 from freeq.s2s import protocol as P
@@ -371,6 +372,34 @@ class InboundEvents(LocalObservers):
         if not 0 <= read_ms <= int(self.clock.seconds() * 1000) + MARKER_SKEW_MS:
             raise ProtocolError("marker time out of range")
         self.server.apply_remote_marker(did, target, read_ms)
+        return True
+
+    def _ev_metadata(self, ctx: EventContext) -> bool:
+        """draft/metadata-2 keys changed on the origin: without ``channel`` the actor's own (only its home server,
+        the origin, may say so: :meth:`_actor`); with ``channel`` that channel's, only over a ``full`` link and
+        from an operator of the channel here (freeq.state.rules.mode_refusal, or a server operator's override)."""
+        actor = self._actor(ctx)
+        if actor is None:
+            return False
+        changes = ctx.ev.get("keys")
+        problem = changes_problem(changes)
+        if problem is not None:
+            raise ProtocolError(f"bad metadata: {problem}")
+        if "channel" not in ctx.ev:
+            self.server.apply_remote_metadata(actor, None, changes)
+            return True
+        _name, chan = self._channel(ctx)
+        if chan is None:
+            return True  # no such channel here: nothing to keep
+        if ctx.link.trust != "full":
+            self._warn_rejected(ctx.link, "metadata", "unauthorized: channel metadata over a relay link",
+                                nick=actor.nick, channel=chan.name)
+            return False
+        if mode_refusal(chan, actor) and not self._oper_override(ctx, actor, chan, "sets metadata"):
+            self._warn_rejected(ctx.link, "metadata", "unauthorized: setter is not a channel operator",
+                                nick=actor.nick, channel=chan.name)
+            return False
+        self.server.apply_remote_metadata(actor, chan, changes)
         return True
 
     def _ev_kick(self, ctx: EventContext) -> bool:

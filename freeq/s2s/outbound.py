@@ -252,6 +252,21 @@ class LocalObservers(RemoteUsers):
         for origin in sorted(homes):
             self._emit("marker", fields, to=origin)
 
+    def local_metadata(self, by: User, target: Any, changes: dict[str, Optional[str]]) -> None:
+        """``by`` changed draft/metadata-2 keys (``changes``: key -> value, ``None`` for unset) of ``target``: itself
+        (its identity's, shown by its nick's connection) or a channel it operates. A ``metadata`` event,
+        flooded; a user not announced yet (still registering) is sent later (freeq.core.metadata)."""
+        if not self._local(by) or not self.links:
+            return
+        if isinstance(target, Channel):
+            self._emit("metadata", {"uid": self.uid(by), "channel": target.name, "keys": changes,
+                                    **self._oper_field(by)})
+            return
+        primary = self.server.primary_session(target.account) if target.account else target
+        if primary is None or primary not in self.local_uid:
+            return  # not announced to the federation (yet)
+        self._emit("metadata", {"uid": self.uid(primary), "keys": changes})
+
     def remote_kill(self, oper: User, victim: User, reason: str) -> "LinkControl":
         """A local operator's KILL of a remote user: a signed ``kill`` event routed to the user's home server,
         which disconnects the user (its QUIT then reaches everyone), if it applies our operators' actions; if

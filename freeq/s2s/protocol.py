@@ -52,7 +52,9 @@ STATE_KINDS = frozenset({"topic", "mode", "kick", "invite", "refuse"})
 OPER_KINDS = frozenset({"kill"})
 #: An account's own state kept on every server where it has a user (``marker``: a draft/read-marker moved, routed
 #: to those servers; applied only from a server hosting a user of that account): ``full`` and ``relay`` links.
-ACCOUNT_KINDS = frozenset({"marker"})
+#: ``metadata`` (draft/metadata-2, flooded) is a user's own, from its home server; a channel's is channel state,
+#: which the receiver takes only over a ``full`` link from a server whose user is an operator of the channel.
+ACCOUNT_KINDS = frozenset({"marker", "metadata"})
 EVENT_KINDS = PRESENCE_KINDS | MESSAGE_KINDS | STATE_KINDS | OPER_KINDS | ACCOUNT_KINDS
 #: Control frames (not events): handshake, snapshot, keepalive, resync request.
 CONTROL_KINDS = frozenset({"hello", "burst", "ping", "pong", "resync"})
