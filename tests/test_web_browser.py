@@ -418,6 +418,9 @@ class BrowserChatTests(unittest.TestCase):
         await self.js("document.querySelector('#convs li[data-key=\"pyid\"]').click(); true")
         await self.type_and_send("and this")
         await py.expect(lambda l: l.command == "PRIVMSG" and l.params == ["pyid", "and this"])
+        await self.js("document.querySelector('#convs li[data-key=\"#dm\"]').click(); true")
+        await self.say(py, "webdid", "unseen")
+        await browser.wait_for("document.querySelector('#convs li[data-key=\"pyid\"]').dataset.unread === '1'")
 
         await self.js("freeq.disconnect(); true")
         await py.expect(lambda l: l.command == "QUIT" and (l.source or "").startswith("webdid!"), timeout=20)
@@ -429,7 +432,11 @@ class BrowserChatTests(unittest.TestCase):
         texts = await browser.wait_for(
             "(() => { const t = [...document.querySelectorAll('#messages ol[data-conv=\"pyid\"] li.privmsg')]"
             ".map(li => li.dataset.nick + ': ' + li.dataset.text); return t.length >= 2 ? t : null; })()")
-        self.assertEqual(texts, ["pyid: remember this", "webdid: and this"])
+        self.assertEqual(texts, ["pyid: remember this", "webdid: and this", "pyid: unseen"])
+        # the chat's read marker (asked with MARKREAD pyid) puts the boundary before the one not yet seen
+        after = await self.js("document.querySelector('#messages ol[data-conv=\"pyid\"] .unread-marker')"
+                              "?.nextElementSibling?.dataset.text")
+        self.assertEqual(after, "unseen")
 
     @asynctest
     async def test_multiline_out_and_in(self) -> None:

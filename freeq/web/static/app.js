@@ -215,6 +215,8 @@
       markSent: 0, markTimer: null, unread: 0, boundary: null, list, item, historyAsked: false,
     };
     state.convs.set(key, conv);
+    // A private chat's marker is only sent when asked (a channel's comes with the JOIN): ask before its history.
+    if (kind === "dm" && state.caps.has("draft/read-marker")) send("MARKREAD " + name);
     return conv;
   }
 
