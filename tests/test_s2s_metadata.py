@@ -68,6 +68,14 @@ class FederatedMetadataTests(unittest.TestCase):
         bob.send("METADATA #fed SET homepage https://bob.example/")  # not an operator of #fed
         self.assertEqual((await bob.expect("FAIL")).params[:2], ["METADATA", "KEY_NO_PERMISSION"])
 
+        bob.send("JOIN #other")  # a channel of B's: subscribers there hear of a remote joiner's metadata
+        await bob.expect(numeric("366"))
+        await wait_for(lambda: "#other" in a.server.channels, what="#other on A")
+        alice.send("JOIN #other")
+        await alice.expect(numeric("366"))
+        self.assertEqual((await bob.expect(is_metadata("alice", "display-name"))).params,
+                         ["alice", "display-name", "*", "Alice A."])
+
         alice.send("METADATA * SET display-name")  # unset
         await alice.expect(numeric("766"))
         self.assertEqual((await bob.expect(is_metadata("alice", "display-name"))).params,

@@ -114,6 +114,7 @@ class InboundEvents(LocalObservers):
         prefix = "".join(ch for ch, bit in (("o", OP), ("v", VOICE)) if bits & bit)
         if prefix and local:
             server.broadcast(local, build(source, "MODE", chan.name, "+" + prefix, *([user.nick] * len(prefix))))
+        server.after_join(user, chan)  # hook point (freeq.core.server): e.g. the joiner's metadata to subscribers
 
     def _set_status(self, chan: Channel, user: User, bits: int, source: str) -> None:
         old = chan.members.get(user, 0)
