@@ -141,3 +141,43 @@ class ForgedMetadataTests(unittest.TestCase):
         del chan.members[node.server.users["mal"]]
         self.assertEqual(node.server.channel_metadata(chan), {})
         self.assertEqual(node.federation.stats.get("rejected:unauthorized"), 1)
+
+
+class BurstMetadataTests(unittest.TestCase):
+    """Bursts carry each server's own users' metadata: a server that links later learns it; a peer cannot
+    vouch for metadata of users not its own."""
+
+    @asynctest
+    async def test_metadata_set_before_the_link(self) -> None:
+        from tests.s2s_support import keys, settle, start_node
+
+        (ka, ida), (kb, idb) = keys(2)
+        a = await start_node(self, "a.test", allowed=[idb], key=ka, **NO_NETWORK)
+        b = await start_node(self, "b.test", allowed=[ida], key=kb, **NO_NETWORK)
+        alice = await a.client("alice", caps=CAPS)
+        alice.send("METADATA * SET display-name :Alice A.")
+        await alice.expect(numeric("761"))
+        a.link_to(b)
+        await wait_for(lambda: a.linked(b) and b.linked(a), what="the link")
+        await settle(a, b)
+        bob = await b.client("bob", caps=CAPS)
+        bob.send("METADATA alice GET display-name")
+        self.assertEqual((await bob.expect(numeric("761"))).params[1:], ["alice", "display-name", "*", "Alice A."])
+
+    @asynctest
+    async def test_burst_metadata_of_others_refused(self) -> None:
+        node, mallory, op = await link_raw_peer(self, "a.test", "op")
+        op_uid = node.federation.uid(node.server.users["op"])
+        record = {k: v for k, v in mallory.user(1, "mal").items() if k not in ("type", "epoch", "seq", "to", "hlc",
+                                                                                   "sig")}
+        mallory.send({"type": "burst", "part": "servers", "marks": [],
+                      "servers": [{"id": mallory.id, "name": mallory.name, "epoch": mallory.epoch, "hops": 0}]})
+        mallory.send({"type": "burst", "part": "users", "users": [record]})
+        mallory.send({"type": "burst", "part": "metadata", "users": [
+            [op_uid, {"display-name": "Hacked"}], [mallory.uid(1), {"display-name": "Mal"}]]})
+        mallory.send({"type": "burst", "part": "end"})
+        await wait_for(lambda: node.knows("mal") and node.server.user_metadata(node.server.users["mal"]),
+                       what="mal and its metadata")
+        self.assertEqual(node.server.user_metadata(node.server.users["mal"]), {"display-name": "Mal"})
+        self.assertEqual(node.server.user_metadata(node.server.users["op"]), {})
+        self.assertEqual(node.federation.stats.get("rejected:forged"), 1)

@@ -22,8 +22,9 @@ channel's and its members' metadata, and ``760`` lines in WHOIS.
 Federated: a change made here goes out as a signed ``metadata`` event (freeq.s2s.outbound); a server applies
 a user's only from that user's home server and a channel's only from a server whose user is an operator of
 the channel there (freeq.s2s.inbound), through :meth:`MetadataCommands.apply_remote_metadata`. A federated
-user shows what its home server announced (kept in memory, never stored here). Bursts do not carry
-metadata: a user's values are announced when it registers and whenever they change (docs/federation.md).
+user shows what its home server announced (kept in memory, never stored here): when it registers, whenever
+its values change, and in its home server's bursts (freeq.s2s.burst); a channel's only when they change
+(docs/federation.md).
 
 Mixed into :class:`freeq.core.server.IRCServer`, whose named hook points (``on_account_changed``,
 ``before_motd``, ``after_register``, ``after_join``, ...) call the ``metadata_*`` methods: nothing of

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from twisted.logger import Logger
 
+from freeq.core.metadata import changes_problem
 from freeq.irc.names import fold, valid_channel
 from freeq.s2s import protocol as P
 from freeq.s2s.base import SPLIT_REASON
@@ -101,6 +102,11 @@ def collect_part(acc: BurstParts, msg: dict[str, Any], channel_len: int) -> bool
         acc.users.extend(users)
     elif part == "channel":
         _collect_channel(acc, msg, channel_len)
+    elif part == "metadata":
+        entries = P.get(msg, "users", list)
+        if len(entries) > 1000 or len(acc.metadata) + len(entries) > 500000:
+            raise ProtocolError("too many metadata entries")
+        acc.metadata.extend(entries)
     elif part == "end":
         return True
     else:
@@ -187,6 +193,8 @@ class BurstExchange(InboundEvents):
         records, included = self._burst_records(users, link)
         for chunk in chunks(records):
             self._send(link, {"type": "burst", "part": "users", "users": chunk})
+        for chunk in chunks(self._burst_metadata(included)):
+            self._send(link, {"type": "burst", "part": "metadata", "users": chunk})
         for chan in list(self.server.channels.values()):
             crdt = self._crdt(chan)
             crdt.capture(chan, self.hlc)  # local changes made without a hook (plugins, tools) are not lost
@@ -197,6 +205,38 @@ class BurstExchange(InboundEvents):
                 self._send(link, {"type": "burst", "part": "channel", "name": chan.name, "created": int(chan.created),
                                   key: chunk})
         self._send(link, {"type": "burst", "part": "end"})
+
+    def _burst_metadata(self, included: set[User]) -> list[Any]:
+        """``[uid, {key: value}]`` for each of our own users in the burst with draft/metadata-2 values (a peer
+        takes these from their home server only, as it takes their records; other servers' users' metadata
+        and channels' are not carried: docs/federation.md)."""
+        out: list[Any] = []
+        for user in included:
+            if not self.is_remote(user):
+                values = self.server.user_metadata(user)
+                if values:
+                    out.append([self.uid(user), values])
+        return out
+
+    def _apply_burst_metadata(self, link: PeerLink, entries: list[Any]) -> None:
+        """The metadata part of a burst: each entry replaces what is shown of a user of the peer itself."""
+        for entry in entries:
+            if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str):
+                self._warn_rejected(link, "burst metadata", "malformed: bad entry")
+                continue
+            uid, values = entry
+            user = self.remote.get(uid)
+            if user is None or user.conn.origin != link.peer_id:
+                self._warn_rejected(link, "burst metadata", "forged: not a user of the peer itself", uid=uid[:40])
+                continue
+            problem = changes_problem(values)
+            if problem is not None:
+                self._warn_rejected(link, "burst metadata", f"malformed: {problem}", uid=uid)
+                continue
+            shown = self.server.user_metadata(user)
+            changes: dict[str, Optional[str]] = {key: None for key in shown if key not in values}
+            changes.update(values)
+            self.server.apply_remote_metadata(user, None, changes)
 
     def _member_entry(self, user: User, bits: int, chan: Channel) -> list[Any]:
         """The burst member entry (:func:`member_entry`) of ``user``, a member of ``chan`` with status ``bits``."""
@@ -237,6 +277,7 @@ class BurstExchange(InboundEvents):
         self._drop_users_gone(link, seen)
         self._add_burst_users(link, records, proofs, seen)
         self._apply_burst_channels(link, acc.channels, seen)
+        self._apply_burst_metadata(link, acc.metadata)
         self._count("bursts")
         self._reburst(except_link=link.link_id)
 

@@ -50,13 +50,14 @@ class ServerInfo:
 class BurstParts:
     """A burst being received (applied only when complete)."""
 
-    __slots__ = ("servers", "marks", "users", "channels", "frames")
+    __slots__ = ("servers", "marks", "users", "channels", "metadata", "frames")
 
     def __init__(self) -> None:
         self.servers: list[dict[str, Any]] = []
         self.marks: list[Any] = []
         self.users: list[dict[str, Any]] = []
         self.channels: dict[str, dict[str, Any]] = {}
+        self.metadata: list[Any] = []  # [uid, {key: value}] of the sender's own users (draft/metadata-2)
         self.frames = 0
 
 
