@@ -147,6 +147,7 @@ class HistoryCommands(ClientCommands):
 
     _history_refs: Optional[set[str]] = None
     _on_monitored: Optional[Event[Message]] = None
+    _monitored: Optional[dict[str, bool]] = None
 
     @property
     def on_monitored(self) -> Event[Message]:
@@ -258,34 +259,63 @@ class HistoryCommands(ClientCommands):
             return  # a history line: answered through history(), never shown as a live message
         if msg.command in MONITORED_COMMANDS:
             self.on_monitored.fire(msg)
+        elif msg.command in ("730", "731"):
+            self._monitor_status(msg)
         super()._dispatch(msg)
 
     # ------------------------------------------------------------------
     # MONITOR
     # ------------------------------------------------------------------
+    @property
+    def monitored(self) -> dict[str, bool]:
+        """Nick -> online?, for the nicks this client monitors, as the server last said (730/731)."""
+        if self._monitored is None:
+            self._monitored = {}
+        return self._monitored
+
     def monitor(self, *nicks: str, timeout: float = REQUEST_TIMEOUT) -> defer.Deferred:
-        """``MONITOR + <nicks>``; fires with {nick: online?} once the server said where each one is
-        (730 online, 731 offline), fails with :class:`IRCError` on 734 (list full)."""
+        """``MONITOR + <nicks>``; fires with {nick: online?} once the server said where each new one is
+        (730 online, 731 offline; nicks already monitored answer from :attr:`monitored`), fails with
+        :class:`IRCError` on 734 (list full)."""
         if not nicks or any("," in n or " " in n or not n for n in nicks):
             return defer.fail(ValueError("name nicks (no commas or spaces)"))
-        wanted = {self.fold(n): n for n in nicks}
-        status: dict[str, bool] = {}
+        known = {self.fold(n): n for n in self.monitored}
+        wanted = {self.fold(n): n for n in nicks if self.fold(n) not in known}
+
+        def answer() -> dict[str, bool]:
+            by_fold = {self.fold(n): online for n, online in self.monitored.items()}
+            return {n: by_fold.get(self.fold(n), False) for n in nicks}
 
         def matches(m: Message) -> bool:
             if m.command == "734":
                 return True
             if m.command in ("730", "731") and len(m.params) > 1:
                 for item in m.params[-1].split(","):
-                    nick = item.split("!", 1)[0]
-                    if self.fold(nick) in wanted:
-                        status[wanted.pop(self.fold(nick))] = m.command == "730"
+                    wanted.pop(self.fold(item.split("!", 1)[0]), None)
             return not wanted
 
         def done(m: Message) -> dict[str, bool]:
             if m.command == "734":
                 raise IRCError(m.command, list(m.params))
-            return status
+            return answer()
 
+        if not wanted:
+            return defer.succeed(answer())
         d: Any = self.on_raw.wait(matches, timeout=timeout)
-        self.send("MONITOR", "+", ",".join(nicks))
+        self.send("MONITOR", "+", ",".join(wanted.values()))
         return d.addCallback(done)
+
+    def _monitor_status(self, msg: Message) -> None:
+        """Remember what a 730/731 says (bounded by the server's MONITOR limit; we keep at most 1000)."""
+        if len(msg.params) < 2:
+            return
+        online = msg.command == "730"
+        table = self.monitored
+        for item in msg.params[-1].split(","):
+            nick = item.split("!", 1)[0]
+            if not nick:
+                continue
+            for known in [k for k in table if self.fold(k) == self.fold(nick)]:
+                del table[known]
+            if len(table) < 1000:
+                table[nick] = online
