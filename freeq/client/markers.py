@@ -1,8 +1,8 @@
 """Read markers (``draft/read-marker``) and metadata (``draft/metadata-2``) for
 :class:`freeq.client.protocol.FreeqClient`.
 
-Request the capabilities to be told of changes (``caps=DEFAULT_CAPS + ("draft/read-marker",
-"draft/metadata-2", "batch")``); the commands work without them. What the server says is kept in
+The capabilities that tell of changes (``draft/read-marker``, ``draft/metadata-2``, ``batch``) are in
+``DEFAULT_CAPS``; the commands work without them. What the server says is kept in
 :attr:`MarkerCommands.read_markers` (folded target -> ``timestamp`` or ``None``) and
 :attr:`MarkerCommands.metadata` (folded target -> {key: value}), and published on
 :attr:`MarkerCommands.on_markread` and :attr:`MarkerCommands.on_metadata`.

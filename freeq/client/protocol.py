@@ -17,8 +17,11 @@ quits; a signer (``crypto``) does the same unless ``guest_fallback=True``, in wh
 capability negotiation and continues as a guest.
 
 The client is built in layers: :mod:`freeq.client.connection` (state, framing, sending, dispatch),
-:mod:`freeq.client.commands`, :mod:`freeq.client.negotiation` (CAP, SASL, MSGSIG), and here what
-it makes of numerics, messages and membership changes. Events and values are in
+:mod:`freeq.client.commands`, :mod:`freeq.client.negotiation` (CAP, SASL, MSGSIG), the modern-chat
+helpers (:mod:`freeq.client.multiline`, :mod:`freeq.client.edits`, :mod:`freeq.client.markers`,
+:mod:`freeq.client.history`: labeled requests, CHATHISTORY, MONITOR), and here what it makes of numerics,
+messages and membership changes. :mod:`freeq.client.reconnect` keeps a client connected and catches up on
+what it missed; :mod:`freeq.client.webtoken` logs in with an auth-broker web token. Events and values are in
 :mod:`freeq.client.events` and :mod:`freeq.client.model`, errors in :mod:`freeq.client.errors`.
 """
 from __future__ import annotations
