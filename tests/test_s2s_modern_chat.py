@@ -3,8 +3,9 @@
 One scenario on servers A and B (linked, each with its web listener and auth broker): multiline both ways,
 a labeled message learning its msgid from the echo, edit, reply, react/unreact with history aggregation,
 delete (REDACT), CHATHISTORY of the result on the far server, one DID (logged in with broker web tokens) on
-both servers keeping its read marker in step, metadata, extended-monitor across the link, and a device that
-loses its connection, comes back by itself and catches up on what it missed.
+both servers keeping its read marker in step, metadata (set on A, told to and read on B), extended-monitor
+across the link, and a device that loses its connection, comes back by itself and catches up on what it
+missed.
 """
 from __future__ import annotations
 
@@ -160,10 +161,14 @@ class ModernChatTests(unittest.TestCase):
         later = await phone.mark_read("#modern", when + 30)
         self.assertEqual((await back).timestamp, later)
 
-        # draft/metadata-2: set on A, read back by another client of A. (Metadata federation is being added
-        # alongside this test; here it is asserted on the server that holds the user.)
+        # draft/metadata-2: bob (B) subscribes, alice sets hers on A; B's subscriber is told and B answers GET.
+        self.assertIn("display-name", await bob.metadata_subscribe("display-name"))
+        told_meta = bob.on_metadata.wait(lambda m: m.target == "alice" and m.key == "display-name")
         self.assertEqual(await alice.metadata_set("*", "display-name", "Alice L."), "Alice L.")
+        self.assertEqual((await told_meta).value, "Alice L.")
         self.assertEqual(await laptop.metadata_get("alice", "display-name"), {"display-name": "Alice L."})
+        self.assertEqual(await bob.metadata_get("alice", "display-name"), {"display-name": "Alice L."})
+        self.assertEqual(bob.metadata["alice"]["display-name"], "Alice L.")
 
         # extended-monitor: bob (B) watches carol (A), with whom he shares no channel, and hears her AWAY.
         carol = await self.client(a, "carol")
