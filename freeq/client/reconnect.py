@@ -131,6 +131,9 @@ class Reconnector:
             credential = await made if isinstance(made, defer.Deferred) else made
         client = await connect(self.reactor, self.host, self.port, self.nick, tls=self.tls, credential=credential,
                                caps=self.caps, **self.client_kwargs)
+        if self.stopped:  # stop() was called while this connection was being made
+            await client.quit("Leaving")
+            return client
         self.client = client
         self.attempts = 0
         client.on_message.add(self._remember)
