@@ -159,7 +159,7 @@ class HelperSocketTests(unittest.TestCase):
         echo = await sdk(self, srv.port, "echo", caps=DEFAULT_CAPS + ("echo-message",))
         self.assertIsNone(await plain.say_labeled("echo", "hi"))
         got = await echo.say_labeled("plain", "hello back")
-        self.assertEqual((got.nick, got.target, got.text, got.own), ("echo", "plain", "hello back", False))
+        self.assertEqual((got.nick, got.target, got.text, got.own), ("echo", "plain", "hello back", True))
         self.assertTrue(got.msgid)
         with self.assertRaises(IRCError) as e:
             await echo.say_labeled("nobody-here", "lost")

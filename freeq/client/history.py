@@ -134,12 +134,12 @@ def history_messages(lines: list[Message]) -> list[ChatMessage]:
     return [m for m in out if m is not None and m.text]
 
 
-def _chat(msg: Message, command: str, target: str, text: str) -> ChatMessage:
+def _chat(msg: Message, command: str, target: str, text: str, own: bool = False) -> ChatMessage:
     nick, _user, _host = split_prefix(msg.source)
     tags = {k: v for k, v in (msg.tags or {}).items() if k != "batch"}
-    channel = target.lstrip("~&@%+") if target[:1] in "~@%+" else target
-    reply_to = channel if channel[:1] in "#&" else nick
-    return ChatMessage(command, msg.source or "", nick, target, text, tags, reply_to, False)
+    channel = target.lstrip("~@%+")  # a STATUSMSG target (@#chan) names its channel
+    reply_to = channel if channel[:1] and channel[0] in "#&" else nick
+    return ChatMessage(command, msg.source or "", nick, target, text, tags, reply_to, own)
 
 
 class HistoryCommands(ClientCommands):
@@ -192,7 +192,7 @@ class HistoryCommands(ClientCommands):
         def echoed(lines: list[Message]) -> Optional[ChatMessage]:
             for line in lines:
                 if line.command in ("PRIVMSG", "NOTICE") and len(line.params) > 1 and self._from_me(line):
-                    return _chat(line, line.command, line.params[0], line.params[1])
+                    return _chat(line, line.command, line.params[0], line.params[1], own=True)
             for line in lines:
                 if line.command == "FAIL" or (line.command.isdigit() and line.command[0] in "45"):
                     raise IRCError(line.command, list(line.params))
