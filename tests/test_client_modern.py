@@ -20,7 +20,7 @@ from freeq.core.caps import CAPABILITIES
 from freeq.irc.parser import Message, parse
 from freeq.web.broker import broker_signature
 from tests.s2s_support import wait_for
-from tests.support import asynctest, start_server, start_web
+from tests.support import asynctest, sleep, start_server, start_web
 from tests.test_client_sdk import FakeClient, close_client, sdk
 from tests.test_read_marker import NO_NETWORK
 
@@ -102,6 +102,10 @@ class HistoryAssemblyTests(unittest.TestCase):
         self.assertEqual(got[1].tags["+freeq.at/reactions"], "x:b")
         self.assertNotIn("batch", got[0].tags)
         self.assertEqual((got[0].nick, got[0].reply_to), ("a", "#c"))
+
+    def test_statusmsg_target_and_private_rows(self) -> None:
+        got = history_messages(lines("@batch=o :a!u@h PRIVMSG @&ops :to ops", "@batch=o :b!u@h PRIVMSG me :hi"))
+        self.assertEqual([(m.target, m.reply_to) for m in got], [("@&ops", "&ops"), ("me", "b")])
 
     def test_refs(self) -> None:
         self.assertEqual(history_ref("01J"), "msgid=01J")
@@ -258,6 +262,19 @@ class HelperSocketTests(unittest.TestCase):
         await wait_for(lambda: "keeper" not in srv.server.users, what="the quit")
         self.assertEqual(keeper.reconnects, 1)
         await close_client(talker)
+
+    @asynctest
+    async def test_stop_while_connecting_keeps_nothing(self) -> None:
+        """stop() before the first connection completes: that connection is closed, nothing reconnects."""
+        srv = await self.start()
+        keeper = Reconnector(reactor, "127.0.0.1", srv.port, "early", min_delay=0.05, jitter=0.0)
+        started = keeper.start()
+        await keeper.stop()
+        client = await started
+        await client.closed
+        self.assertIsNone(keeper.client)
+        await sleep(0.2)
+        self.assertNotIn("early", srv.server.users)
 
     @asynctest
     async def test_reconnect_gives_up(self) -> None:
