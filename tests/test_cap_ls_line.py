@@ -1,7 +1,8 @@
 """``CAP LS 302`` fits on one line: the freeq JavaScript SDK handles each LS line as the final one (reference
 §17.1), so a continuation (``CAP * LS * :...``) would make it send two REQs, the first holding a ``*``. Every
-capability issue #12 added (with its value) and ``sts`` (with a five-digit port) must still fit, with a
-long server name, before the 302 continuation form is ever used."""
+capability issue #12 added (with its value) and ``sts`` (with a five-digit port) must still fit, with the
+longest server name, before the 302 continuation form is ever used. A new capability that does not fit
+needs a decision (a shorter value, or dropping one) rather than a second LS line."""
 from __future__ import annotations
 
 from twisted.trial import unittest
@@ -9,8 +10,8 @@ from twisted.trial import unittest
 from tests.support import asynctest
 from tests.test_sts import start
 
-#: A long but ordinary server name (the config allows up to 63 characters).
-LONG_NAME = "irc.chat.example-community.org"
+#: The longest server name the config allows (63 characters).
+LONG_NAME = "irc." + "x" * 55 + ".org"
 
 
 class CapLsOneLineTests(unittest.TestCase):

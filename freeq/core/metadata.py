@@ -57,9 +57,10 @@ MAX_KEYS = 20
 MAX_SUBS = 50
 MAX_KEY_LEN = 64
 MAX_VALUE_BYTES = 300
-#: The capability's value (CAP LS 302). The value limit is not advertised (metadata-2 defines no token for
-#: it, and CAP LS must stay one line for old clients); values over it get ``FAIL METADATA VALUE_INVALID``.
-CAP_VALUE = f"before-connect,max-subs={MAX_SUBS},max-keys={MAX_KEYS}"
+#: The capability's value (CAP LS 302). No limit is advertised: ``CAP LS`` must stay one line for the freeq
+#: JS SDK (tests/test_cap_ls_line.py, with a 63-character server name), and a client over a limit is told
+#: (``FAIL METADATA LIMIT_REACHED`` for keys, ``TOO_MANY_SUBS``, ``VALUE_INVALID`` for the value size).
+CAP_VALUE = "before-connect"
 #: Keys whose value must be an http(s) URL.
 URL_KEYS = frozenset({"avatar", "homepage"})
 #: Accounts whose metadata is held in memory: over this, accounts without a connection are dropped first.
