@@ -42,6 +42,12 @@ TOO_FAST = "Connecting too fast"
 #: Commands that never cost flood tokens. PING does (issue #10 item 5): a PONG per PING is free output
 #: for a flooder; a PONG answers the server's own keepalive and must never be held back.
 FLOOD_EXEMPT = frozenset({"PONG"})
+#: Multiline batch lines cost one flood token per this many bytes of text (a full 40,000-byte batch: about
+#: ten tokens, within the default burst of 20) ...
+BATCH_TOKEN_BYTES = 4096
+#: ... counting each line as this many bytes more (its prefix and tags when it is fanned out), so that 100
+#: one-character lines are not free either.
+BATCH_LINE_OVERHEAD = 64
 
 
 class ConnectionLimiter:
@@ -171,6 +177,8 @@ class ClientConnection:
     _paused = False
     _overflow = 0
     _discarding = False
+    #: Text bytes of multiline batch lines not yet paid for with a flood token (see ``_flood_free``).
+    _batch_bytes = 0
     _closed = False
     _drain_call: Any = None
     _counted = False
@@ -450,7 +458,7 @@ class ClientConnection:
             self._queue(msg)
             return
         bucket = self._bucket
-        if bucket is not None and msg.command not in FLOOD_EXEMPT and not self._in_batch(msg) \
+        if bucket is not None and msg.command not in FLOOD_EXEMPT and not self._flood_free(msg) \
                 and not bucket.take(self.factory.clock.seconds()):
             self._queue(msg)
             return
@@ -487,13 +495,31 @@ class ClientConnection:
 
     # -- flood control: fake lag, then Excess Flood --------------------------------
     def _in_batch(self, msg: Any) -> bool:
-        """A line of an open ``draft/multiline`` batch costs no token: its ``BATCH +`` paid for the batch, which
-        is bounded by its own limits (lines, bytes, open batches). Lines without a ``batch`` tag, BATCH aside, skip
-        the ask."""
+        """Whether ``msg`` is a line (or the ``BATCH -``) of a ``draft/multiline`` batch its user has open. Lines
+        without a ``batch`` tag, BATCH aside, skip the ask."""
         tags = msg.tags
         if not (tags and "batch" in tags) and msg.command != "BATCH":
             return False
         return self.factory.server.in_multiline_batch(self.user, msg)
+
+    def _flood_free(self, msg: Any) -> bool:
+        """Whether ``msg`` passes flood control without a token: the lines of an open multiline batch pay by
+        size, one token per ``BATCH_TOKEN_BYTES`` of text (plus ``BATCH_LINE_OVERHEAD`` a line), not one a line
+        (a 100-line batch would otherwise meet Excess Flood at line 61) and not nothing (one token would then
+        buy 40 kB delivered to every member, enough to push readers over their send queue). ``BATCH +`` costs
+        a token, ``BATCH -`` none. A line that has to wait for its token may be counted again when the queue
+        retries it: that errs on the side of charging more."""
+        if not self._in_batch(msg):
+            return False
+        if msg.command == "BATCH":
+            return True
+        params = msg.params
+        spent = self._batch_bytes + BATCH_LINE_OVERHEAD + (len(params[-1]) if params else 0)
+        if spent < BATCH_TOKEN_BYTES:
+            self._batch_bytes = spent
+            return True
+        self._batch_bytes = spent - BATCH_TOKEN_BYTES
+        return False
 
     def _queue(self, msg: Any) -> None:
         if not self._pending:
@@ -520,7 +546,7 @@ class ClientConnection:
         clock = self.factory.clock
         while self._pending and not self._closed:
             msg = self._pending[0]
-            if msg.command not in FLOOD_EXEMPT and bucket is not None and not self._in_batch(msg) \
+            if msg.command not in FLOOD_EXEMPT and bucket is not None and not self._flood_free(msg) \
                     and not bucket.take(clock.seconds()):
                 self._schedule_drain()
                 return
