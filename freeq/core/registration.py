@@ -142,20 +142,22 @@ class RegistrationCommands(_Server):
 
     def _send_lusers(self, user: User) -> None:
         total = self.registered_count
-        # Only this server's users are counted (the 251 says "on 1 servers"), so the global figures are the
-        # local ones; the global peak is kept apart all the same, for when remote users are counted.
-        global_total = total
+        # Global figures add the users and servers federation knows (remote users count as visible: their
+        # +i is not tracked here); the global peak is kept apart from the local one.
+        remote, servers, links = self.federation.network_counts() if self.federation is not None else (0, 0, 0)
+        global_total = total + remote
         if global_total > self.peak_global_users:
             self.peak_global_users = global_total
         peak_local = max(self.peak_local_users, total)
         invisible = self.invisible_count
         opers = self.oper_count
         unknown = len(self.connections) - total
-        self.num(user, "251", f"There are {total - invisible} users and {invisible} invisible on 1 servers")
+        self.num(user, "251", f"There are {global_total - invisible} users and {invisible} invisible on "
+                              f"{servers + 1} servers")
         self.num(user, "252", str(opers), "operator(s) online")
         self.num(user, "253", str(unknown), "unknown connection(s)")
         self.num(user, "254", str(self.channels.formed), "channels formed")
-        self.num(user, "255", f"I have {total} clients and 0 servers")
+        self.num(user, "255", f"I have {total} clients and {links} servers")
         # 265/266 <current> <max>: the max is the highest count seen since start-up, not a configured cap.
         self.num(user, "265", str(total), str(peak_local), f"Current local users {total}, max {peak_local}")
         self.num(user, "266", str(global_total), str(self.peak_global_users),

@@ -42,6 +42,10 @@ class Federation(LinkManagement):
     Implements :class:`freeq.state.links.FederationControl`, the interface the IRC core calls.
     """
 
+    def network_counts(self) -> tuple[int, int, int]:
+        """``(remote users, other servers, direct links)`` known here (LUSERS 251/255/266)."""
+        return len(self.remote), len(self.servers), sum(1 for info in self.servers.values() if info.hops == 1)
+
     def notify(self, event: str, *args: Any) -> None:
         """A local state change (``IRCServer.s2s_notify``): the observer ``local_<event>`` handles it."""
         getattr(self, "local_" + event)(*args)

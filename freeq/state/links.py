@@ -59,6 +59,10 @@ class FederationControl(Protocol):
     def links_view(self) -> list[LinkView]:
         """Every server of the federation as seen from here, this one first."""
 
+    def network_counts(self) -> tuple[int, int, int]:
+        """``(users on other servers, other servers, servers linked directly)`` as known here, cheaply (LUSERS
+        runs at every registration)."""
+
     def held_view(self) -> list[HeldPeer]:
         """The peers held by an operator, oldest first."""
 
