@@ -142,6 +142,23 @@ class PublicRouteTests(unittest.TestCase):
         self.assertEqual(code, 404)
 
     @asynctest
+    async def test_metadata_in_user_and_channel_views(self) -> None:
+        """draft/metadata-2 values show in users/{nick} (online users) and channels/{name} (issue #12)."""
+        srv = await start_server(self)
+        web = await start_web(self, srv)
+        alice = await srv.client("alice", caps=("draft/metadata-2", "batch"))
+        alice.send("METADATA * SET display-name :Alice A.")
+        await alice.expect("761")
+        alice.send("JOIN #meta")
+        await alice.expect("366")
+        alice.send("METADATA #meta SET homepage :https://example.org/meta")
+        await alice.expect("761")
+        code, data, _ = await get(web, "/api/v1/users/alice")
+        self.assertEqual((code, data["metadata"]), (200, {"display-name": "Alice A."}))
+        code, data, _ = await get(web, "/api/v1/channels/meta")
+        self.assertEqual((code, data["metadata"]), (200, {"homepage": "https://example.org/meta"}))
+
+    @asynctest
     async def test_static_client_and_no_listing(self) -> None:
         """/ serves the bundled client with the CSP; directories are never listed; --web-static-dir replaces it."""
         srv = await start_server(self)

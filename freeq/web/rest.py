@@ -233,6 +233,7 @@ class APIv1(Resource):
             "topic_set_at": chan.topic_time or None,
             "modes": modes,
             "created": chan.created,
+            "metadata": self.irc.channel_metadata(chan),  # draft/metadata-2: public, as METADATA LIST shows it
         })
 
     def channel_sub(self, request: Any, did: Optional[str], name: str, sub: str) -> Any:
@@ -271,6 +272,7 @@ class APIv1(Resource):
             return json_response(request, 200, {
                 "nick": online.nick, "online": True, "did": online.account or (owner[1] if owner else None),
                 "handle": getattr(online, "handle", None),
+                "metadata": self.irc.user_metadata(online),  # draft/metadata-2 (profile defaults included)
             })
         assert owner is not None
         return json_response(request, 200, {"nick": owner[0], "online": False, "did": owner[1], "handle": None})
