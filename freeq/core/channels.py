@@ -44,12 +44,19 @@ class ChannelCommands(_Server):
         """Take ``user`` out of ``chan`` (a PART, KICK or federated leave); an empty channel without state goes."""
         chan.remove(user)
         if not chan.members and not chan.has_state():
-            self.channels.pop(chan.folded, None)
-            if chan.persisted and self.store is not None:
-                chan.persisted = False
-                self.store.delete_channel(chan.folded)
+            self.forget_channel(chan)
         elif not chan.members and chan.founder is None:
             self.empty_since[chan.folded] = self.clock.seconds()  # kept until --channel-expiry (sweep)
+
+    def forget_channel(self, chan: Channel) -> None:
+        """``chan`` is gone (empty and stateless, expired, or refused in a burst): out of the table and the
+        store, and the features that keep something per channel drop it (``on_channel_gone``)."""
+        if self.channels.get(chan.folded) is chan:
+            del self.channels[chan.folded]
+        if chan.persisted and self.store is not None:
+            chan.persisted = False
+            self.store.delete_channel(chan.folded)
+        self.on_channel_gone(chan)
 
     def channel_changed(self, chan: Channel) -> None:
         """Persist a channel whose modes, topic or lists changed (or forget it when nothing is left)."""

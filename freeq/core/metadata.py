@@ -528,6 +528,17 @@ class MetadataCommands(_Server):
             if chan is not None:
                 self.metadata.channels[folded] = (chan.created, dict(list(values.items())[:MAX_KEYS]))
 
+    def metadata_on_channel_gone(self, chan: Channel) -> None:
+        """``chan`` was forgotten: its metadata goes too (in memory, and the stored rows of a channel that was
+        persisted), so entries of channels that come and go cannot pile up."""
+        entry = self.metadata.channels.get(chan.folded)
+        if entry is None or entry[0] != chan.created:
+            return
+        del self.metadata.channels[chan.folded]
+        if self.store is not None:
+            for key in entry[1]:
+                self.store.save_channel_metadata(chan.folded, key, None)
+
     def metadata_on_channel_renamed(self, chan: Channel, old_folded: str) -> None:
         """``chan`` was renamed (it was ``old_folded``): its metadata follows it to its new name (and, for a
         registered channel, its stored rows)."""

@@ -420,10 +420,7 @@ class IRCServer(RegistrationCommands, ChannelCommands, ModeCommands, MessageComm
                 del self.empty_since[folded]
             elif now - since >= expiry:
                 del self.empty_since[folded]
-                self.channels.pop(folded, None)
-                if chan.persisted and self.store is not None:
-                    chan.persisted = False
-                    self.store.delete_channel(folded)
+                self.forget_channel(chan)
                 self.metric("channels_expired")
                 log.info("Channel {channel} expired: empty for {seconds} seconds and no founder",
                          channel=chan.name, seconds=int(now - since))
@@ -475,6 +472,10 @@ class IRCServer(RegistrationCommands, ChannelCommands, ModeCommands, MessageComm
     def on_channel_renamed(self, chan: Channel, old_folded: str) -> None:
         """``chan`` was renamed; it was ``old_folded`` (folded)."""
         self.metadata_on_channel_renamed(chan, old_folded)
+
+    def on_channel_gone(self, chan: Channel) -> None:
+        """``chan`` was forgotten (``forget_channel``): empty and stateless, expired, or refused in a burst."""
+        self.metadata_on_channel_gone(chan)
 
     def whois_extra(self, asker: User, target: User) -> None:
         """The WHOIS of ``target`` for ``asker``: called before its end (``318``)."""

@@ -437,7 +437,7 @@ class BurstExchange(InboundEvents):
         if creator is not None and crdt.creator != creator:
             self._demote_creator(chan, creator[1])
         if not chan.members and not chan.has_state():  # e.g. every membership refused: keep no empty shell
-            server.channels.pop(folded, None)
+            server.forget_channel(chan)
             self._forget_channel_if_gone(folded)
         if folded in server.channels:
             server.channel_changed(chan)
