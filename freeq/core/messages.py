@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from twisted.logger import Logger
 
-from freeq.core.shared import server_time
+from freeq.core.shared import SEND_REFUSAL, server_time
 from freeq.irc.names import fold, is_channel
 from freeq.irc.parser import Message, build, build_text
 from freeq.signing import SIG_TAG
@@ -23,10 +23,6 @@ else:
     _Server = object
 
 log = Logger()
-
-#: 404 texts for freeq.state.rules.send_refusal's reasons.
-_SEND_REFUSAL = {"n": "Cannot send to channel (no external messages)", "m": "Cannot send to channel (+m)",
-                 "b": "Cannot send to channel (you're banned)"}
 
 
 class MessageCommands(_Server):
@@ -131,7 +127,7 @@ class MessageCommands(_Server):
         refused = send_refusal(chan, user)
         if refused is not None:
             if not notice:
-                self.num(user, "404", chan.name, _SEND_REFUSAL[refused])
+                self.num(user, "404", chan.name, SEND_REFUSAL[refused])
             return
         target_display = (target[0] + chan.name) if status_min else chan.name
         if multiline:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.logger import Logger
 
+from freeq.core.shared import SEND_REFUSAL
 from freeq.irc.names import fold, is_channel
 from freeq.irc.parser import build_text
 from freeq.state.redaction import REACT_TAGS, REPLY_TAGS, UNREACT_TAG, normalise_pairs, valid_msgid, valid_reaction
@@ -29,8 +30,6 @@ else:
 
 log = Logger()
 
-_SEND_REFUSAL = {"n": "Cannot send to channel (no external messages)", "m": "Cannot send to channel (+m)",
-                 "b": "Cannot send to channel (you're banned)"}
 
 
 def _reaction(tags: dict[str, str]) -> tuple[str, bool]:
@@ -63,7 +62,7 @@ class ReactionCommands(_Server):
                 return
             refused = send_refusal(chan, user)
             if refused is not None:
-                self.num(user, "404", chan.name, _SEND_REFUSAL[refused])
+                self.num(user, "404", chan.name, SEND_REFUSAL[refused])
                 return
             shown = (target[0] + chan.name) if status_min else chan.name
             recipients = list(status_recipients(chan, status_min))

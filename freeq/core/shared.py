@@ -42,6 +42,11 @@ def truncate(text: str, max_bytes: int) -> str:
     return raw[:max_bytes].decode("utf-8", "ignore")
 
 
+#: 404 texts for freeq.state.rules.send_refusal's reasons (a message, a reaction).
+SEND_REFUSAL = {"n": "Cannot send to channel (no external messages)", "m": "Cannot send to channel (+m)",
+                "b": "Cannot send to channel (you're banned)"}
+
+
 def server_time(now: float) -> str:
     """IRCv3 ``time`` tag value with millisecond precision."""
     # Same rounding as the msgid ULID; ``now - int(now)`` loses a millisecond to float error.
