@@ -89,6 +89,13 @@ class Config:
     motd: tuple[str, ...] = ()
     server_password: Optional[str] = None
     oper_password: Optional[str] = None
+    # Named operator accounts (issue #13 item 3): the config file's [[oper]] blocks (freeq.opers).
+    opers: tuple[Any, ...] = ()
+    # Network bans from the config file's [[kline]] blocks (issue #13 item 4): (mask, reason) pairs, checked at
+    # connect beside the KLINE/DLINE ones stored in the database; reloaded with the file.
+    config_bans: tuple[tuple[str, str], ...] = ()
+    # The config file this Config was read from (--config), re-read on REHASH and SIGHUP; None: flags only.
+    config_path: Optional[str] = None
     # Failed OPER from one address (IPv6: its /64), across connections (issue #10 item 7): after failure n the
     # address waits min(max, base * 2**(n-1)) seconds before another OPER is even checked; base 0 turns it off.
     oper_backoff_base: float = 1.0

@@ -34,6 +34,10 @@ class OperatorCommands(_Server):
     if TYPE_CHECKING:  # what this group calls in the other groups
         set_user_mode: Callable[[User, str, bool], bool]  # modes
 
+    def oper_may(self, user: User, privilege: str) -> bool:
+        """Whether ``user`` is a server operator holding ``privilege`` (one of ``freeq.opers.PRIVILEGES``)."""
+        return user.is_oper
+
     def irc_OPER(self, user: User, msg: Message) -> None:
         if len(msg.params) < 2:
             self.num(user, "461", "OPER", "Not enough parameters")
