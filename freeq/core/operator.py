@@ -38,6 +38,10 @@ class OperatorCommands(_Server):
         """Whether ``user`` is a server operator holding ``privilege`` (one of ``freeq.opers.PRIVILEGES``)."""
         return user.is_oper
 
+    def oper_log(self, user: User, action: str, **fields: object) -> None:
+        """Log an operator action at info with the oper's name and IP (issue #13 item 3); ``fields`` add detail."""
+        log.info("oper action {action} by {nick} from {ip}", action=action, nick=user.nick, ip=user.ip, **fields)
+
     def irc_OPER(self, user: User, msg: Message) -> None:
         if len(msg.params) < 2:
             self.num(user, "461", "OPER", "Not enough parameters")
