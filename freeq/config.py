@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 
 #: The longest --server-description, in UTF-8 bytes (it goes out in 364, 371 and 312 lines).
@@ -147,6 +147,10 @@ class Config:
     flood_queue: int = 40
     sendq_bytes: int = 1048576
     plugins: tuple[str, ...] = ()
+    # logs (issue #13 item 6; docs/logging.md): "text" (twistd's lines) or "json" (one object per line), and
+    # whether clients' connect and quit lines are logged at info (the /metrics counters are kept either way)
+    log_format: str = "text"
+    log_connections: bool = True
     # identity (AT Protocol)
     challenge_timeout: float = 60.0
     plc_directory_url: str = "https://plc.directory"
@@ -168,6 +172,11 @@ class Config:
     web_allowed_origins: tuple[str, ...] = ()  # empty: any Origin
     trusted_proxies: tuple[str, ...] = ()  # IPs or CIDRs whose X-Forwarded-For / Forwarded is believed
     broker_shared_secret: Optional[str] = None
+    # /metrics (issue #13 item 5): a scrape must carry "Authorization: Bearer <metrics_token>" when it is set;
+    # with metrics_listen the route has a listener of its own and leaves the web listener. Neither: /metrics
+    # is open on the web listener, as before (the audit warns when that listener is public).
+    metrics_token: Optional[str] = None
+    metrics_listen: Optional[Listen] = None
     # Plain HTTP connections of the web listener (issue #10 item 4), counted per TCP peer address (a trusted
     # proxy only in the total) apart from the IRC limits; an upgraded WebSocket moves to the IRC limiter.
     web_max_connections_per_ip: int = 32
@@ -253,15 +262,25 @@ class Config:
         for name in ("web_idle_timeout", "web_request_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format: expected text or json, got {self.log_format!r}")
         if bool(self.web_tls_cert) != bool(self.web_tls_key):
             raise ConfigError("--web-tls-cert and --web-tls-key must be given together")
+        if self.metrics_token is not None and (len(self.metrics_token) < 16 or any(
+                ch <= " " or ch == "\x7f" for ch in self.metrics_token)):
+            raise ConfigError("--metrics-token: must be at least 16 characters without spaces or control characters")
+        if self.metrics_listen is not None and self.metrics_listen.port != 0 and self.metrics_listen in (
+                self.web_listen, self.listen, self.tls_listen if self.tls_cert else None):
+            raise ConfigError(f"--metrics-addr: {self.metrics_listen} is already another listener's address")
         for net in self.trusted_proxies:
             try:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
                 raise ConfigError(f"--trusted-proxies: {net!r} is not an IP address or CIDR") from None
-        if self.listen is None and (self.tls_listen is None or not self.tls_cert):
-            raise ConfigError("no listener: give --listen-addr, or --tls-cert/--tls-key for --tls-listen-addr")
+        if self.listen is None and (self.tls_listen is None or not self.tls_cert) and self.web_listen is None:
+            # A web-only server (--listen-addr none with --web-addr) is fine: clients come over /irc (issue #13).
+            raise ConfigError("no listener: give --listen-addr, --tls-cert/--tls-key for --tls-listen-addr, "
+                              "or --web-addr")
         self._validate_s2s()
         return self
 
@@ -322,3 +341,59 @@ def parse_peer_trust(flag: str, value: str) -> tuple[str, str]:
     if level not in ("full", "relay", "readonly"):
         raise ConfigError(f"{flag}: {level!r} is not full, relay or readonly")
     return (parse_endpoint_id(flag, ident), level)
+
+
+#: The longest [[kline]] mask and reason, and the most [[kline]] blocks one file may hold.
+MAX_KLINE_MASK = 256
+MAX_KLINE_REASON = 300
+MAX_KLINE_BLOCKS = 10000
+
+
+def _kline_text(where: str, block: dict[str, Any], key: str, limit: int, spaces: bool) -> str:
+    value = block.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: {key} must be a non-empty string")
+    value = value.strip()
+    if len(value.encode("utf-8")) > limit:
+        raise ConfigError(f"{where}: {key} is longer than {limit} bytes")
+    if any(ch < " " or ch == "\x7f" or (not spaces and ch.isspace()) for ch in value):
+        raise ConfigError(f"{where}: {key} may not contain {'control characters' if spaces else 'spaces or control characters'}")
+    return value
+
+
+def parse_kline_blocks(blocks: Any) -> tuple[tuple[str, str], ...]:
+    """The config file's ``[[kline]]`` tables (``mask``, ``reason``) as ``(mask, reason)`` pairs (``Config.config_bans``).
+
+    The mask (``user@host``, an IP or CIDR, or a DID: the network-bans engine interprets it) must be one word
+    without control characters; the reason one line. Raises :class:`ConfigError` (one line) otherwise.
+    """
+    if not isinstance(blocks, list):
+        raise ConfigError("kline: expected [[kline]] blocks")
+    if len(blocks) > MAX_KLINE_BLOCKS:
+        raise ConfigError(f"kline: more than {MAX_KLINE_BLOCKS} [[kline]] blocks")
+    out = []
+    for i, block in enumerate(blocks, 1):
+        where = f"[[kline]] #{i}"
+        if not isinstance(block, dict):
+            raise ConfigError(f"{where}: expected a table")
+        unknown = sorted(set(block) - {"mask", "reason"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0][:40]!r} (a kline has mask and reason)")
+        mask = _kline_text(where, block, "mask", MAX_KLINE_MASK, spaces=False)
+        reason = _kline_text(where, block, "reason", MAX_KLINE_REASON, spaces=True)
+        out.append((mask, reason))
+    return tuple(out)
+
+
+def _parse_oper_blocks(blocks: Any) -> tuple[Any, ...]:
+    from freeq.opers import parse_oper_blocks  # imported when used: freeq.opers needs this module itself
+
+    return parse_oper_blocks(blocks)
+
+
+#: The config file's array-of-tables blocks: name -> (the Config field it fills, its parser). A parser takes
+#: the list of tables and returns the field's value, raising :class:`ConfigError` with one line.
+BLOCKS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "oper": ("opers", _parse_oper_blocks),
+    "kline": ("config_bans", parse_kline_blocks),
+}

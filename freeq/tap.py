@@ -114,6 +114,10 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
      "trusted_proxies", "list"),
     ("broker-shared-secret", None, "Enables /auth/broker/* (env BROKER_SHARED_SECRET).", "broker_shared_secret",
      _STR),
+    ("metrics-token", None, "Require 'Authorization: Bearer TOKEN' on /metrics (env METRICS_TOKEN; at least 16 "
+     "characters).", "metrics_token", _STR),
+    ("metrics-addr", None, "Serve /metrics on its own listener HOST:PORT (or just PORT for 127.0.0.1) instead of "
+     "the web listener.", "metrics_listen", "weblisten"),
     ("web-max-connections-per-ip", _D.web_max_connections_per_ip, "Open HTTP connections per peer address on the web "
      "listener (a trusted proxy counts only in the total); over it the connection gets 503 and is closed.",
      "web_max_connections_per_ip", _INT),
@@ -125,6 +129,10 @@ OPTIONS: list[tuple[str, Any, str, str, str]] = [
      "from its first byte (slow clients are cut).", "web_request_timeout", _FLOAT),
     ("sendq-bytes", _D.sendq_bytes, "Bytes queued for a slow reader beyond the socket buffer before it is dropped.",
      "sendq_bytes", _INT),
+    ("log-format", _D.log_format, "Log lines as 'text' (twistd's format) or 'json' (one JSON object per line: "
+     "timestamp, level, namespace, message and the event's fields; see docs/logging.md).", "log_format", _STR),
+    ("log-connections", "on", "Log each client connection and quit at info: on|off (counted in /metrics either "
+     "way).", "log_connections", "onoff"),
     ("iroh-port", _D.iroh_port, "UDP port of the iroh S2S endpoint (0: any free port).", "iroh_port", _INT),
     ("iroh-host", _D.iroh_host, "Address the iroh S2S endpoint binds to.", "iroh_host", _STR),
     ("iroh-relay-mode", _D.iroh_relay_mode,
@@ -219,7 +227,8 @@ def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) 
             continue
         values[field] = _convert(flag, options.get(flag), kind)
     for field in ("tls_cert", "tls_key", "server_password", "oper_password", "db_path", "oper_dids", "web_tls_cert",
-                  "web_tls_key", "web_static_dir", "web_allowed_origins", "trusted_proxies", "broker_shared_secret"):
+                  "web_tls_key", "web_static_dir", "web_allowed_origins", "trusted_proxies", "broker_shared_secret",
+                  "metrics_token"):
         if values.get(field) is None:
             values.pop(field, None)
     if values.get("server_description") is None:
@@ -232,6 +241,8 @@ def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) 
         values["oper_dids"] = _convert("oper-dids", environ["OPER_DIDS"], "list")
     if options.get("broker-shared-secret") is None and environ.get("BROKER_SHARED_SECRET"):
         values["broker_shared_secret"] = environ["BROKER_SHARED_SECRET"]
+    if options.get("metrics-token") is None and environ.get("METRICS_TOKEN"):
+        values["metrics_token"] = environ["METRICS_TOKEN"]
     values["allow_private_network"] = bool(options.get("allow-private-network"))
     values["iroh"] = bool(options.get("iroh"))
     values["accept_data_loss"] = bool(options.get("accept-data-loss"))
@@ -239,6 +250,8 @@ def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) 
     values["sasl_plain_insecure"] = bool(options.get("sasl-plain-insecure"))
     if values.get("sasl_plain") is None:
         values.pop("sasl_plain", None)
+    if values.get("log_connections") is None:
+        values.pop("log_connections", None)
     for field in ("s2s_peers", "s2s_allowed_peers", "s2s_peer_trust"):
         if values.get(field) is None:
             values.pop(field, None)
@@ -288,7 +301,18 @@ class _TopService(service.MultiService):
         super().__init__()
         self.listen_flags = {(x.host, x.port): flag for x, flag in (
             (config.listen, "listen-addr"), (config.tls_listen, "tls-listen-addr"),
-            (config.web_listen, "web-addr")) if x is not None}
+            (config.web_listen, "web-addr"), (config.metrics_listen, "metrics-addr")) if x is not None}
+
+    #: The observer twistd is to log through (``--log-format json``; see :mod:`freeq.logs`), offered to the
+    #: application when the tree joins it, before twistd starts logging.
+    log_observer: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self.log_observer is not None:
+            from freeq.logs import offer_log_observer
+
+            offer_log_observer(parent, self.log_observer)
+        super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         from twisted.internet.error import CannotListenError
@@ -460,6 +484,10 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
         from freeq.web.site import build_web_service
 
         build_web_service(config, reactor, server, limiter, persistence).setServiceParent(top)
+    if config.metrics_listen is not None:
+        from freeq.web.site import build_metrics_service
+
+        build_metrics_service(config, reactor, server).setServiceParent(top)
     if federation is not None:
         federation.service().setServiceParent(top)
     _ShutdownService(server).setServiceParent(top)
@@ -486,6 +514,11 @@ def makeService(options: Options) -> service.MultiService:
     try:
         config = config_from_options(options, os.environ)
         _check_fd_limit(config)
-        return build_service(config, reactor)
+        top = build_service(config, reactor)
     except ConfigError as e:
         raise SystemExit(f"freeq: {e}")
+    if config.log_format == "json":
+        from freeq.logs import twistd_json_observer
+
+        top.log_observer = twistd_json_observer(getattr(options, "parent", None))  # type: ignore[attr-defined]
+    return top

@@ -21,6 +21,7 @@ import io
 import json
 import os
 from collections import OrderedDict
+from http import HTTPStatus
 from typing import Any, Optional, cast
 from urllib.parse import unquote_to_bytes
 
@@ -28,6 +29,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import server
+from twisted.web.http import RESPONSES
 
 from freeq.state.flood import TokenBucket
 
@@ -56,9 +58,21 @@ ABORT_GRACE = 2.0
 _DISCARD_SLACK = 1 << 20
 
 
+def reason_phrase(code: int) -> Optional[bytes]:
+    """The status line's reason phrase for ``code``: twisted.web's, else the standard one (twisted.web has no
+    ``429`` and would send ``429 Unknown Status``); ``None`` for a code nobody names."""
+    known = RESPONSES.get(code)
+    if known is not None:
+        return known
+    try:
+        return HTTPStatus(code).phrase.encode("ascii")
+    except ValueError:
+        return None
+
+
 def json_response(request: Any, code: int, body: Any) -> bytes:
     """Serialise ``body`` as the JSON response with status ``code``."""
-    request.setResponseCode(code)
+    request.setResponseCode(code, reason_phrase(code))
     request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-store")
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

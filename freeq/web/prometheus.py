@@ -3,15 +3,23 @@
 A custom collector reads the live model and :class:`freeq.metrics.Metrics` at scrape time into a
 registry that belongs to this listener (never the library's global one), so several servers in one
 process (tests) each report their own numbers.
+
+With ``--metrics-token`` a scrape must send ``Authorization: Bearer <token>`` (anything else: ``401``);
+with ``--metrics-addr`` the route is served on its own listener (:func:`freeq.web.site.build_metrics_site`)
+and not on the web listener. With neither, ``/metrics`` is open on the web listener as it always was
+(``freeq-admin audit`` warns about that on a public address).
 """
 from __future__ import annotations
 
+import hmac
 from typing import Any, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.web.resource import Resource
 
+from freeq.logs import SECURITY_KINDS
+from freeq.web.http import bearer_token, error_response
 from freeq.web.websocket import IRCWebSocketProtocol
 
 #: Counter attributes of Metrics exposed as ``freeq_<name>_total``, with their help text.
@@ -39,6 +47,8 @@ COUNTERS = (
     ("web_bad_paths", "Web requests answered 400 for a NUL or undecodable byte in the path."),
     ("web_errors", "Web requests that failed with an unhandled exception (answered 500)."),
     ("broker_rejected", "Auth broker requests refused (bad, skewed or replayed signatures)."),
+    ("client_connects", "Client connections admitted (TCP, TLS, WebSocket)."),
+    ("client_quits", "Client connections gone (quit, error, kill, timeout), registered or not."),
 )
 
 
@@ -64,23 +74,45 @@ class ServerCollector:
                                 value=getattr(self.metrics, "web_connections", 0))
         yield GaugeMetricFamily("freeq_s2s_peers", "Linked federation peers.",
                                 value=getattr(self.metrics, "s2s_peers", 0))
+        security = CounterMetricFamily("freeq_security_events", "Security events logged at warn, by kind "
+                                       "(docs/logging.md).", labels=["kind"])
+        for kind in SECURITY_KINDS:
+            count = getattr(self.metrics, "security_count", None)
+            security.add_metric([kind], count(kind) if count is not None else 0)
+        yield security
         for name, text in COUNTERS:
             yield CounterMetricFamily("freeq_" + name, text, value=getattr(self.metrics, name, 0))
         yield GaugeMetricFamily("freeq_uptime_seconds", "Seconds since the server started.",
                                 value=max(0.0, self.clock.seconds() - server.started))
 
 
+def token_matches(expected: str, request: Any) -> bool:
+    """Whether ``request`` carries ``Authorization: Bearer <expected>``, compared in constant time."""
+    given = bearer_token(request)
+    if not given:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
+
+
 class MetricsResource(Resource):
-    """``GET /metrics``."""
+    """``GET /metrics``: open, or only with ``Authorization: Bearer <--metrics-token>`` when one is set.
+
+    The token is read from the server's config at each request, so a reload that changes it applies at once.
+    """
 
     isLeaf = True
 
     def __init__(self, server: Any, metrics: Any, clock: Any) -> None:
         super().__init__()
+        self.irc = server
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ServerCollector(server, metrics, clock))  # type: ignore[arg-type]
 
     def render_GET(self, request: Any) -> bytes:
+        expected = getattr(self.irc.config, "metrics_token", None)
+        if expected and not token_matches(expected, request):
+            return error_response(request, 401, "Bearer token required",
+                                  {b"WWW-Authenticate": b'Bearer realm="metrics"'})
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
         return generate_latest(self.registry)

@@ -37,6 +37,8 @@ from freeq.web.rest import APIv1
 from freeq.web.websocket import IRCWebSocketFactory, IRCWebSocketResource
 
 log = Logger()
+#: The web listener's access log (one line per request; see :meth:`WebSite.log`).
+access_log = Logger(namespace="freeq.web.access")
 
 #: The bundled client, shipped as package data.
 BUNDLED_CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -46,6 +48,16 @@ MAX_BODY_BYTES = 64 * 1024
 RATE_BURST = 60
 RATE_PER_SECOND = 2.0
 _LIMITED_PREFIXES = (b"/api/", b"/auth/", b"/metrics", b"/irc")
+
+
+def _printable(value: Any, limit: int) -> str:
+    """``value`` (bytes or text) as at most ``limit`` characters of printable ASCII (escapes for the rest)."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return text[:limit].encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+def _peer(request: Any) -> str:
+    return str(getattr(request.getClientAddress(), "host", None) or "-")
 
 
 class StaticFiles(static.File):
@@ -124,6 +136,18 @@ class WebSite(server.Site):
             self.connections.release(conn.ip)
             self.metrics.web_connections = self.connections.open
 
+    def log(self, request: Any) -> None:
+        """The access log: one structured line per request, naming the client as :class:`ProxyPolicy` resolves it
+        (the forwarded address behind a trusted proxy, else the TCP peer), never the proxy in its place.
+        Everything taken from the request is shortened and escaped (no control characters reach the log)."""
+        access_log.info('{ip} "{method} {uri} {protocol}" {code} {length} "{referrer}" "{agent}"',
+                        ip=self.proxies.for_request(request), peer=_printable(_peer(request), 64),
+                        method=_printable(request.method, 16), uri=_printable(request.uri, 512),
+                        protocol=_printable(request.clientproto, 16), code=request.code,
+                        length=request.sentLength or "-",
+                        referrer=_printable(request.getHeader(b"referer") or b"-", 256),
+                        agent=_printable(request.getHeader(b"user-agent") or b"-", 256))
+
     def check_rate(self, request: Any) -> bool:
         """Whether ``request`` is within its client's rate (static files always are)."""
         if not request.path.startswith(_LIMITED_PREFIXES):
@@ -161,7 +185,8 @@ def build_web_site(config: Config, clock: Any, irc: IRCServer, limiter: Connecti
     broker = BrokerResource(config.broker_shared_secret, clock, web_tokens, bearer_tokens, proxies, metrics)
     _mount(auth, b"broker", broker)
     _mount(root, b"auth", auth)
-    _mount(root, b"metrics", MetricsResource(irc, metrics, clock))
+    if config.metrics_listen is None:  # else /metrics has its own listener (build_metrics_site)
+        _mount(root, b"metrics", MetricsResource(irc, metrics, clock))
     return WebSite(root, proxies, RateLimiter(clock, rate_burst, rate_per_second), metrics, max_body_bytes,
                    reactor=reactor,
                    connections=WebConnectionLimiter(config.web_max_connections_per_ip, config.web_max_connections),
@@ -188,4 +213,31 @@ def build_web_service(config: Config, reactor: Any, server: IRCServer, limiter: 
              scheme="https" if tls else "http", addr=str(config.web_listen),
              static=config.web_static_dir or "bundled client",
              broker="on" if config.broker_shared_secret else "off")
+    return svc
+
+
+def build_metrics_site(config: Config, clock: Any, irc: IRCServer, reactor: Any = None) -> WebSite:
+    """The Site of ``--metrics-addr``: only ``/metrics`` (the token rule applies there too), with the web
+    listener's headers, request rate limit, connection bounds and access log."""
+    if reactor is None:
+        reactor = clock
+    if irc.metrics is None:
+        raise ValueError("build_metrics_site needs an IRCServer built with metrics (freeq.tap)")
+    root = _Folder()
+    _mount(root, b"metrics", MetricsResource(irc, irc.metrics, clock))
+    proxies = ProxyPolicy(config.trusted_proxies)
+    return WebSite(root, proxies, RateLimiter(clock, RATE_BURST, RATE_PER_SECOND), irc.metrics, MAX_BODY_BYTES,
+                   reactor=reactor,
+                   connections=WebConnectionLimiter(config.web_max_connections_per_ip, config.web_max_connections),
+                   idle_timeout=config.web_idle_timeout, request_timeout=config.web_request_timeout)
+
+
+def build_metrics_service(config: Config, reactor: Any, server: IRCServer) -> StreamServerEndpointService:
+    """The ``--metrics-addr`` listener as a service (plain HTTP: meant for loopback or a private network)."""
+    assert config.metrics_listen is not None
+    svc = StreamServerEndpointService(config.metrics_listen.endpoint(reactor),
+                                      build_metrics_site(config, reactor, server))
+    svc._raiseSynchronously = True
+    log.info("metrics listener on http://{addr}/metrics (token: {token})", addr=str(config.metrics_listen),
+             token="required" if config.metrics_token else "none")
     return svc
