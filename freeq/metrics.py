@@ -6,6 +6,16 @@ imports a metrics library or keeps global state, so many servers can live in one
 """
 from __future__ import annotations
 
+#: Security event kinds (:data:`freeq.logs.SECURITY_KINDS`) counted by a counter that is older than the
+#: ``freeq_security_events_total`` family; that counter stays and the family reads it.
+SECURITY_COUNTERS = {
+    "oper_failure": "oper_failures",
+    "sasl_failure": "sasl_failure",
+    "per_ip_limit": "per_ip_refusals",
+    "connection_rate": "connection_rate_refusals",
+    "s2s_rejected": "s2s_rejected",
+}
+
 
 class Metrics:
     """Counters (monotonic, since start) and the few gauges other layers set."""
@@ -36,6 +46,25 @@ class Metrics:
         self.web_bad_paths = 0  # requests answered 400 for a NUL or undecodable byte in the path
         self.web_errors = 0  # requests that failed with an unhandled exception (answered 500)
         self.broker_rejected = 0
+        self.client_connects = 0  # client connections admitted (TCP, TLS, WebSocket)
+        self.client_quits = 0  # client connections gone (QUIT, error, kill, timeout), registered or not
+        # Security events (freeq.logs.security_event) without a counter of their own above, by kind.
+        self.security_events: dict[str, int] = {}
+
+    def count_security(self, kind: str) -> None:
+        """Count one security event of ``kind`` (kinds that predate the family keep their own counter)."""
+        legacy = SECURITY_COUNTERS.get(kind)
+        if legacy is not None:
+            setattr(self, legacy, getattr(self, legacy, 0) + 1)
+        else:
+            self.security_events[kind] = self.security_events.get(kind, 0) + 1
+
+    def security_count(self, kind: str) -> int:
+        """Security events of ``kind`` since start (``freeq_security_events_total{kind=...}``)."""
+        legacy = SECURITY_COUNTERS.get(kind)
+        if legacy is not None:
+            return int(getattr(self, legacy, 0))
+        return self.security_events.get(kind, 0)
 
     def snapshot(self) -> dict[str, int]:
         """Every value by name (for logs and tests)."""
