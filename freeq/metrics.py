@@ -46,6 +46,8 @@ class Metrics:
         self.web_bad_paths = 0  # requests answered 400 for a NUL or undecodable byte in the path
         self.web_errors = 0  # requests that failed with an unhandled exception (answered 500)
         self.broker_rejected = 0
+        self.kline_hits = 0  # connections refused or closed by a K-line (freeq.core.bans)
+        self.dline_hits = 0  # connections refused or closed by a D-line
         self.client_connects = 0  # client connections admitted (TCP, TLS, WebSocket)
         self.client_quits = 0  # client connections gone (QUIT, error, kill, timeout), registered or not
         # Security events (freeq.logs.security_event) without a counter of their own above, by kind.

@@ -413,6 +413,7 @@ def make_irc_server(config: Config, reactor: Any, store: Any = None, persistence
         server.load_channels(store.load_channels())
         server.nick_owners.update(store.load_nick_owners())  # through the look-alike index
         server.oper_dids |= store.load_oper_dids()
+        server.load_bans(store.load_bans(reactor.seconds()))  # K-lines and D-lines, expired ones pruned (issue #13)
     server.hooks.extend(p.make_hook(server) for p in plugins)  # a hook is made for the server it serves
     rate = ConnectionRate(config.connection_rate_burst, config.connection_rate) if config.connection_rate else None
     return server, ConnectionLimiter(config.max_connections_per_ip, config.max_clients, rate)

@@ -27,6 +27,7 @@ class QueryCommands(_Server):
     if TYPE_CHECKING:  # what this group calls in the other groups
         _visible_channel: Callable[[Channel, User], bool]  # channels
         _send_isupport: Callable[[User], None]  # registration
+        whois_real_host: Callable[[User, User], None]  # bans
 
     def irc_WHOIS(self, user: User, msg: Message) -> None:
         if not msg.params:
@@ -54,6 +55,7 @@ class QueryCommands(_Server):
                 self.federation is None or not self.federation.is_remote(other)))
             if other.is_oper:
                 self.num(user, "313", other.nick, "is an IRC operator")
+            self.whois_real_host(user, other)  # 378/338, to operators only (freeq.core.bans)
             if other.account:
                 self.num(user, "330", other.nick, other.account, "is logged in as")
                 if other.handle:

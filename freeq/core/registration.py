@@ -45,6 +45,7 @@ class RegistrationCommands(_Server):
         nick_owner: Callable[[str], Optional[str]]  # identity
         enforce_nick_ownership: Callable[[User], None]  # identity
         sasl_mechanisms: Callable[[], str]  # identity
+        ban_refused: Callable[[User], bool]  # bans
 
     def _make_isupport(self) -> list[list[str]]:
         c = self.config
@@ -69,6 +70,8 @@ class RegistrationCommands(_Server):
         if self.config.server_password is not None and not user.pass_ok:
             self.num(user, "464", "Password incorrect")
             self.close(user, "Bad password")
+            return
+        if self.ban_refused(user):  # K-lines and D-lines (freeq.core.bans): after SASL, so the DID is known
             return
         primary = self.primary_session(user.account) if user.account else None
         if primary is not None:

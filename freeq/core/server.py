@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from freeq.config import Config
+from freeq.core.bans import BanCommands  # KLINE, DLINE, STATS (issue #13)
 from freeq.core.channels import ChannelCommands
 from freeq.core.history import HistoryCommands
 from freeq.core.markers import ReadMarkerCommands
@@ -86,7 +87,7 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
 class IRCServer(RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands,
                 MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands, MultilineCommands,
                 RedactionCommands, ReactionCommands, RenameCommands,
-                ReadMarkerCommands, MetadataCommands):  # they act through the hook points below (issue #12)
+                ReadMarkerCommands, MetadataCommands, BanCommands):  # they act through the hook points below (issue #12)
     """All users and channels of one server, and the handlers for every command."""
 
     def __str__(self) -> str:

@@ -220,6 +220,10 @@ class ClientConnection:
     def _start(self) -> None:
         """The connection is admitted: ask plugins, then create the model's user writing to ``_sink``."""
         factory = self.factory
+        banned = factory.server.dline_refusal(self.ip)  # D-lines (freeq.core.bans: logged and counted there)
+        if banned is not None:
+            self._refuse(f"{self.ip} ({banned})")
+            return
         reason = factory.server.check_connect(self.ip)
         if reason is not None:
             log.info("plugin refused connection from {ip}: {reason}", ip=self.ip, reason=reason)

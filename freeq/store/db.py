@@ -44,6 +44,7 @@ from freeq.store.state_tables import StateTables
 from freeq.store.markers import ReadMarkerRecords  # draft/read-marker (issue #12)
 from freeq.store.metadata import MetadataRecords  # draft/metadata-2 (issue #12)
 from freeq.store.redaction import RedactionStore  # edits, deletes, reactions (issue #12)
+from freeq.store.bans import BanRecords  # K-lines and D-lines (issue #13)
 
 #: Names other modules import from here (the store's public face, as before its parts were split out).
 __all__ = [
@@ -55,7 +56,7 @@ __all__ = [
 
 log = Logger()
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The tunables below are read from this module when used (tests patch them here).
 #: A chunk holds at most this many messages (bigger batches of one conversation are split) ...
@@ -83,7 +84,8 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class Store(StateTables, ReadMarkerRecords, MetadataRecords, RedactionStore, KeyRecords, HighWaterMark, GroupCommit, ChunkCodec):
+class Store(StateTables, ReadMarkerRecords, MetadataRecords, RedactionStore, BanRecords, KeyRecords, HighWaterMark,
+            GroupCommit, ChunkCodec):
     """Persistence for one server. Construct with :meth:`open`."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, reactor: Any, flush_interval: float = 0.2,
