@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 import sys
-from typing import Optional, Sequence, TextIO
+from typing import Any, Mapping, Optional, Sequence, TextIO
 
 from freeq.store.crypto import DecryptionError, MessageCipher
 from freeq.store import service
@@ -193,8 +193,63 @@ def signing_keys(data_dir: str, db_path: Optional[str] = None, out=sys.stdout) -
     store.conn.close()
 
 
+def server_config(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Any, list[str]]:
+    """Parse ``argv`` exactly as ``twistd freeq`` does (its ``Options``, ``--config`` included, and
+    ``config_from_options``): the validated Config and every long option the server takes.
+
+    ``freeq-admin`` is an entry point like the twistd plugin, so it may use the composition root's parser.
+    Raises ``usage.UsageError`` or ``ConfigError``.
+    """
+    from freeq.tap import OPTIONS, Options, config_from_options
+
+    options = Options()
+    options.parseOptions(list(argv))
+    flags = [str(row[0]) for row in OPTIONS + Options.optParameters + Options.optFlags]
+    return config_from_options(options, environ), flags
+
+
+def audit_command(argv: Sequence[str], out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+    """``freeq-admin audit [server flags]``: print the audit table; 1 on any fail, 2 on a usage error."""
+    from twisted.python import usage
+
+    from freeq import audit
+    from freeq.config import ConfigError
+
+    out, err = out or sys.stdout, err or sys.stderr
+
+    try:
+        config, flags = server_config(argv, os.environ)
+    except usage.UsageError as e:
+        print(f"freeq-admin audit: {e} (freeq-admin audit --help lists the server's flags)", file=err)
+        return 2
+    except ConfigError as e:
+        print(f"freeq-admin audit: FAIL: the server refuses this configuration: {e}", file=err)
+        return 1
+    findings = audit.audit(config, argv, flags)
+    out.write(audit.format_table(findings))
+    return audit.exit_status(findings)
+
+
+def _backup_command(args: argparse.Namespace) -> int:
+    """Run ``backup`` or ``restore``; one ``freeq-admin:`` line and 1 on failure."""
+    from freeq.backup import BackupError, backup, restore
+
+    try:
+        if args.command == "backup":
+            backup(args.data_dir, args.dest, args.db_path, out=sys.stdout)
+        else:
+            restore(args.src, args.data_dir, args.db_path, force=args.force, out=sys.stdout)
+    except BackupError as e:
+        print(f"freeq-admin {args.command}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``freeq-admin`` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["audit"]:  # the server's own flags follow: its parser reads them, not argparse
+        return audit_command(args_list[1:])
     parser = argparse.ArgumentParser(prog="freeq-admin", description="Offline maintenance of a freeq data directory.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("rekey", help="rotate db-encryption-key.secret, re-encrypting all stored messages")
@@ -205,8 +260,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     s = sub.add_parser("signing-keys", help="list message-signing public keys on record")
     s.add_argument("--data-dir", required=True)
     s.add_argument("--db-path", default=None)
-    args = parser.parse_args(argv)
+    sub.add_parser("audit", add_help=False, help="check a configuration against the hardening checklist: "
+                   "freeq-admin audit [--config FILE] [the server's flags] (exit 1 on a fail)")
+    b = sub.add_parser("backup", help="copy the database (consistent while the server runs) and key files to DEST")
+    b.add_argument("dest", help="a new directory (created 0700)")
+    b.add_argument("--data-dir", default="freeq-data")
+    b.add_argument("--db-path", default=None, help="default: DATA_DIR/freeq.db")
+    r = sub.add_parser("restore", help="restore a backup into a data directory (server stopped)")
+    r.add_argument("src", help="a directory made by freeq-admin backup")
+    r.add_argument("--data-dir", required=True)
+    r.add_argument("--db-path", default=None, help="default: DATA_DIR/freeq.db")
+    r.add_argument("--force", action="store_true", help="overwrite a data directory that is not empty")
+    args = parser.parse_args(args_list)
     try:
+        if args.command in ("backup", "restore"):
+            return _backup_command(args)
         if args.command == "rekey":
             return 0 if rekey(args.data_dir, args.db_path, args.batch_size, args.max_batches, out=sys.stdout) else 3
         signing_keys(args.data_dir, args.db_path, out=sys.stdout)

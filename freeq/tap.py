@@ -495,6 +495,9 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
     log.info("freeq {name} configured: plain {plain}, TLS {tls}", name=config.server_name,
              plain=str(config.listen) if config.listen else "off",
              tls=str(config.tls_listen) if config.tls_listen and config.tls_cert else "off")
+    from freeq.audit import log_audit
+
+    log_audit(config, known_flags=[row[0] for row in OPTIONS])  # the freeq-admin audit findings, one line each
     return top
 
 
