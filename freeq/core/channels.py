@@ -407,7 +407,7 @@ class ChannelCommands(_Server):
                 self.num(user, "403", name, "No such channel")
                 continue
             refusal = kick_refusal(chan, user)
-            if refusal is not None and not user.is_oper:
+            if refusal is not None and not user.oper_holds("override"):
                 self._channel_refused(user, chan, refusal, "KICK")
                 continue
             victim = self.users.get(fold(nick))

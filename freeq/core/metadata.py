@@ -128,6 +128,7 @@ class MetadataCommands(_Server):
         profiles: Optional["ProfileFetcher"]
         ulid: Any
         current_label: Optional[str]
+        oper_log: Any  # operator: (user, action, **fields)
 
     @property
     def metadata(self) -> MetadataState:
@@ -246,7 +247,12 @@ class MetadataCommands(_Server):
 
     def _may_edit(self, user: User, obj: Any) -> bool:
         if isinstance(obj, Channel):
-            return bool(obj.members.get(user, 0) & OP) or user.is_oper
+            if obj.members.get(user, 0) & OP:
+                return True
+            if user.oper_holds("override"):  # a server operator's override of the channel's rules
+                self.oper_log(user, "override", command="METADATA", channel=obj.name)
+                return True
+            return False
         return obj is user
 
     def _metadata_set(self, user: User, name: str, obj: Any, key: str, value: Optional[str]) -> None:

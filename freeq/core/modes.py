@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from freeq.irc.names import fold, is_channel
 from freeq.irc.parser import Message, build
+from freeq.opers import ALL_PRIVILEGES
 from freeq.state.channel import Channel
 from freeq.state.masks import MAX_MASK_LENGTH, MAX_MASK_WILDCARDS
 from freeq.state.modes import (
@@ -37,6 +38,7 @@ class ModeCommands(_Server):
         channel_changed: Callable[[Channel], None]  # channels
         _override_refuser: Callable[[Channel], Optional[str]]  # operator
         _override_refused: OverrideRefused  # operator
+        oper_log: Callable[..., None]  # operator
 
     def irc_MODE(self, user: User, msg: Message) -> None:
         if not msg.params:
@@ -71,6 +73,7 @@ class ModeCommands(_Server):
                     (added if adding else removed).append(ch)
             elif ch == "o":
                 if not adding and self.set_user_mode(user, "o", False):  # opers may drop +o; only OPER grants it
+                    user.set_oper(None, ALL_PRIVILEGES)  # forget the account: --oper-dids may grant +o again
                     removed.append("o")
             else:
                 unknown = True
@@ -109,10 +112,11 @@ class ModeCommands(_Server):
             return
         refusal = mode_refusal(chan, user)
         # A server operator's override must be applied by every server sharing the channel, or not at all.
-        refuser = self._override_refuser(chan) if refusal is not None and user.is_oper else None
+        overriding = refusal is not None and user.oper_holds("override")
+        refuser = self._override_refuser(chan) if overriding else None
         cfg = self.config
         outcome = apply_modes(chan, user, args[0], args[1:], self.clock.seconds(),
-                              authorized=refusal is None or (user.is_oper and refuser is None), users=self.users,
+                              authorized=refusal is None or (overriding and refuser is None), users=self.users,
                               devices=self.group, max_changes=cfg.max_modes, max_list_entries=cfg.max_list_entries)
         for reply in outcome.replies:
             self._mode_reply(user, chan, reply)
@@ -123,6 +127,9 @@ class ModeCommands(_Server):
                 self.num(user, "442", chan.name, "You're not on that channel")
             else:
                 self.num(user, "482", chan.name, "You're not channel operator")
+        if overriding and refuser is None and outcome.applied:
+            self.oper_log(user, "override", command="MODE", channel=chan.name,
+                          modes=" ".join(f"{sign}{ch}" for sign, ch, _arg in outcome.applied)[:200])
         if outcome.persist:
             self.channel_changed(chan)
         if outcome.applied:

@@ -30,7 +30,7 @@ class LocalObservers(RemoteUsers):
     def _oper_field(user: User) -> dict[str, Any]:
         """``{"oper": True}`` for a server operator's channel events (peers trusting us ``full`` then apply them
         even where the operator is not a channel operator), else nothing."""
-        return {"oper": True} if user.is_oper else {}
+        return {"oper": True} if user.oper_holds("override") else {}
 
     def local_register(self, user: User) -> None:
         """A local user completed registration."""

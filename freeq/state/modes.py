@@ -171,7 +171,7 @@ class _ModeRun:
         """Show list ``ch``: bans to anyone who may see the channel, exceptions and invite exceptions to
         channel and server operators."""
         actor = self.actor
-        if ch in "eI" and not self.chan.is_op(actor) and not actor.is_oper:
+        if ch in "eI" and not self.chan.is_op(actor) and not actor.oper_holds("override"):
             self.reply(LIST_REFUSED, ch)
             return
         self.outcome.replies.append(ModeReply(LIST, ch, entries=tuple(self.chan.lists[ch])))
@@ -192,7 +192,7 @@ class _ModeRun:
             self.reply(NOT_MEMBER, ch, target.nick)
             return
         if ch == "o" and not adding and target.account and target.account == chan.founder \
-                and target is not actor and not actor.is_oper:
+                and target is not actor and not actor.oper_holds("override"):
             self.reply(FOUNDER, ch, target.nick)
             return
         bit = PREFIX_MODES[ch]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from freeq.irc.names import fold
+from freeq.opers import ALL_PRIVILEGES
 
 if TYPE_CHECKING:
     from freeq.state.channel import Channel
@@ -35,7 +36,7 @@ class User:
         "account", "modes", "away", "caps", "tagclass", "channels", "registered",
         "signon", "last_active", "last_spoke", "cap_version", "cap_negotiating", "nick_given",
         "user_given", "pass_ok", "_monitoring", "_invites", "server", "hostmask", "sasl", "handle", "session_key",
-        "__weakref__",
+        "oper_name", "oper_privileges", "__weakref__",
     )
 
     def __init__(self, conn: Any, write: Callable[[bytes], None], ip: str, now: float, server: str) -> None:
@@ -69,6 +70,10 @@ class User:
         self.sasl: Any = None  # freeq.auth.sasl.SaslExchange once AUTHENTICATE is used
         self.handle: Optional[str] = None  # AT Protocol handle of the account
         self.session_key: Optional[bytes] = None  # MSGSIG Ed25519 public key
+        # While +o: the [[oper]] account it OPERed as (None: the shared --oper-password or --oper-dids) and what
+        # it may do (freeq.opers.PRIVILEGES; every one unless an account narrows them). Read through oper_holds.
+        self.oper_name: Optional[str] = None
+        self.oper_privileges: frozenset[str] = ALL_PRIVILEGES
 
     @property
     def monitoring(self) -> dict[str, str]:
@@ -141,6 +146,15 @@ class User:
     def is_oper(self) -> bool:
         """Whether this user is a server operator (user mode ``+o``)."""
         return "o" in self.modes
+
+    def oper_holds(self, privilege: str) -> bool:
+        """Whether this user is a server operator holding ``privilege`` (one of ``freeq.opers.PRIVILEGES``)."""
+        return "o" in self.modes and privilege in self.oper_privileges
+
+    def set_oper(self, name: Optional[str], privileges: frozenset[str]) -> None:
+        """Record the oper account and privileges of an OPER (the ``+o`` itself goes through set_user_mode)."""
+        self.oper_name = name
+        self.oper_privileges = privileges
 
     @property
     def is_bot(self) -> bool:
