@@ -94,6 +94,9 @@ class Config:
     # Network bans from the config file's [[kline]] blocks (issue #13 item 4): (mask, reason) pairs, checked at
     # connect beside the KLINE/DLINE ones stored in the database; reloaded with the file.
     config_bans: tuple[tuple[str, str], ...] = ()
+    # Trusted WebIRC gateways from the config file's [[webirc]] blocks (issue #13 item 5; freeq.gateways): read
+    # at each WEBIRC, so a reload applies to the next client.
+    webirc: tuple[Any, ...] = ()
     # The config file this Config was read from (--config), re-read on REHASH and SIGHUP; None: flags only.
     config_path: Optional[str] = None
     # Failed OPER from one address (IPv6: its /64), across connections (issue #10 item 7): after failure n the
@@ -391,9 +394,16 @@ def _parse_oper_blocks(blocks: Any) -> tuple[Any, ...]:
     return parse_oper_blocks(blocks)
 
 
+def _parse_webirc_blocks(blocks: Any) -> tuple[Any, ...]:
+    from freeq.gateways import parse_webirc_blocks  # imported when used: freeq.gateways needs this module itself
+
+    return parse_webirc_blocks(blocks)
+
+
 #: The config file's array-of-tables blocks: name -> (the Config field it fills, its parser). A parser takes
 #: the list of tables and returns the field's value, raising :class:`ConfigError` with one line.
 BLOCKS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "oper": ("opers", _parse_oper_blocks),
     "kline": ("config_bans", parse_kline_blocks),
+    "webirc": ("webirc", _parse_webirc_blocks),
 }

@@ -26,8 +26,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from freeq.config import Config
+from freeq.gateways import is_gateway_host
 from freeq.irc.interfaces import IClientConnection, IRCHandler
 from freeq.irc.parser import build_text, parse
+from freeq.logs import log_connect, security_event
 from freeq.state.flood import ConnectionRate, TokenBucket
 from freeq.state.multiline import BATCH_LINE_BYTES
 from freeq.state.throttle import ip_key
@@ -75,15 +77,20 @@ class ConnectionLimiter:
         server.metric("connection_rate_refusals")
         held = rate.log_refusal(key, now)
         if held is not None:
-            log.warn("connection rate exceeded: refusing {what} from {ip} ({key} over {burst} then {rate}/s; "
-                     "{held} more refused since the last line)", what=what, ip=ip, key=key, burst=rate.burst,
-                     rate=rate.rate, held=held)
+            security_event(log, "connection_rate", ip, "connection rate exceeded: refusing {what} from {ip} ({key} "
+                           "over {burst} then {rate}/s; {held} more refused since the last line)", what=what,
+                           key=key, burst=rate.burst, rate=rate.rate, held=held)
         return False
 
-    def acquire(self, ip: str) -> Optional[str]:
-        """Reserve a slot for ``ip``; return a refusal reason when over a limit."""
+    def acquire(self, ip: str, per_ip_exempt: bool = False) -> Optional[str]:
+        """Reserve a slot for ``ip``; return a refusal reason when over a limit. ``per_ip_exempt`` (a WebIRC
+        gateway's host, whose clients are counted by their own address once WEBIRC names it) counts only in
+        the total."""
         if self.current >= self.total:
             return SERVER_FULL
+        if per_ip_exempt:
+            self.current += 1
+            return None
         n = self.counts.get(ip, 0)
         if n >= self.per_ip:
             return "Too many connections from your IP"
@@ -91,8 +98,22 @@ class ConnectionLimiter:
         self.current += 1
         return None
 
-    def release(self, ip: str) -> None:
+    def move(self, old: str, new: str, old_exempt: bool = False) -> Optional[str]:
+        """Count a connection held for ``old`` (per-IP exempt or not) against ``new`` instead, the total unchanged
+        (WEBIRC); a refusal reason when ``new`` is at its per-IP limit, and then nothing changes."""
+        n = self.counts.get(new, 0)
+        if n >= self.per_ip:
+            return "Too many connections from your IP"
+        self.counts[new] = n + 1
+        self.current += 1
+        self.release(old, old_exempt)
+        return None
+
+    def release(self, ip: str, per_ip_exempt: bool = False) -> None:
         """Free the slot reserved by :meth:`acquire`."""
+        if per_ip_exempt:
+            self.current -= 1
+            return
         n = self.counts.get(ip, 0) - 1
         if n <= 0:
             self.counts.pop(ip, None)
@@ -141,8 +162,9 @@ def log_refusal(server: IRCHandler, ip: str, reason: str, what: str = "connectio
     if reason == SERVER_FULL:
         log.warn("client limit reached: refusing {what} from {ip} ({reason})", what=what, ip=ip, reason=reason)
     else:
-        log.warn("per-IP limit reached: refusing {what} from {ip} ({reason})", what=what, ip=ip, reason=reason)
         server.metric("per_ip_refusals")
+        security_event(log, "per_ip_limit", ip, "per-IP limit reached: refusing {what} from {ip} ({reason})",
+                       what=what, reason=reason)
 
 
 @implementer(IClientConnection, IPushProducer)
@@ -195,6 +217,17 @@ class ClientConnection:
     _socket: Any = None
     #: Bytes handed to the transport since it was last empty (with ``_socket`` only); 0 = it holds nothing.
     _backlog = 0
+    #: The limiter slot counts only in the total: the peer is a WebIRC gateway's host (freeq.gateways).
+    _slot_exempt = False
+    #: After WEBIRC (freeq.core.webirc): the gateway's name, its address, and the hostname it gave the client.
+    webirc: Optional[tuple[str, str, str]] = None
+
+    @property
+    def transport_name(self) -> str:
+        """How the client connects, for the connection log line: ``tcp``, ``tls`` or ``websocket``."""
+        if not getattr(self, "sts_applies", False):
+            return "websocket"  # only the TCP/TLS line protocol can be told to reconnect with TLS
+        return "tls" if self.secure else "tcp"
 
     def _init_connection(self, secure: bool) -> None:
         self.secure = secure
@@ -206,16 +239,37 @@ class ClientConnection:
         """Take a slot for ``ip`` in the limiter shared by all listeners; refuse when over a limit."""
         self.ip = ip
         factory = self.factory
-        if not factory.limiter.check_rate(factory.server, ip, factory.clock.seconds()):
+        # A WebIRC gateway carries many clients: its connections are rate-limited and counted per IP by the
+        # client address WEBIRC gives (rebind_ip), and here only in the total (read live: a reload applies).
+        gateway = bool(factory.server.config.webirc) and is_gateway_host(factory.server.config.webirc, ip)
+        if not gateway and not factory.limiter.check_rate(factory.server, ip, factory.clock.seconds()):
             self._refuse(f"{ip} ({TOO_FAST})")
             return False
-        reason = factory.limiter.acquire(ip)
+        reason = factory.limiter.acquire(ip, per_ip_exempt=gateway)
         if reason is not None:
             log_refusal(self.factory.server, ip, reason)
             self._refuse(reason)
             return False
         self._counted = True
+        self._slot_exempt = gateway
         return True
+
+    def rebind_ip(self, ip: str) -> Optional[str]:
+        """WEBIRC named this connection's client: count it against ``ip`` (rate and per-IP limit) instead of the
+        gateway's address, and take ``ip`` as its address; the refusal reason instead (logged and counted,
+        nothing changed)."""
+        factory = self.factory
+        limiter = factory.limiter
+        if not limiter.check_rate(factory.server, ip, factory.clock.seconds(), "WebIRC client"):
+            return TOO_FAST
+        if self._counted:
+            reason = limiter.move(self.ip, ip, self._slot_exempt)
+            if reason is not None:
+                log_refusal(factory.server, ip, reason, "WebIRC client")
+                return reason
+        self.ip = ip
+        self._slot_exempt = False
+        return None
 
     def _start(self) -> None:
         """The connection is admitted: ask plugins, then create the model's user writing to ``_sink``."""
@@ -234,6 +288,8 @@ class ClientConnection:
         # A pull producer is told each time the transport has sent everything (see the class docstring).
         self.transport.registerProducer(self, self._socket is None)
         self.user = factory.server.connect(self, self._write, self.ip)
+        factory.server.metric("client_connects")
+        log_connect(log, factory.server.config, self.ip, self.secure, self.transport_name)
 
     def _refuse(self, reason: str) -> None:
         self._closed = True
@@ -274,7 +330,7 @@ class ClientConnection:
         self._socket = None
         if self._counted:
             self._counted = False
-            self.factory.limiter.release(self.ip)
+            self.factory.limiter.release(self.ip, self._slot_exempt)
         user = self.user
         if user is not None:
             self.user = None

@@ -47,6 +47,8 @@ COUNTERS = (
     ("web_bad_paths", "Web requests answered 400 for a NUL or undecodable byte in the path."),
     ("web_errors", "Web requests that failed with an unhandled exception (answered 500)."),
     ("broker_rejected", "Auth broker requests refused (bad, skewed or replayed signatures)."),
+    ("webirc_accepted", "WEBIRC commands accepted: a trusted gateway named its client's address."),
+    ("webirc_refused", "WEBIRC commands refused (wrong password, unlisted address, bad client address, too late)."),
     ("kline_hits", "Connections refused or closed by a K-line (user@host or DID ban)."),
     ("dline_hits", "Connections refused or closed by a D-line (IP or network ban)."),
     ("client_connects", "Client connections admitted (TCP, TLS, WebSocket)."),
