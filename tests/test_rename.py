@@ -1,7 +1,7 @@
 """``draft/channel-rename`` (https://ircv3.net/specs/extensions/channel-rename) over real loopback sockets:
 RENAME by a channel operator, the RENAME line for members with the cap and the PART/JOIN/topic/NAMES
-fallback for the others, the errors, the persisted channel under its new name, and the refusal on a
-federated server."""
+fallback for the others, the errors and the persisted channel under its new name. Across federated servers:
+tests/test_s2s_rename.py."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,6 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from freeq.core.rename import RENAME_INTERVAL
-from tests.s2s_support import start_pair
 from tests.support import asynctest, start_server, start_tree
 from tests.test_channels import join, mode_line, setup_channel
 from tests.test_persistence import Running, _config
@@ -188,19 +187,3 @@ class RenamePersistenceTests(unittest.TestCase):
         chan = run.server.channels["#after"]
         self.assertEqual((chan.name, chan.topic), ("#after", "moving"))
         self.assertIn("s", chan.modes)
-
-
-class RenameFederationTests(unittest.TestCase):
-    """A server with federation refuses RENAME: peers know channels by name and have no rename event."""
-
-    timeout = 30
-
-    @asynctest
-    async def test_refused_on_a_federated_server(self) -> None:
-        """alice (op of #fed, shared with B) gets FAIL RENAME CANNOT_RENAME; both sides keep #fed."""
-        a, b, alice, bob = await start_pair(self)
-        alice.send("RENAME #fed #moved")
-        await alice.expect(failed("CANNOT_RENAME", "#fed", "#moved"))
-        self.assertIn("#fed", a.server.channels)
-        self.assertIn("#fed", b.server.channels)
-        self.assertNotIn("#moved", a.server.channels)

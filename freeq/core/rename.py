@@ -3,10 +3,13 @@ state (members, modes, topic, lists, founder and DID operators) under a new name
 
 Members with the cap see ``RENAME <old> <new> :<reason>``; the others see themselves PART the old name and
 JOIN the new one, followed by its topic and NAMES, as the spec's fallback says. The persisted channel moves
-to the new name. What does not follow (documented in docs/ircv3.md): history kept before the rename stays
-under the old name (chunks are sealed with the conversation as associated data, so moving them means
-re-encrypting each one), and a server with federation refuses RENAME (the S2S protocol has no rename event,
-and peers key a channel's CRDT state and membership proofs by its name).
+to the new name. History kept before the rename stays under the old name (chunks are sealed with the
+conversation as associated data, so moving them means re-encrypting each one; documented in docs/ircv3.md).
+
+With federation, the rename reaches every server sharing the channel as a ``rename`` event
+(:mod:`freeq.s2s.rename`), which applies it through :meth:`RenameCommands.rename_channel` as well; a RENAME is
+refused when a server sharing the channel would not apply channel changes from this one (it would split the
+channel).
 
 Mixed into :class:`freeq.core.server.IRCServer`.
 """
@@ -49,6 +52,7 @@ class RenameCommands(_Server):
 
     if TYPE_CHECKING:  # what this group calls in the other groups
         _channel_refused: Callable[[User, Channel, Optional[str], str], bool]  # operator
+        _override_refuser: Callable[[Channel], Optional[str]]  # operator
         _send_names: Callable[[User, Channel], None]  # channels
         channel_changed: Callable[[Channel], None]  # channels
 
@@ -72,12 +76,11 @@ class RenameCommands(_Server):
             return
         old = chan.name
         self.rename_channel(chan, new_name, reason, user.hostmask)
+        self.s2s_notify("rename", user, chan, old, reason)  # freeq.s2s.rename: the peers sharing it follow
         log.info("{nick} renamed {old} to {new}", nick=user.nick, old=old, new=chan.name)
 
     def _rename_problem(self, chan: Channel, new_name: str) -> Optional[tuple[str, str]]:
         """Why ``chan`` may not become ``new_name`` (a FAIL code and text), or ``None``."""
-        if self.federation is not None:
-            return ("CANNOT_RENAME", "Channels cannot be renamed on a federated server (peers know them by name)")
         if not is_channel(new_name) or not valid_channel(new_name, self.config.channel_len):
             return ("CANNOT_RENAME", "Invalid channel name")
         if new_name[0] != chan.name[0]:
@@ -90,6 +93,10 @@ class RenameCommands(_Server):
         too_soon = self._rename_too_soon(chan)
         if too_soon is not None:
             return ("CANNOT_RENAME", too_soon)
+        refuser = self._override_refuser(chan)  # a server with members that does not take channel changes from us
+        if refuser is not None:
+            return ("CANNOT_RENAME", f"{refuser} shares the channel and does not accept channel changes from "
+                                     f"{self.name}")
         return None
 
     def _rename_too_soon(self, chan: Channel) -> Optional[str]:

@@ -3,7 +3,7 @@
 Federation is built as a chain of classes, one module each, every one adding a concern to the one below it:
 :class:`FederationBase` (this module: the state, uids, sending and signing events, counters) ->
 :mod:`~freeq.s2s.proof_keeping` -> :mod:`~freeq.s2s.remote_users` -> :mod:`~freeq.s2s.outbound` ->
-:mod:`~freeq.s2s.inbound` -> :mod:`~freeq.s2s.burst` -> :mod:`~freeq.s2s.links` ->
+:mod:`~freeq.s2s.inbound` -> :mod:`~freeq.s2s.rename` -> :mod:`~freeq.s2s.burst` -> :mod:`~freeq.s2s.links` ->
 :class:`~freeq.s2s.federation.Federation`, the one class other code uses. A part calls only what it or a
 part below it defines, so each module type-checks on its own. Parts with state of their own are composed
 instead: the persistence of channel states (:class:`~freeq.s2s.persistence.ChannelStates`); the checks of
@@ -87,6 +87,9 @@ class FederationBase:
         # records of users of other origins, so a neighbour cannot speak for the servers behind it.
         self.user_proofs: dict[str, dict[str, Any]] = {}
         self.nick_proofs: dict[str, dict[str, Any]] = {}
+        # folded channel name -> the signed ``rename`` events that gave a renamed channel its name, oldest first
+        # (a few): proofs signed before a rename name a former name (freeq.s2s.rename). Oldest channel evicted first.
+        self.channel_renames: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self.epoch = max(1, int(clock.seconds() * 1000))
         self.hlc = HybridClock(self.me[:16], clock.seconds)
         self.marks = SequenceTracker()

@@ -11,7 +11,7 @@ from freeq.core.metadata import changes_problem
 from freeq.irc.names import fold, valid_channel
 from freeq.s2s import protocol as P
 from freeq.s2s.base import SPLIT_REASON
-from freeq.s2s.inbound import InboundEvents
+from freeq.s2s.rename import RENAME_CHAIN, ChannelRenames
 from freeq.s2s.peers import BurstParts, PeerLink, ServerInfo
 from freeq.s2s.proofs import STATUS_BITS, granted_bits, hlc_order, newer, proven_record, status_str
 from freeq.s2s.protocol import ProtocolError
@@ -132,9 +132,14 @@ def _collect_channel(acc: BurstParts, msg: dict[str, Any], channel_len: int) -> 
         raise ProtocolError("bad channel entry")
     entry["ops"].extend(ops)
     entry["members"].extend(members)
+    renames = msg.get("renames")  # the signed renames that gave the channel its name (freeq.s2s.rename)
+    if renames is not None:
+        if not isinstance(renames, list) or len(entry.get("renames", ())) + len(renames) > RENAME_CHAIN:
+            raise ProtocolError("bad renames")
+        entry.setdefault("renames", []).extend(renames)
 
 
-class BurstExchange(InboundEvents):
+class BurstExchange(ChannelRenames):
     """Sends and applies bursts."""
 
     def _server_entries(self, exclude_link: int) -> list[dict[str, Any]]:
@@ -201,6 +206,10 @@ class BurstExchange(InboundEvents):
             members = [self._member_entry(u, st, chan) for u, st in chan.members.items() if u in included]
             if not members and crdt.is_trivial():
                 continue
+            renames = self._rename_chain(chan)
+            if renames:  # first: the receiver checks the proofs below against the former names
+                self._send(link, {"type": "burst", "part": "channel", "name": chan.name, "created": int(chan.created),
+                                  "renames": renames})
             for key, chunk in [("ops", c) for c in chunks(crdt.dump())] + [("members", c) for c in chunks(members)]:
                 self._send(link, {"type": "burst", "part": "channel", "name": chan.name, "created": int(chan.created),
                                   key: chunk})
@@ -276,10 +285,13 @@ class BurstExchange(InboundEvents):
         seen = {rec["uid"] for rec in records}
         self._drop_users_gone(link, seen)
         self._add_burst_users(link, records, proofs, seen)
+        missed = self._apply_burst_renames(link, acc.channels)  # renames first (freeq.s2s.rename)
         self._apply_burst_channels(link, acc.channels, seen)
         self._apply_burst_metadata(link, acc.metadata)
         self._count("bursts")
         self._reburst(except_link=link.link_id)
+        if missed:  # the peer's burst listed channels under names they no longer have: it hears the new ones
+            self._send_burst(link)
 
     def _burst_servers(self, link: PeerLink, entries: list[Any]) -> Optional[dict[str, dict[str, Any]]]:
         """The servers a burst over ``link`` lists (id -> entry, without this one), or ``None`` once the link

@@ -111,7 +111,8 @@ class ProofKeeping(FederationBase):
         known here who is a channel operator (or founder/DID operator) here, i.e. who could have invited the
         user here; a peer not trusted with invite events (``relay``) can only bring back our own. Without
         ``authority``, only the event itself is checked (not who the inviter is here)."""
-        problem = proofs.invite_problem(invite, chan.folded, user.conn.uid, link.trust, self.me)
+        problem = proofs.invite_problem(invite, chan.folded, user.conn.uid, link.trust, self.me,
+                                        self._former_names(chan.folded))
         if problem is not None or not authority:
             return problem
         return self._actor_authority(invite, chan, "inviter", "invite")
@@ -129,7 +130,15 @@ class ProofKeeping(FederationBase):
 
     def _check_proof(self, proof: Any, user: User, folded: str) -> Optional[str]:
         """Why ``proof`` is not ``user``'s join of channel ``folded`` signed by its origin (``None``: it is)."""
-        return proofs.join_problem(proof, user.conn.origin, user.conn.uid, folded)
+        return proofs.join_problem(proof, user.conn.origin, user.conn.uid, folded, self._former_names(folded))
+
+    def _former_names(self, folded: str) -> frozenset[str]:
+        """The former names (folded) of channel ``folded``, which proofs signed before its renames name
+        (freeq.s2s.rename keeps the signed rename events behind them)."""
+        chain = self.channel_renames.get(folded)
+        if not chain:
+            return frozenset()
+        return frozenset(fold(str(event.get("channel", ""))) for event in chain)
 
     # -- status proofs: the origin-signed mode event behind each member's status -----------------
     def _keep_status(self, uid: str, folded: str, bits: int, event: Optional[dict[str, Any]] = None) -> None:
@@ -153,7 +162,8 @@ class ProofKeeping(FederationBase):
         channel, granting status to this user, by a granter known here who is a channel operator (or founder/
         DID operator) here, i.e. who could have given that status here; a peer not trusted with mode events
         (``relay``) can only bring back our own. Without ``authority``, only the event itself is checked."""
-        problem = proofs.status_problem(proof, chan.folded, user.conn.uid, link.trust, self.me)
+        problem = proofs.status_problem(proof, chan.folded, user.conn.uid, link.trust, self.me,
+                                        self._former_names(chan.folded))
         if problem is not None or not authority:
             return problem
         return self._actor_authority(proof, chan, "granter", "status proof")

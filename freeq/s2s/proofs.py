@@ -93,15 +93,16 @@ def user_proof_problem(event: Any, kind: str, rec: dict[str, Any],
 
 
 # -- memberships ---------------------------------------------------------------------------------
-def join_problem(proof: Any, origin: str, uid: str, folded: str) -> Optional[str]:
-    """Why ``proof`` is not the join of channel ``folded`` by user ``uid`` of server ``origin``, signed by
-    that origin (``None``: it is)."""
+def join_problem(proof: Any, origin: str, uid: str, folded: str,
+                 former: frozenset[str] = frozenset()) -> Optional[str]:
+    """Why ``proof`` is not the join of channel ``folded`` (or of one of its ``former`` names, folded: it was
+    renamed, freeq.s2s.rename) by user ``uid`` of server ``origin``, signed by that origin (``None``: it is)."""
     if not isinstance(proof, dict):
         return "no join event"
     if proof.get("type") != "join" or proof.get("origin") != origin or proof.get("uid") != uid:
         return "join event of another user"
     name = proof.get("channel")
-    if not isinstance(name, str) or fold(name) != folded:
+    if not isinstance(name, str) or (fold(name) != folded and fold(name) not in former):
         return "join event of another channel"
     if not isinstance(proof.get("key"), (str, type(None))) or not isinstance(proof.get("ops", []), list):
         return "malformed join event"
@@ -142,11 +143,11 @@ def _trusted_with(kind: str, event: dict[str, Any], trust: str, me: str) -> bool
 
 def _channel_event_problem(event: Any, kind: str, noun: str, wrong_kind: str, folded: str, trust: str, me: str,
                            max_size: int, for_target: Callable[[dict[str, Any]], bool], role: str,
-                           what: str) -> Optional[str]:
+                           what: str, former: frozenset[str] = frozenset()) -> Optional[str]:
     """The checks an invite and a status proof share: ``event`` is a ``kind`` event (else ``wrong_kind``) a
-    peer of ``trust`` may bring, at most ``max_size`` canonical bytes, of channel ``folded``, for the user
-    (``for_target``), signed by its origin, by an actor (``role``) of that origin. ``noun`` names it in the
-    reasons."""
+    peer of ``trust`` may bring, at most ``max_size`` canonical bytes, of channel ``folded`` (or one of its
+    ``former`` names), for the user (``for_target``), signed by its origin, by an actor (``role``) of that
+    origin. ``noun`` names it in the reasons."""
     if not isinstance(event, dict) or event.get("type") != kind:
         return wrong_kind
     if not _trusted_with(kind, event, trust, me):
@@ -154,7 +155,7 @@ def _channel_event_problem(event: Any, kind: str, noun: str, wrong_kind: str, fo
     if len(P.canonical(event)) > max_size:
         return f"{noun} too large"
     name = event.get("channel")
-    if not isinstance(name, str) or fold(name) != folded:
+    if not isinstance(name, str) or (fold(name) != folded and fold(name) not in former):
         return f"{noun} of another channel"
     if not for_target(event):
         return f"{noun} for another user"
@@ -163,20 +164,23 @@ def _channel_event_problem(event: Any, kind: str, noun: str, wrong_kind: str, fo
     return actor_origin_problem(event, role, what)
 
 
-def invite_problem(invite: Any, folded: str, target_uid: str, trust: str, me: str) -> Optional[str]:
+def invite_problem(invite: Any, folded: str, target_uid: str, trust: str, me: str,
+                   former: frozenset[str] = frozenset()) -> Optional[str]:
     """Why ``invite`` (from a peer of ``trust``) is not a proper invite of user ``target_uid`` to channel
-    ``folded``, signed by its origin, by an actor of that origin (``None``: it is). Who the inviter is here
-    is checked apart (:func:`actor_authority_problem`)."""
+    ``folded`` (or one of its ``former`` names), signed by its origin, by an actor of that origin (``None``: it
+    is). Who the inviter is here is checked apart (:func:`actor_authority_problem`)."""
     return _channel_event_problem(invite, "invite", "invite event", "no invite event", folded, trust, me,
-                                  INVITE_PROOF_MAX, lambda ev: ev.get("target") == target_uid, "inviter", "invite")
+                                  INVITE_PROOF_MAX, lambda ev: ev.get("target") == target_uid, "inviter", "invite",
+                                  former)
 
 
-def status_problem(proof: Any, folded: str, uid: str, trust: str, me: str) -> Optional[str]:
+def status_problem(proof: Any, folded: str, uid: str, trust: str, me: str,
+                   former: frozenset[str] = frozenset()) -> Optional[str]:
     """Why ``proof`` (from a peer of ``trust``) is not a ``mode`` event granting status in channel ``folded``
-    to user ``uid``, signed by its origin, by an actor of that origin (``None``: it is). Who the granter is
-    here is checked apart (:func:`actor_authority_problem`)."""
+    (or one of its ``former`` names) to user ``uid``, signed by its origin, by an actor of that origin
+    (``None``: it is). Who the granter is here is checked apart (:func:`actor_authority_problem`)."""
     if proof is None:
         return "no status proof"
     return _channel_event_problem(proof, "mode", "status proof", "status proof is not a mode event", folded, trust,
                                   me, STATUS_PROOF_MAX, lambda ev: bool(granted_bits(ev, uid)), "granter",
-                                  "status proof")
+                                  "status proof", former)

@@ -45,8 +45,10 @@ _HEADER = struct.Struct(">I")
 PRESENCE_KINDS = frozenset({"user", "nick", "quit", "join", "part"})
 MESSAGE_KINDS = frozenset({"msg"})
 #: ``refuse`` (routed to a joiner's home server: "your user's join was refused here") removes a member,
-#: like a kick, so it is channel state: only ``full`` links may deliver it.
-STATE_KINDS = frozenset({"topic", "mode", "kick", "invite", "refuse"})
+#: like a kick, so it is channel state: only ``full`` links may deliver it. ``rename`` (draft/channel-rename, flooded;
+#: with ``undo``: its origin reverses it) and ``rename_refused`` (routed to a rename's origin: the new name is taken
+#: here) are channel state too (freeq.s2s.rename).
+STATE_KINDS = frozenset({"topic", "mode", "kick", "invite", "refuse", "rename", "rename_refused"})
 #: Server-operator actions on another server's users (``kill``: routed to the victim's home server, which
 #: disconnects the user): only ``full`` links may deliver them.
 OPER_KINDS = frozenset({"kill"})
