@@ -216,8 +216,44 @@ class ForgedRenameTests(unittest.TestCase):
         mallory.send(mallory.user(2, "mal2"))  # in order: once mal2 is known, everything above was read
         await wait_for(lambda: node.knows("mal2"), what="mallory's second user")
         self.assertEqual(sorted(node.server.channels), ["#chan"])
-        self.assertEqual(node.federation.stats.get("rejected:unauthorized"), 2)
+        stats = node.federation.stats
+        self.assertEqual((stats.get("rejected:unauthorized"), stats.get("rejected:stale")), (1, 1))
         await op.expect_not(lambda l: l.command == "RENAME")
+
+    @asynctest
+    async def test_operator_rename_applied_and_held_to_the_interval(self) -> None:
+        """mal creates #mal (operator there): its rename is applied here, op (cap) sees it; a second rename of the same
+        channel at once is refused (RENAME_INTERVAL) and mallory is told (``rename_refused``, routed to it)."""
+        node, mallory, op = await self.peer_in_chan()
+        op.send("CAP REQ :" + CAP)
+        await op.expect("CAP")
+        mallory.send(mallory.event("join", {"uid": mallory.uid(1), "channel": "#mal", "status": "o", "ops": []}))
+        await wait_for(lambda: "#mal" in node.server.channels, what="#mal")
+        op.send("JOIN #mal")
+        await op.expect("366")
+        first = mallory.event("rename", {"uid": mallory.uid(1), "channel": "#mal", "new": "#mal2", "reason": "one"})
+        mallory.send(first)
+        self.assertEqual((await op.expect("RENAME")).raw, ":mal!~mal@freeq/guest RENAME #mal #mal2 :one")
+        self.assertEqual(node.federation.channel_renames["#mal2"], [first])
+        second = mallory.event("rename", {"uid": mallory.uid(1), "channel": "#mal2", "new": "#mal3", "reason": ""})
+        mallory.send(second)
+        refusal = await wait_for(lambda: [f for f in mallory.frames if f.get("type") == "rename_refused"],
+                                 what="the refusal")
+        self.assertEqual((refusal[0]["channel"], refusal[0]["new"], refusal[0]["rename"], refusal[0]["to"]),
+                         ("#mal2", "#mal3", second["sig"], mallory.id))
+        self.assertEqual(sorted(node.server.channels), ["#chan", "#mal2"])
+        self.assertEqual(node.federation.stats.get("rejected:limit"), 1)
+
+    @asynctest
+    async def test_local_rename_refused_when_a_sharing_server_would_not_apply_it(self) -> None:
+        """mallory's server shares #chan but does not take channel changes from here (its burst said so): op's RENAME
+        is refused with CANNOT_RENAME, as applying it here alone would split the channel."""
+        node, mallory, op = await self.peer_in_chan()
+        op.send("RENAME #chan #new")
+        line = await op.expect("FAIL")
+        self.assertEqual(line.params[:4], ["RENAME", "CANNOT_RENAME", "#chan", "#new"])
+        self.assertIn("mallory shares the channel", line.params[-1])
+        self.assertFalse([f for f in mallory.frames if f.get("type") == "rename"])
 
     @asynctest
     async def test_rename_over_relay_and_readonly_refused(self) -> None:

@@ -90,7 +90,7 @@ class RenameCommands(_Server):
         other = self.channels.get(fold(new_name))
         if other is not None and other is not chan:
             return ("CHANNEL_NAME_IN_USE", "Channel already exists")
-        too_soon = self._rename_too_soon(chan)
+        too_soon = self.rename_too_soon(chan)
         if too_soon is not None:
             return ("CANNOT_RENAME", too_soon)
         refuser = self._override_refuser(chan)  # a server with members that does not take channel changes from us
@@ -99,15 +99,16 @@ class RenameCommands(_Server):
                                      f"{self.name}")
         return None
 
-    def _rename_too_soon(self, chan: Channel) -> Optional[str]:
-        """Why ``chan`` may not be renamed yet (renamed in the last RENAME_INTERVAL seconds, or the bounded
-        record of recent renames is full), or ``None``."""
+    def rename_too_soon(self, chan: Channel, slack: float = 0.0) -> Optional[str]:
+        """Why ``chan`` may not be renamed yet (renamed in the last RENAME_INTERVAL seconds, less ``slack``, or the
+        bounded record of recent renames is full), or ``None``. Federation asks it too (freeq.s2s.rename), with
+        some slack for the delays of events on their way."""
         now = self.clock.seconds()
         renamed = self._renamed
         if renamed is None:
             return None
         last = renamed.get(chan.folded)
-        if last is not None and now - last < RENAME_INTERVAL:
+        if last is not None and now - last < RENAME_INTERVAL - slack:
             return f"The channel was renamed less than {int(RENAME_INTERVAL)} seconds ago"
         if len(renamed) >= RENAMES_REMEMBERED:
             for folded, when in list(renamed.items()):

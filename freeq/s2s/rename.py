@@ -41,11 +41,13 @@ log = Logger()
 #: The signed rename events kept per channel (its latest renames): proofs naming an older name are refused.
 RENAME_CHAIN = 8
 #: Renamed channels whose rename events are kept (the oldest forgotten first).
-RENAMED_CHANNELS_MAX = 10000
+RENAMED_CHANNELS_MAX = 4096
 #: The largest rename event (canonical JSON bytes) kept, and accepted in a burst.
 RENAME_EVENT_MAX = 2000
 #: The longest reason carried (UTF-8 bytes), as for KICK.
 REASON_MAX = 400
+#: Seconds of RENAME_INTERVAL (freeq.core.rename) a peer's rename may be early by here (events' delays differ).
+RENAME_SLACK = 10.0
 #: How much later than a rename (by its origin's clock, seconds) a channel may have been created here and still
 #: be the channel that rename missed (clock skew between servers).
 CREATION_SKEW = 120
@@ -110,6 +112,14 @@ class ChannelRenames(InboundEvents):
             chain = chain + [event]
         if chain:
             self.channel_renames[new] = chain[-RENAME_CHAIN:]
+        self._bound_renames()
+
+    def _bound_renames(self) -> None:
+        """Keep at most RENAMED_CHANNELS_MAX chains: those of channels gone go first, then the oldest."""
+        if len(self.channel_renames) <= RENAMED_CHANNELS_MAX:
+            return
+        for folded in [f for f in self.channel_renames if f not in self.server.channels]:
+            del self.channel_renames[folded]
         while len(self.channel_renames) > RENAMED_CHANNELS_MAX:
             self.channel_renames.popitem(last=False)
 
@@ -173,8 +183,10 @@ class ChannelRenames(InboundEvents):
                                 nick=actor.nick, channel=chan.name)
             return False
         other = self.server.channels.get(fold(new))
-        if other is not None and other is not chan:
-            self._warn_rejected(ctx.link, "rename", "conflict: the new name is in use here (its origin undoes it)",
+        too_soon = self.server.rename_too_soon(chan, RENAME_SLACK)  # the origin holds its renames to it too
+        if (other is not None and other is not chan) or too_soon is not None:
+            self._warn_rejected(ctx.link, "rename", "conflict: the new name is in use here (its origin undoes it)"
+                                if too_soon is None else f"limit: {too_soon} (its origin undoes it)",
                                 channel=chan.name, new=new)
             self._emit("rename_refused", {"channel": name, "new": new, "rename": ctx.ev["sig"]}, to=ctx.origin)
             return False
@@ -216,7 +228,7 @@ class ChannelRenames(InboundEvents):
         chain = self.channel_renames.get(chan.folded) if chan is not None else None
         if (chan is None or not chain or chain[-1].get("sig") != sig or chain[-1].get("origin") != self.me
                 or fold(chain[-1]["channel"]) != fold(name)):
-            self._warn_rejected(ctx.link, "rename refusal", "unauthorized: not for the latest rename of ours",
+            self._warn_rejected(ctx.link, "rename refusal", "stale: not for the latest rename of ours here",
                                 channel=name, new=new)
             return False
         latest = chain[-1]
@@ -302,8 +314,7 @@ class ChannelRenames(InboundEvents):
         merged = [event for event in chain if event.get("sig") not in known] + kept  # older ones first
         self.channel_renames[folded] = merged[-RENAME_CHAIN:]
         self.channel_renames.move_to_end(folded)
-        while len(self.channel_renames) > RENAMED_CHANNELS_MAX:
-            self.channel_renames.popitem(last=False)
+        self._bound_renames()
         return missed
 
     def _apply_missed_rename(self, link: PeerLink, name: str, chain: list[dict[str, Any]]) -> int:
