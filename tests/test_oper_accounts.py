@@ -11,6 +11,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from freeq.core.operator import MAX_OPER_CHECKS
 from freeq.opers import OperAccount, hash_password
 from tests.support import IRCClient, ServerFixture, asynctest, sleep, start_server
 from tests.test_sasl import login, new_credential
@@ -216,3 +217,47 @@ class OperAccountTests(unittest.TestCase):
         self.assertEqual(await oper(other, "alice"), "381")
         self.assertEqual(srv.server.oper_checks, set())
         self.assertEqual(srv.server.oper_count, 1)
+
+    @asynctest
+    async def test_password_checks_are_bounded(self) -> None:
+        """While a password check of the address runs, another OPER from it is answered 263 unchecked; with
+        MAX_OPER_CHECKS checks running server-wide, so is an OPER from anywhere. Neither counts as a failure."""
+        srv = await self.server(account("alice"))
+        c = await srv.client("c")
+        srv.server.oper_checks.add("127.0.0.1")
+        self.assertEqual(await oper(c, "alice"), "263")
+        self.assertIn("being checked", c.lines[-1].params[-1])
+        srv.server.oper_checks.clear()
+        srv.server.oper_checks.update(f"192.0.2.{i}" for i in range(MAX_OPER_CHECKS))
+        self.assertEqual(await oper(c, "alice"), "263")
+        self.assertIn("Too many OPER checks", c.lines[-1].params[-1])
+        srv.server.oper_checks.clear()
+        self.assertEqual(await oper(c, "alice"), "381")
+        self.assertEqual(srv.server.metrics.oper_failures, 0)
+
+    @asynctest
+    async def test_invite_and_exception_lists_need_override(self) -> None:
+        """Without override an oper cannot INVITE to a +i channel it is not on, nor read its +e list; with it,
+        it can (and the override is logged)."""
+        logged = log_lines(self)
+        srv = await self.server(account("helper", privileges=["kill"]), account("chief", privileges=["override"]))
+        owner = await srv.client("owner")
+        await join(owner, "#c")
+        owner.send("MODE #c +i")
+        await owner.expect("MODE")
+        guest = await srv.client("guest")
+        helper = await srv.client("helper")
+        chief = await srv.client("chief")
+        self.assertEqual(await oper(helper, "helper"), "381")
+        self.assertEqual(await oper(chief, "chief"), "381")
+        helper.send("INVITE guest #c")
+        await helper.expect("442")
+        helper.send("MODE #c e")
+        await helper.expect("482")
+        await guest.expect_not("INVITE", after=[helper])
+        chief.send("INVITE guest #c")
+        await guest.expect("INVITE")
+        chief.send("MODE #c e")
+        await chief.expect("349")
+        self.assertIn("oper action override by chief (oper chief) from 127.0.0.1, command INVITE, channel #c",
+                      [text for _level, text in logged()])
