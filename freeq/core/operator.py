@@ -91,7 +91,7 @@ class OperatorCommands(_Server):
         accounts: tuple[OperAccount, ...] = cfg.opers
         if cfg.oper_password is None and not accounts:
             self.num(user, "491", "No O-lines for your host")
-            log.warn("OPER attempt by {nick} but no oper password is configured", nick=user.nick)
+            log.warn("OPER attempt by {nick} but no oper password or [[oper]] account is configured", nick=user.nick)
             return
         key = ip_key(user.ip)
         now = self.clock.seconds()
