@@ -22,6 +22,7 @@ from freeq.state.flood import ConnectionRate
 from freeq.state.links import FederationControl
 
 if TYPE_CHECKING:
+    from freeq.core.rehash import ReloadOutcome
     from freeq.s2s.federation import FederationFactory
 
 log = Logger()
@@ -159,7 +160,9 @@ class Options(usage.Options):
         "Runs the freeq IRC server. Listeners default to loopback. Invalid values stop start-up "
         "with a one-line message."
     )
-    optParameters = [[name, None, default, doc] for name, default, doc, _f, _c in OPTIONS]
+    optParameters = [[name, None, default, doc] for name, default, doc, _f, _c in OPTIONS] + [
+        ["config", None, None, "TOML config file whose keys are these flags' names; flags given here override it "
+         "(env FREEQ_CONFIG; see docs/configuration.md). Re-read on REHASH and SIGHUP."]]
     optFlags = [
         ["allow-private-network", None,
          "Allow DID-document and PDS requests to loopback, private and link-local addresses (off: SSRF guard)."],
@@ -173,8 +176,16 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
+        #: The flags given on the command line (a config file may set the others; see config_from_options).
+        self.explicit: set[str] = set()
         super().__init__()
         self["plugin"] = []
+        self.explicit.discard("plugin")
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        # usage.Options stores each parsed flag through this (its defaults go in with dict.update, not here).
+        super().__setitem__(key, value)
+        self.explicit.add(key)
 
     def opt_plugin(self, name: str) -> None:
         """Enable the operator plugin NAME (repeatable; see docs/plugins.md)."""
@@ -216,11 +227,69 @@ def _convert(flag: str, value: Any, kind: str) -> Any:
     return str(value)
 
 
-def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
-    """Validate parsed options (and the environment) into a frozen :class:`Config`.
+def _explicit_flags(options: Mapping[str, Any]) -> set[str]:
+    """The flags of ``options`` given on the command line (a plain mapping: every key it has, but an empty --plugin)."""
+    explicit = getattr(options, "explicit", None)
+    found = set(explicit) if explicit is not None else {k for k, v in options.items() if v is not None}
+    if options.get("plugin"):
+        found.add("plugin")
+    else:
+        found.discard("plugin")
+    return found
 
-    Raises :class:`ConfigError` with a one-line message for any bad value.
+
+def _env_flags() -> dict[str, str]:
+    """flag -> the environment variable it falls back to, as its help says (``... (env SERVER_PASSWORD)``)."""
+    out = {}
+    for flag, _default, doc, _field, _kind in OPTIONS:
+        at = doc.find("(env ")
+        if at >= 0:
+            name = doc[at + 5:].split(")", 1)[0].split(";", 1)[0].split(",", 1)[0].strip()
+            if name.isidentifier() and name.isupper():
+                out[flag] = name
+    return out
+
+
+def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
+    """Validate parsed options, the environment and the config file (``--config``) into a frozen :class:`Config`.
+
+    Precedence: a flag given on the command line, then its environment variable (``SERVER_PASSWORD``, ...),
+    then the config file's key, then the flag's default. Raises :class:`ConfigError` with a one-line message
+    for any bad value (naming the file and key when the value came from the file).
     """
+    from freeq.config import BLOCKS
+    from freeq.configfile import config_path, read_config_file
+
+    path = config_path(options, environ)
+    if path is None:
+        return _build_config(options, environ, {})
+    flags = [str(f[0]) for f in Options.optFlags]
+    settings = read_config_file(path, {f: kind for f, _d, _h, _field, kind in OPTIONS}, flags, BLOCKS)
+    explicit = _explicit_flags(options)
+    env_flags = _env_flags()
+    overridden = explicit | {f for f, var in env_flags.items() if environ.get(var)}
+    merged: dict[str, Any] = dict(options)
+    for flag, value in settings.values.items():
+        if flag not in overridden:
+            merged[flag] = value
+    extra: dict[str, Any] = {"config_path": path}
+    for name, (field, parse) in BLOCKS.items():
+        if name in settings.blocks:
+            try:
+                extra[field] = parse(settings.blocks[name])
+            except ConfigError as e:
+                text = str(e)
+                raise ConfigError(f"{path}: {text}" if f"[[{name}]]" in text else f"{path}: [[{name}]]: {text}") \
+                    from None
+    try:
+        return _build_config(merged, environ, extra)
+    except ConfigError as e:
+        raise ConfigError(settings.locate(str(e), overridden)) from None
+
+
+def _build_config(options: Mapping[str, Any], environ: Mapping[str, str], extra: Mapping[str, Any]) -> Config:
+    """The :class:`Config` of flag values ``options`` (merged with the file's), the environment and the fields
+    ``extra`` (the file's blocks and path), validated."""
     values: dict[str, Any] = {}
     for flag, _default, _doc, field, kind in OPTIONS:
         if flag in ("motd", "motd-file"):
@@ -258,6 +327,7 @@ def config_from_options(options: Mapping[str, Any], environ: Mapping[str, str]) 
     motd = _read_motd(options.get("motd"), options.get("motd-file"))
     values["motd"] = motd
     values["plugins"] = tuple(options.get("plugin") or ())
+    values.update(extra)
     return Config(**values).validate()
 
 
@@ -450,8 +520,135 @@ class _PortReporting:
         return self.endpoint.listen(factory).addCallback(bound)
 
 
-def build_service(config: Config, reactor: Any) -> service.MultiService:
-    """Wire the whole server from a validated config into one service tree."""
+class ConfigReloader:
+    """Live reload (issue #13 item 1), in one place: re-read the configuration (the config file with the original
+    command line and environment), validate it, keep what needs a restart, and apply the rest without dropping
+    clients: the server (:meth:`freeq.core.rehash.RehashCommands.apply_config`), the connection limiter, the
+    listeners' factories and certificates, the web listeners' limits and proxies, and the federation.
+
+    ``REHASH`` (through ``IRCServer.reloader``) and SIGHUP (:class:`_ReloadSignalService`) call :meth:`reload`.
+    """
+
+    def __init__(self, top: service.MultiService, server: IRCServer, limiter: ConnectionLimiter,
+                 source: Callable[[], Config]) -> None:
+        self.top = top
+        self.server = server
+        self.limiter = limiter
+        self.source = source
+
+    def _tls_holders(self) -> list[tuple[Any, str, str]]:
+        """(reloadable TLS context factory, its certificate field, its key field) of each TLS listener."""
+        out = []
+        for svc in self.top:
+            tls = getattr(svc, "tls", None)
+            if tls is not None:
+                prefix = "web_" if tls.cert_flag == "--web-tls-cert" else ""
+                out.append((tls, prefix + "tls_cert", prefix + "tls_key"))
+        return out
+
+    def reload(self, origin: str) -> "ReloadOutcome":
+        """Reload now (``origin`` says why, for the log). A bad configuration is refused with one line (logged
+        at error) and the running one is kept."""
+        from freeq.core.rehash import ReloadOutcome, keep_restart_fields
+        from freeq.fdlimit import needed_fds
+
+        old = self.server.config
+        try:
+            new = self.source()
+            # A TLS listener that was off (or on) stays so until a restart; new paths for one that is on are used.
+            toggled = tuple(f for pair in (("tls_cert", "tls_key"), ("web_tls_cert", "web_tls_key"))
+                            if bool(getattr(old, pair[0])) != bool(getattr(new, pair[0])) for f in pair)
+            new, kept = keep_restart_fields(old, new, toggled)
+            if needed_fds(new) > needed_fds(old):
+                _check_fd_limit(new)
+            certificates = [(tls, tls.load(getattr(new, cert), getattr(new, key)), getattr(new, cert),
+                             getattr(new, key)) for tls, cert, key in self._tls_holders()]
+        except ConfigError as e:
+            log.error("configuration reload ({origin}) refused, the running configuration is kept: {error}",
+                      origin=origin, error=str(e))
+            return ReloadOutcome(False, str(e))
+        except Exception:
+            log.failure("configuration reload ({origin}) failed; the running configuration is kept", origin=origin)
+            return ReloadOutcome(False, "internal error (see the server log)")
+        for tls, options, cert, key in certificates:
+            tls.use(options, cert, key)
+        self._apply(old, new)
+        log.info("configuration reloaded ({origin}) from {path}", origin=origin, path=new.config_path or "flags")
+        if kept:
+            log.warn("configuration reload ({origin}): {fields} changed but need a restart; the running values are "
+                     "kept", origin=origin, fields=", ".join(kept))
+        return ReloadOutcome(True, kept=kept)
+
+    def _apply(self, old: Config, new: Config) -> None:
+        self.server.apply_config(new)
+        limiter = self.limiter
+        limiter.per_ip, limiter.total = new.max_connections_per_ip, new.max_clients
+        if (old.connection_rate, old.connection_rate_burst) != (new.connection_rate, new.connection_rate_burst):
+            limiter.rate = ConnectionRate(new.connection_rate_burst, new.connection_rate) if new.connection_rate \
+                else None
+        from freeq.web.proxy import ProxyPolicy
+        from freeq.web.site import WebSite
+
+        for svc in self.top:
+            factory = getattr(svc, "factory", None)
+            if isinstance(factory, IRCFactory):
+                factory.config = new  # flood and send-queue limits of new and open connections
+            elif isinstance(factory, WebSite):
+                if hasattr(svc, "tls"):  # the web listener (the --metrics-addr one has bounds of its own)
+                    factory.connections.per_ip = new.web_max_connections_per_ip
+                    factory.connections.total = new.web_max_connections
+                factory.idle_timeout, factory.request_timeout = new.web_idle_timeout, new.web_request_timeout
+                factory.proxies.networks = ProxyPolicy(new.trusted_proxies).networks
+                irc = factory.resource.children.get(b"irc") if hasattr(factory.resource, "children") else None
+                if irc is not None and hasattr(irc, "factory"):
+                    irc.factory.config = new  # WebSocket clients' flood and send-queue limits
+        reconfigure = getattr(self.server.federation, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(new)
+
+
+class _ReloadSignalService(service.Service):
+    """SIGHUP reloads the configuration: the handler only schedules :meth:`ConfigReloader.reload` in the reactor
+    thread (``callFromThread``), never runs it inside the signal handler."""
+
+    def __init__(self, reloader: ConfigReloader, reactor: Any) -> None:
+        self.reloader = reloader
+        self.reactor = reactor
+        self.previous: Any = None
+        self.installed = False
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        """The SIGHUP handler."""
+        self.reactor.callFromThread(self.reloader.reload, "SIGHUP")
+
+    def startService(self) -> None:
+        super().startService()
+        import signal
+
+        if hasattr(signal, "SIGHUP"):
+            try:
+                self.previous = signal.signal(signal.SIGHUP, self.on_signal)
+                self.installed = True
+            except ValueError:  # not the main thread (an embedding): REHASH still reloads
+                log.warn("SIGHUP reload not installed: not running in the main thread")
+
+    def stopService(self) -> Any:
+        if self.installed:
+            import signal
+
+            signal.signal(signal.SIGHUP, self.previous if self.previous is not None else signal.SIG_DFL)
+            self.installed = False
+        return super().stopService()
+
+
+def build_service(config: Config, reactor: Any,
+                  reload_source: Optional[Callable[[], Config]] = None) -> service.MultiService:
+    """Wire the whole server from a validated config into one service tree.
+
+    ``reload_source`` builds the configuration anew on REHASH and SIGHUP (:func:`makeService` passes one that
+    re-reads the config file with the original flags and environment); without it a reload re-reads
+    ``config.config_path`` alone, if set, else keeps ``config`` (certificates and limits are re-applied).
+    """
     from freeq.store.service import StoreService, open_persistence
 
     prepare_data_dir(config.data_dir)
@@ -468,15 +665,16 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
         svc._raiseSynchronously = True
         svc.setServiceParent(top)
     if config.tls_listen is not None and config.tls_cert and config.tls_key:
-        from freeq.net.tls import load_tls_options
+        from freeq.net.tls import ReloadableTLS
 
-        tls = load_tls_options(config.tls_cert, config.tls_key)
+        tls = ReloadableTLS(config.tls_cert, config.tls_key)  # re-read by ConfigReloader
         factory = IRCFactory(server, limiter, reactor, secure=True, reactor=reactor)
         if config.tls_listen.port:
             server.tls_port = config.tls_listen.port  # known before the bind; port 0 is learnt when bound
         endpoint = _PortReporting(config.tls_listen.endpoint(reactor, tls), server.learn_tls_port)
         svc = StreamServerEndpointService(endpoint, factory)
         svc._raiseSynchronously = True
+        svc.tls = tls  # type: ignore[attr-defined]
         svc.setServiceParent(top)
     sweeper = TimerService(config.sweep_interval, server.sweep)
     sweeper.clock = reactor
@@ -491,6 +689,10 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
         build_metrics_service(config, reactor, server).setServiceParent(top)
     if federation is not None:
         federation.service().setServiceParent(top)
+    reloader = ConfigReloader(top, server, limiter, reload_source or _file_reload_source(config))
+    server.reloader = reloader.reload
+    top.reloader = reloader  # type: ignore[attr-defined]
+    _ReloadSignalService(reloader, reactor).setServiceParent(top)
     _ShutdownService(server).setServiceParent(top)
     log.info("freeq {name} configured: plain {plain}, TLS {tls}", name=config.server_name,
              plain=str(config.listen) if config.listen else "off",
@@ -499,6 +701,14 @@ def build_service(config: Config, reactor: Any) -> service.MultiService:
 
     log_audit(config, known_flags=[row[0] for row in OPTIONS])  # the freeq-admin audit findings, one line each
     return top
+
+
+def _file_reload_source(config: Config) -> Callable[[], Config]:
+    """What a reload reads when no command line is known: ``config``'s file alone, or ``config`` itself."""
+    path = config.config_path
+    if path is None:
+        return lambda: config
+    return lambda: config_from_options({"config": path}, {})
 
 
 def _check_fd_limit(config: Config) -> None:
@@ -516,9 +726,10 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     try:
-        config = config_from_options(options, os.environ)
+        environ = dict(os.environ)  # a reload reads the environment the server started with
+        config = config_from_options(options, environ)
         _check_fd_limit(config)
-        top = build_service(config, reactor)
+        top = build_service(config, reactor, lambda: config_from_options(options, environ))
     except ConfigError as e:
         raise SystemExit(f"freeq: {e}")
     if config.log_format == "json":

@@ -37,6 +37,7 @@ from freeq.core.queries import QueryCommands
 from freeq.core.reactions import ReactionCommands  # reactions (issue #12)
 from freeq.core.redaction import RedactionCommands  # edits and deletes (issue #12)
 from freeq.core.registration import RegistrationCommands
+from freeq.core.rehash import RehashCommands  # REHASH and live reload (issue #13)
 from freeq.core.rename import RenameCommands  # draft/channel-rename (issue #12)
 from freeq.core.shared import CHANNEL_MODES, USER_MODES, VERSION, server_time, truncate
 from freeq.irc.confusables import NickOwners
@@ -86,7 +87,7 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
 
 class IRCServer(RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands,
                 MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands, MultilineCommands,
-                RedactionCommands, ReactionCommands, RenameCommands,
+                RedactionCommands, ReactionCommands, RenameCommands, RehashCommands,
                 ReadMarkerCommands, MetadataCommands, BanCommands):  # they act through the hook points below (issue #12)
     """All users and channels of one server, and the handlers for every command."""
 

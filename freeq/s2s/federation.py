@@ -50,6 +50,25 @@ class Federation(LinkManagement):
         """A local state change (``IRCServer.s2s_notify``): the observer ``local_<event>`` handles it."""
         getattr(self, "local_" + event)(*args)
 
+    def reconfigure(self, config: Any) -> None:
+        """A reloaded config (REHASH, SIGHUP): the allowlist (open federation), peer trust, event rate and
+        remote-user cap apply from now on; open links take their peer's new trust, a link to a peer no longer
+        allowed is closed, and a newly listed ``--s2s-peers`` entry is dialled."""
+        allowed: Optional[frozenset[str]] = None if config.s2s_open_federation else frozenset(config.s2s_allowed_peers)
+        bridge = self.transport
+        bridge.allowed = allowed  # read by the bridge's thread: one reference swap of an immutable set
+        self.trust = dict(config.s2s_peer_trust)
+        self.rate = config.s2s_rate
+        self.max_remote_users = config.s2s_max_remote_users
+        for link in list(self.links.values()):
+            link.trust = self.trust.get(link.peer_id, "full")
+            if allowed is not None and link.peer_id not in allowed and link.state != "closed":
+                log.warn("S2S link to {peer} closed: no longer allowed after a reload", peer=link.peer_id)
+                self._close(link, "no longer allowed")
+        for pid, host, port in config.s2s_peers:
+            if pid not in bridge.peers:
+                bridge.add_peer(PeerAddress(pid, host, port))
+
 
 class FederationService(service.MultiService):
     """The bridge, the keepalive timer and the state writer, started and stopped with the server.

@@ -199,15 +199,17 @@ def build_web_service(config: Config, reactor: Any, server: IRCServer, limiter: 
     assert config.web_listen is not None
     tls: Optional[Any] = None
     if config.web_tls_cert and config.web_tls_key:
-        from freeq.net.tls import load_tls_options
+        from freeq.net.tls import ReloadableTLS
 
-        tls = load_tls_options(config.web_tls_cert, config.web_tls_key)
+        # Re-read on REHASH/SIGHUP (freeq.tap reload): the service's ``tls`` attribute below.
+        tls = ReloadableTLS(config.web_tls_cert, config.web_tls_key, "--web-tls-cert", "--web-tls-key")
     if config.web_static_dir and not os.path.isdir(config.web_static_dir):
         from freeq.config import ConfigError
 
         raise ConfigError(f"--web-static-dir: {config.web_static_dir} is not a directory")
     site = build_web_site(config, reactor, server, limiter, persistence)
     svc = StreamServerEndpointService(config.web_listen.endpoint(reactor, tls), site)
+    svc.tls = tls  # type: ignore[attr-defined]  # the reloadable certificate (None: plain HTTP)
     svc._raiseSynchronously = True
     log.info("web listener on {scheme}://{addr} (static: {static}, broker: {broker})",
              scheme="https" if tls else "http", addr=str(config.web_listen),
