@@ -12,6 +12,10 @@ the new key file atomically replaces the old one.
 ``freeq-admin hash-password`` prints the scrypt hash of an operator password for an ``[[oper]]`` block
 (``password = "scrypt$..."``): asked twice on the terminal, or read from stdin when that is not a terminal,
 never taken from the command line (which ``ps`` and the shell history would show).
+
+``freeq-admin audit [--config FILE] [server flags]`` checks a configuration against the hardening checklist
+(:mod:`freeq.audit`); ``freeq-admin backup DEST`` and ``freeq-admin restore SRC --data-dir DIR`` copy the
+database and key files out and back (:mod:`freeq.backup`).
 """
 from __future__ import annotations
 
@@ -237,14 +241,21 @@ def audit_command(argv: Sequence[str], out: Optional[TextIO] = None, err: Option
 
 def _backup_command(args: argparse.Namespace) -> int:
     """Run ``backup`` or ``restore``; one ``freeq-admin:`` line and 1 on failure."""
+    from twisted.python import usage
+
     from freeq.backup import BackupError, backup, restore
+    from freeq.config import ConfigError
 
     try:
         if args.command == "backup":
-            backup(args.data_dir, args.dest, args.db_path, out=sys.stdout)
+            data_dir, db_path = args.data_dir or "freeq-data", args.db_path
+            if args.config:
+                config, _flags = server_config(["--config", args.config], os.environ)
+                data_dir, db_path = args.data_dir or config.data_dir, args.db_path or config.db_path
+            backup(data_dir, args.dest, db_path, out=sys.stdout)
         else:
             restore(args.src, args.data_dir, args.db_path, force=args.force, out=sys.stdout)
-    except BackupError as e:
+    except (BackupError, ConfigError, usage.UsageError) as e:
         print(f"freeq-admin {args.command}: {e}", file=sys.stderr)
         return 1
     return 0
@@ -293,8 +304,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "freeq-admin audit [--config FILE] [the server's flags] (exit 1 on a fail)")
     b = sub.add_parser("backup", help="copy the database (consistent while the server runs) and key files to DEST")
     b.add_argument("dest", help="a new directory (created 0700)")
-    b.add_argument("--data-dir", default="freeq-data")
-    b.add_argument("--db-path", default=None, help="default: DATA_DIR/freeq.db")
+    b.add_argument("--config", default=None, help="take --data-dir and --db-path from the server's config file")
+    b.add_argument("--data-dir", default=None, help="default: the config file's, else freeq-data")
+    b.add_argument("--db-path", default=None, help="default: the config file's, else DATA_DIR/freeq.db")
     r = sub.add_parser("restore", help="restore a backup into a data directory (server stopped)")
     r.add_argument("src", help="a directory made by freeq-admin backup")
     r.add_argument("--data-dir", required=True)

@@ -316,18 +316,20 @@ class Auditor:
             return
         mode = _mode(path)
         if mode is None or not mode & 0o077:
-            self.add("config-file", OK, f"{path} private" if mode is not None else f"{path}")
+            self.add("config-file", OK, f"{path} is readable by its owner only" if mode is not None else
+                     f"{path} (not found by this user)")
             return
         clear, hashes = self._inline_secrets(path)
         readers = "every user" if mode & 0o007 else "its group"
         if clear:
             self.add("config-file", FAIL if mode & 0o007 else WARN, f"{path} holds {', '.join(clear)} and is readable "
                      f"by {readers} (mode {mode:04o}); chmod 600, or move the secrets to `*-file` keys")
-        elif hashes:
-            self.add("config-file", WARN, f"{path} holds oper password hashes and is readable by {readers} (mode "
-                     f"{mode:04o}): they can be attacked offline; chmod 600 or use password-file")
+        elif hashes and mode & 0o007:
+            self.add("config-file", WARN, f"{path} holds oper password hashes and is readable by every user (mode "
+                     f"{mode:04o}): they can be attacked offline; chmod 640 (group: the server's) or use password-file")
         else:
-            self.add("config-file", OK, f"{path} is readable by others (mode {mode:04o}) but holds no secret inline")
+            self.add("config-file", OK, f"{path} is readable by {readers} (mode {mode:04o}) but holds no secret inline"
+                     + (" (oper password hashes only)" if hashes else ""))
 
     @staticmethod
     def _inline_secrets(path: str) -> tuple[list[str], bool]:
@@ -341,6 +343,9 @@ class Auditor:
         except (OSError, ValueError):
             return [], False
         clear = sorted(k for k, v in data.items() if is_secret_flag(k) and v and not isinstance(v, (dict, list)))
+        gateways = data.get("webirc")
+        if isinstance(gateways, list) and any(isinstance(g, dict) and g.get("password") for g in gateways):
+            clear.append("WebIRC passwords")
         opers = data.get("oper")
         hashes = isinstance(opers, list) and any(isinstance(o, dict) and o.get("password") for o in opers)
         return clear, hashes
