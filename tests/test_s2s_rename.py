@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from freeq.s2s import proofs
 from freeq.s2s.protocol import EventSigner
-from freeq.s2s.rename import RENAME_CHAIN, chain_problem, clip, rename_event_problem
+from freeq.s2s.rename import PEER_RENAMES_BURST, RENAME_CHAIN, chain_problem, clip, rename_event_problem
 from freeq.state.channel import Channel
 from tests.s2s_support import Node, channel_view, link_raw_peer, settle, start_line, start_node, wait_for
 from tests.support import asynctest, sleep
@@ -243,6 +243,24 @@ class ForgedRenameTests(unittest.TestCase):
                          ("#mal2", "#mal3", second["sig"], mallory.id))
         self.assertEqual(sorted(node.server.channels), ["#chan", "#mal2"])
         self.assertEqual(node.federation.stats.get("rejected:limit"), 1)
+
+    @asynctest
+    async def test_peer_renames_held_to_a_budget(self) -> None:
+        """mal creates channels and renames each at once: past PEER_RENAMES_BURST the renames are refused here
+        (``limit``) and mallory is told of each, so renames cannot be used as a flood."""
+        node, mallory, _op = await self.peer_in_chan()
+        count = PEER_RENAMES_BURST + 2
+        for i in range(count):
+            mallory.send(mallory.event("join", {"uid": mallory.uid(1), "channel": f"#c{i}", "status": "o", "ops": []}))
+        for i in range(count):
+            mallory.send(mallory.event("rename", {"uid": mallory.uid(1), "channel": f"#c{i}", "new": f"#d{i}",
+                                                  "reason": ""}))
+        refused = await wait_for(lambda: [f for f in mallory.frames if f.get("type") == "rename_refused"],
+                                 what="refusals")
+        await sleep(0.2)
+        self.assertEqual(sorted(f["channel"] for f in refused), ["#c20", "#c21"])
+        self.assertEqual(len([name for name in node.server.channels if name.startswith("#d")]), PEER_RENAMES_BURST)
+        self.assertEqual(node.federation.stats.get("rejected:limit"), 2)
 
     @asynctest
     async def test_local_rename_refused_when_a_sharing_server_would_not_apply_it(self) -> None:

@@ -48,6 +48,11 @@ RENAME_EVENT_MAX = 2000
 REASON_MAX = 400
 #: Seconds of RENAME_INTERVAL (freeq.core.rename) a peer's rename may be early by here (events' delays differ).
 RENAME_SLACK = 10.0
+#: Peers' renames applied here (live or missed ones from bursts): a burst of this many, then this many a minute.
+#: Each costs a pass over the invites and accepted joins kept (up to 100 000 each) and, for members without the
+#: cap, a PART/JOIN/NAMES each: a peer creating channels to rename them cannot make that a flood.
+PEER_RENAMES_BURST = 20
+PEER_RENAMES_PER_MINUTE = 30
 #: How much later than a rename (by its origin's clock, seconds) a channel may have been created here and still
 #: be the channel that rename missed (clock skew between servers).
 CREATION_SKEW = 120
@@ -95,9 +100,15 @@ class ChannelRenames(InboundEvents):
         row deleted), the proofs of its memberships, invites and statuses, and the joins sent for it."""
         if old == new:
             return
-        stores: list[Any] = [self.member_joins, self.member_invites, self.member_status, self.sent_joins,
-                             self.accepted_joins, self.invite_events]
-        for store in stores:
+        chan = self.server.channels.get(new)
+        uids = {self.uid(member) for member in chan.members} if chan is not None else set()
+        members: list[Any] = [self.member_joins, self.member_invites, self.member_status, self.sent_joins]
+        for store in members:  # kept for current memberships only
+            for uid in uids:
+                if (uid, old) in store:
+                    store[(uid, new)] = store.pop((uid, old))
+        others: list[Any] = [self.accepted_joins, self.invite_events]  # also users split away, pending invites
+        for store in others:
             for key in [k for k in store if k[1] == old]:
                 store[(key[0], new)] = store.pop(key)
         crdt = self.crdts.pop(old, None)
@@ -184,6 +195,8 @@ class ChannelRenames(InboundEvents):
             return False
         other = self.server.channels.get(fold(new))
         too_soon = self.server.rename_too_soon(chan, RENAME_SLACK)  # the origin holds its renames to it too
+        if too_soon is None and not self._peer_rename_budget():
+            too_soon = "too many renames from peers"
         if (other is not None and other is not chan) or too_soon is not None:
             self._warn_rejected(ctx.link, "rename", "conflict: the new name is in use here (its origin undoes it)"
                                 if too_soon is None else f"limit: {too_soon} (its origin undoes it)",
@@ -241,6 +254,14 @@ class ChannelRenames(InboundEvents):
         self._undo_rename(chan, reason, self.server.name)
         self._emit("rename", {"channel": latest["new"], "new": chan.name, "reason": clip(reason), "undo": sig})
         return True
+
+    def _peer_rename_budget(self) -> bool:
+        """Whether one more peer's rename may be applied now (PEER_RENAMES_BURST, then PEER_RENAMES_PER_MINUTE)."""
+        bucket = getattr(self, "_rename_bucket", None)
+        now = self.clock.seconds()
+        if bucket is None:
+            bucket = self._rename_bucket = P.TokenBucket(PEER_RENAMES_PER_MINUTE / 60, now, PEER_RENAMES_BURST)
+        return bucket.take(now)
 
     def _server_name(self, origin: str) -> str:
         info = self.servers.get(origin)
@@ -325,6 +346,10 @@ class ChannelRenames(InboundEvents):
             old = self.server.channels.get(fold(event["channel"]))
             if old is None:
                 continue
+            if not self._peer_rename_budget():
+                log.warn("S2S missed rename of {old} to {new} (burst of {peer}) not applied: too many renames from "
+                         "peers", old=old.name, new=name, peer=link.peer_id)
+                return 0
             if event["origin"] == self.me or not self._missed_rename_allowed(old, event):
                 log.info("S2S missed rename of {old} to {new} (burst of {peer}) not applied: {old} is newer here, or "
                          "its renamer is not known as an operator of it here", old=old.name, new=name,
