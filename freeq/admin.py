@@ -217,8 +217,11 @@ def server_config(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Any,
     return config_from_options(options, environ), flags
 
 
-def audit_command(argv: Sequence[str], out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
-    """``freeq-admin audit [server flags]``: print the audit table; 1 on any fail, 2 on a usage error."""
+def audit_command(argv: Sequence[str], out: Optional[TextIO] = None, err: Optional[TextIO] = None,
+                  resource_module: Any = None) -> int:
+    """``freeq-admin audit [server flags]``: print the audit table; 1 on any fail, 2 on a usage error.
+
+    ``resource_module`` stands in for :mod:`resource` (the open-file limit) in tests."""
     from twisted.python import usage
 
     from freeq import audit
@@ -234,7 +237,7 @@ def audit_command(argv: Sequence[str], out: Optional[TextIO] = None, err: Option
     except ConfigError as e:
         print(f"freeq-admin audit: FAIL: the server refuses this configuration: {e}", file=err)
         return 1
-    findings = audit.audit(config, argv, flags)
+    findings = audit.audit(config, argv, flags, resource_module=resource_module)
     out.write(audit.format_table(findings))
     return audit.exit_status(findings)
 

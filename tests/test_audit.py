@@ -17,6 +17,7 @@ from freeq.store import keys
 from tests.support import make_certificate, start_tree
 
 PEER = "ab" * 32
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class FakeResource:
@@ -56,13 +57,13 @@ class AuditCommandTests(unittest.TestCase):
         for name in (keys.DB_ENCRYPTION_KEY, keys.MSG_SIGNING_KEY):
             keys.write_secret_atomically(os.path.join(self.data_dir, name), os.urandom(32))
 
-    def run_audit(self, *argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    def run_audit(self, *argv: str, env: dict[str, str] | None = None, resource: Any = None) -> tuple[int, str, str]:
         """``freeq-admin audit ARGV`` in-process: (exit status, stdout, stderr)."""
         out, err = io.StringIO(), io.StringIO()
         self.patch(os, "environ", dict(env or {}))
         self.patch(sys, "stdout", out)
         self.patch(sys, "stderr", err)
-        status = admin.audit_command(list(argv), out, err)
+        status = admin.audit_command(list(argv), out, err, resource_module=resource)
         return status, out.getvalue(), err.getvalue()
 
     def table_row(self, table: str, check: str) -> str:
@@ -109,6 +110,57 @@ class AuditCommandTests(unittest.TestCase):
         self.assertIn("oper DID", self.table_row(table, "oper-auth"))
         self.assertIn("no secret on the command line", " ".join(table.split()))
         self.assertIn("0 fail", table)
+
+    def test_example_config_passes(self) -> None:
+        """docs/freeq.example.toml as shipped passes (exit 0), with a LimitNOFILE like the deployment guide's unit
+        (the only host-dependent check) and a data directory of the test's own."""
+        example = os.path.join(ROOT, "docs", "freeq.example.toml")
+        status, table, err = self.run_audit("--config", example, "--data-dir", self.data_dir,
+                                            resource=FakeResource(16384, 16384))
+        self.assertEqual(status, 0, table + err)
+        self.assertIn("OK", self.table_row(table, "config-file"))
+        self.assertIn("0 fail", table)
+
+    def test_deployment_guide_config_passes(self) -> None:
+        """The config file docs/deployment.md tells a newcomer to write (its paths moved under the test's directory,
+        the files it names created as the guide says) is accepted by the server's parser and passes."""
+        with open(os.path.join(ROOT, "docs", "deployment.md"), encoding="utf-8") as f:
+            guide = f.read()
+        block = guide.split("```toml\n", 1)[1].split("```", 1)[0]
+        etc = os.path.abspath(self.mktemp())
+        for sub in ("tls", "secrets"):
+            os.makedirs(os.path.join(etc, sub))
+        cert, key = make_certificate(self.mktemp())
+        os.replace(cert, os.path.join(etc, "tls", "fullchain.pem"))
+        os.replace(key, os.path.join(etc, "tls", "privkey.pem"))
+        os.chmod(os.path.join(etc, "tls", "privkey.pem"), 0o600)
+        with open(os.path.join(etc, "secrets", "metrics-token"), "w") as f:
+            f.write("f" * 64 + "\n")
+        with open(os.path.join(etc, "motd.txt"), "w") as f:
+            f.write("Welcome\n")
+        from freeq.opers import hash_password
+
+        text = block.replace("/etc/freeq", etc).replace("/var/lib/freeq", self.data_dir)
+        text = text.replace("scrypt$...", hash_password("correct horse"))
+        config = os.path.join(etc, "freeq.toml")
+        with open(config, "w") as f:
+            f.write(text)
+        os.chmod(config, 0o640)
+        status, table, err = self.run_audit("--config", config, resource=FakeResource(16384, 16384))
+        self.assertEqual(status, 0, table + err)
+        for check in ("irc-tls", "irc-plain", "web-tls", "trusted-proxies", "metrics", "oper-auth", "config-file"):
+            self.assertIn("OK", self.table_row(table, check), check)
+
+    def test_inline_secret_in_a_world_readable_config_file_fails(self) -> None:
+        """Through --config: a file every user can read that holds the oper password inline fails."""
+        config = os.path.abspath(self.mktemp())
+        with open(config, "w") as f:
+            f.write(f'data-dir = "{self.data_dir}"\noper-password = "inline-oper-secret"\nmax-clients = 100\n')
+        os.chmod(config, 0o644)
+        status, table, err = self.run_audit("--config", config)
+        self.assertEqual(status, 1, table + err)
+        self.assertIn("FAIL", self.table_row(table, "config-file"))
+        self.assertNotIn("inline-oper-secret", table + err)
 
     def test_loose_data_dir_and_world_readable_tls_key_fail(self) -> None:
         """A 0755 data directory and a world-readable TLS key each fail."""

@@ -178,6 +178,18 @@ class BackupRestoreTests(unittest.TestCase):
         await run.stop()
 
     @asynctest
+    async def test_backup_finds_the_data_dir_in_the_config_file(self) -> None:
+        """``freeq-admin backup DEST --config FILE`` backs up the data directory the server's config file names."""
+        run, _alice, _texts = await self.populated(2)
+        config = os.path.abspath(self.mktemp())
+        with open(config, "w") as f:
+            f.write(f'data-dir = "{self.data_dir}"\n')
+        self.assertEqual(admin.main(["backup", self.dest, "--config", config]), 0, self.out.getvalue())
+        self.assertIn(f"backed up {os.path.join(self.data_dir, 'freeq.db')}", self.out.getvalue())
+        self.assertTrue(os.path.exists(os.path.join(self.dest, keys.DB_ENCRYPTION_KEY)))
+        await run.stop()
+
+    @asynctest
     async def test_backup_refuses_a_non_empty_destination(self) -> None:
         """DEST must be new or empty: an old backup is never mixed with a new one."""
         run, _alice, _texts = await self.populated(1)
