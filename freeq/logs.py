@@ -32,6 +32,8 @@ SECURITY_KINDS: dict[str, str] = {
     "connection_rate": "connection rate exceeded",
     "s2s_rejected": "rejected S2S peer",
     "kline_hit": "K-line hit",
+    "dline_hit": "D-line hit",
+    "webirc_refused": "WEBIRC refused",
 }
 
 LOG_FORMATS = ("text", "json")
@@ -58,6 +60,14 @@ def _json_safe(value: Any) -> Optional[Any]:
     return None
 
 
+def _legacy_text(event: Mapping[str, Any]) -> str:
+    """The text of a ``twisted.python.log`` event that carries no new-style format (its message tuple)."""
+    message = event.get("message")
+    if isinstance(message, (tuple, list)):
+        return " ".join(str(part) for part in message)
+    return ""
+
+
 def is_secret_field(name: str) -> bool:
     """Whether a field named ``name`` may hold a secret (and so is never written in JSON)."""
     lowered = name.lower()
@@ -81,7 +91,7 @@ def json_line(event: Mapping[str, Any]) -> str:
         "timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z",
         "level": getattr(level, "name", None) or ("error" if event.get("isError") else "info"),
         "namespace": str(event.get("log_namespace") or event.get("system") or "-"),
-        "message": formatEvent(dict(event)) or "",
+        "message": formatEvent(dict(event)) or _legacy_text(event),
     }
     failure = event.get("log_failure")
     if failure is not None:

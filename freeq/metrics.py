@@ -14,6 +14,9 @@ SECURITY_COUNTERS = {
     "per_ip_limit": "per_ip_refusals",
     "connection_rate": "connection_rate_refusals",
     "s2s_rejected": "s2s_rejected",
+    "kline_hit": "kline_hits",
+    "dline_hit": "dline_hits",
+    "webirc_refused": "webirc_refused",
 }
 
 

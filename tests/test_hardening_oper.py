@@ -102,8 +102,8 @@ class FailureThrottleTests(unittest.TestCase):
 
 
 def failure_lines(observer: EventLoggingObserver) -> list[tuple[LogLevel, str]]:
-    """Level and text of each 'failed OPER' log line."""
-    return [(e["log_level"], formatEvent(e)) for e in observer if "failed OPER" in formatEvent(e)]
+    """Level and text of each 'failed OPER from <ip>' log line (not the quit lines whose reason names them)."""
+    return [(e["log_level"], formatEvent(e)) for e in observer if "failed OPER from" in formatEvent(e)]
 
 
 class OperBruteForceTests(unittest.TestCase):

@@ -21,6 +21,7 @@ from freeq.auth.sasl import (
 from freeq.auth.did import valid_handle
 from freeq.irc.names import fold
 from freeq.irc.parser import Message, build, build_text
+from freeq.logs import security_event
 from freeq.signing import verify as verify_signature
 from freeq.state.rules import is_did_op
 
@@ -203,11 +204,13 @@ class IdentityCommands:
 
     def _sasl_failed(self: "IRCServer", user: "User", sasl: SaslExchange, text: str,  # type: ignore[misc]
                      reason: str) -> None:
+        mechanism = sasl.mechanism
         sasl.abort()
         sasl.failures += 1
-        self.metric("sasl_failure")
-        log.info("SASL failure {n} for {nick} from {ip}: {reason}", n=sasl.failures, nick=user.nick, ip=user.ip,
-                 reason=reason)
+        # At most MAX_FAILURES lines per connection (then it is closed), and connections are rate-limited.
+        security_event(log, "sasl_failure", user.ip, "SASL failure from {ip} ({mechanism}, nick {nick}, failure "
+                       "{n}): {reason}", metrics=self.metrics, n=sasl.failures, nick=user.nick, reason=reason,
+                       mechanism=mechanism)
         self.num(user, "904", text)
         if sasl.failures >= MAX_FAILURES:
             self.close(user, "Too many SASL failures")
@@ -240,7 +243,9 @@ class IdentityCommands:
                 self.bind_nick(user, did)
         if did in self.oper_dids and not user.is_oper:
             self.set_user_mode(user, "o", True)
-            user.write(build(self.name, "MODE", user.nick, "+o"))
+            if user.registered:
+                # Before 001 the welcome burst announces the user's modes once (registration); not twice.
+                user.write(build(self.name, "MODE", user.nick, "+o"))
             log.info("{nick} is a server operator by DID {did}", nick=user.nick, did=did)
         user.write(build_text(self.name, "900", user.nick, user.hostmask, did, f"You are now logged in as {did}"))
         self.num(user, "903", "SASL authentication successful")

@@ -16,6 +16,7 @@ from freeq.core.history import MAX_LIMIT as HISTORY_LIMIT
 from freeq.core.shared import CHANNEL_MODES, USER_MODES, VERSION, truncate
 from freeq.irc.names import fold, nick_problem
 from freeq.irc.parser import Message, build, build_text
+from freeq.logs import log_quit
 from freeq.state.channel import PREFIX_MODES
 from freeq.state.user import User
 
@@ -25,6 +26,9 @@ else:
     _Server = object
 
 log = Logger()
+
+#: The text of 422 when no message of the day is configured (``--motd``/``--motd-file``).
+NO_MOTD = "There is no message of the day"
 
 
 class RegistrationCommands(_Server):
@@ -110,6 +114,12 @@ class RegistrationCommands(_Server):
             except Exception:
                 log.failure("plugin on_register failed")
 
+    def note_departure(self, user: User, reason: str) -> None:
+        """A client connection is leaving the model (any cause): count it and log its quit line (unless
+        ``--log-connections off``). Called by ``IRCServer.disconnect``."""
+        self.metric("client_quits")
+        log_quit(log, self.config, user.nick, user.ip, reason, user.registered)
+
     def learn_tls_port(self, port: int) -> None:
         """The TLS listener is bound on ``port``: STS advertises it from now on."""
         self.tls_port = port
@@ -168,7 +178,8 @@ class RegistrationCommands(_Server):
 
     def _send_motd(self, user: User) -> None:
         if not self.motd:
-            self.num(user, "422", "MOTD File is missing")
+            # None configured is not an error: 422 (clients end registration on it) without "File is missing".
+            self.num(user, "422", NO_MOTD)
             return
         self.num(user, "375", f"- {self.name} Message of the day - ")
         for line in self.motd:

@@ -292,6 +292,7 @@ class IRCServer(RegistrationCommands, ChannelCommands, ModeCommands, MessageComm
         if user not in self.connections:
             return
         self.connections.discard(user)
+        self.note_departure(user, reason)  # the quit line and counter (freeq.core.registration)
         self.multiline_forget(user)  # its open draft/multiline batches
         if user.registered:
             self._count_registered(user, -1)

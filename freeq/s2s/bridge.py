@@ -25,6 +25,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from freeq.logs import security_event
 from freeq.s2s.protocol import ALPN, MAX_FRAME, FrameDecoder, FrameError
 
 log = Logger()
@@ -107,6 +108,20 @@ def _error_text(exc: BaseException) -> str:
     return text[:200]
 
 
+def address_ip(addr: str) -> str:
+    """The IP of an iroh ``host:port`` (``[v6]:port``) address as the bridge reports it; the text itself when it
+    is not one (a relay URL), ``unknown`` when empty."""
+    text = (addr or "").strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:
+        text = text.rsplit(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text[:100] or "unknown"
+
+
 class IrohBindError(RuntimeError):
     """The iroh endpoint could not bind its UDP socket; the message is one line for the operator."""
 
@@ -149,7 +164,8 @@ class IrohBridgeService(service.Service):
     def __init__(self, reactor: Any, secret_key: bytes, *, peers: tuple[PeerAddress, ...] = (),
                  allowed: Optional[frozenset[str]] = frozenset(), bind_host: str = "0.0.0.0", port: int = 0,
                  relay_mode: str = "default", max_frame: int = MAX_FRAME, connect_timeout: float = 5.0,
-                 backoff_min: float = 1.0, backoff_max: float = 30.0, start_timeout: float = 15.0) -> None:
+                 backoff_min: float = 1.0, backoff_max: float = 30.0, start_timeout: float = 15.0,
+                 dial_yield: Optional[float] = None) -> None:
         self.reactor = reactor
         self._secret = secret_key
         self.peers = {p.endpoint_id: p for p in peers}
@@ -162,11 +178,15 @@ class IrohBridgeService(service.Service):
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.start_timeout = start_timeout
+        #: Seconds this endpoint waits before each dial of a peer with a lower endpoint id (see _dial_loop).
+        self.dial_yield = 2 * backoff_min if dial_yield is None else dial_yield
         self.listener: Optional[LinkListener] = None
         from nacl.signing import SigningKey
 
         self.endpoint_id = SigningKey(secret_key).verify_key.encode().hex()
         self.bound: list[str] = []
+        #: Link id -> the peer's address (``host:port`` as iroh reports it), for log lines (reactor side).
+        self.addresses: dict[int, str] = {}
         # Loop-thread state (touched only from the loop thread):
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
@@ -267,7 +287,12 @@ class IrohBridgeService(service.Service):
         return self.allowed is None or peer_id in self.allowed
 
     # Called in the reactor thread via callFromThread:
-    def _up(self, link_id: int, peer_id: str, incoming: bool) -> None:
+    def peer_ip(self, link_id: int) -> str:
+        """The IP a link's peer connected from (or was dialled at): ``unknown`` when not known (reactor side)."""
+        return address_ip(self.addresses.get(link_id, ""))
+
+    def _up(self, link_id: int, peer_id: str, incoming: bool, addr: str = "") -> None:
+        self.addresses[link_id] = addr
         log.info("S2S link {link} to {peer} established ({direction})", link=link_id, peer=peer_id,
                  direction="incoming" if incoming else "outgoing")
         if self.listener is not None:
@@ -278,12 +303,15 @@ class IrohBridgeService(service.Service):
             self.listener.link_frames(link_id, payloads)
 
     def _down(self, link_id: int, peer_id: str, reason: str) -> None:
+        self.addresses.pop(link_id, None)
         log.info("S2S link {link} to {peer} closed: {reason}", link=link_id, peer=peer_id, reason=reason)
         if self.listener is not None:
             self.listener.link_down(link_id, peer_id, reason)
 
     def _rejected(self, peer_id: str, reason: str, addr: str) -> None:
-        log.warn(REJECT_MESSAGE + " from {peer} ({addr}): {reason}", peer=peer_id, addr=addr, reason=reason)
+        # The text predates the ip field: monitoring matches "Rejecting S2S connection from <peer id> (<ip>:<port>)".
+        security_event(log, "s2s_rejected", address_ip(addr), REJECT_MESSAGE + " from {peer} ({addr}): {reason}",
+                       peer=peer_id, addr=addr, reason=reason)
         if self.listener is not None:
             self.listener.link_rejected(peer_id, reason)
 
@@ -378,7 +406,7 @@ class IrohBridgeService(service.Service):
                 pass
             self.reactor.callFromThread(self._rejected, peer_id, reason, addr)
             return
-        await self._run_link(conn, peer_id, incoming=True)
+        await self._run_link(conn, peer_id, incoming=True, addr=addr)
 
     async def _dial_loop(self, peer: PeerAddress) -> None:
         import iroh
@@ -386,7 +414,14 @@ class IrohBridgeService(service.Service):
         wake = self._wake[peer.endpoint_id]
         backoff = self.backoff_min
         failures = 0
+        # Two servers that list each other dial at once when they start (or come back) together. Of two links,
+        # the one dialled by the lower endpoint id is kept (_run_link); a late one replacing a link already in
+        # use would split the network for nothing. So the higher id yields: it waits a moment before each dial
+        # and dials only if the lower one has not linked in the meantime.
+        yields = self.dial_yield > 0 and peer.endpoint_id < self.endpoint_id
         while not self._stopping:
+            if yields and peer.endpoint_id not in self._by_peer and peer.endpoint_id not in self._held:
+                await asyncio.sleep(self.dial_yield)
             if peer.endpoint_id in self._held or peer.endpoint_id in self._by_peer:
                 wake.clear()
                 await self._wait(wake, self.backoff_max)
@@ -409,7 +444,7 @@ class IrohBridgeService(service.Service):
                 continue
             failures = 0
             started = asyncio.get_running_loop().time()
-            await self._run_link(conn, peer.endpoint_id, incoming=False)
+            await self._run_link(conn, peer.endpoint_id, incoming=False, addr=" ".join(peer.addresses()[:1]))
             if asyncio.get_running_loop().time() - started > 10:
                 backoff = self.backoff_min
             wake.clear()
@@ -423,7 +458,7 @@ class IrohBridgeService(service.Service):
         except asyncio.TimeoutError:
             pass
 
-    async def _run_link(self, conn: Any, peer_id: str, incoming: bool) -> None:
+    async def _run_link(self, conn: Any, peer_id: str, incoming: bool, addr: str = "") -> None:
         """Own one connection until it ends: tie-break duplicates, then pump frames both ways."""
         if self._stopping:
             conn.close(CLOSE_NORMAL, b"server shutting down")
@@ -433,6 +468,8 @@ class IrohBridgeService(service.Service):
             # Both sides dialled: keep the connection dialled by the lower endpoint id (both agree).
             dialler_low = min(self.endpoint_id, peer_id)
             new_preferred = (peer_id if incoming else self.endpoint_id) == dialler_low
+            self._log("info", "S2S peer {peer}: both sides dialled; keeping the link dialled by {dialler}",
+                      peer=peer_id, dialler="this server" if dialler_low == self.endpoint_id else "the peer")
             if not new_preferred:
                 conn.close(CLOSE_DUPLICATE, b"duplicate link")
                 return
@@ -455,7 +492,7 @@ class IrohBridgeService(service.Service):
             self._log("info", "S2S link to {peer} failed before its stream opened: {error}", peer=peer_id,
                       error=_error_text(e) or "timeout")
             return
-        self.reactor.callFromThread(self._up, link.link_id, peer_id, incoming)
+        self.reactor.callFromThread(self._up, link.link_id, peer_id, incoming, addr)
         reader = self._spawn(self._reader(link, bi.recv()))
         writer = self._spawn(self._writer(link, bi.send()))
         link.tasks = [reader, writer]

@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from twisted.logger import Logger
 
+from freeq.logs import security_event
 from freeq.s2s import protocol as P
 from freeq.s2s.base import SPLIT_REASON
 from freeq.s2s.burst import BurstExchange
@@ -99,7 +100,10 @@ class LinkManagement(BurstExchange):
             hello = P.check_hello(msg, link.peer_id)
         except ProtocolError as e:
             self._count("handshake_failed", "s2s_rejected")
-            log.warn("S2S handshake with {peer} failed: {error}", peer=link.peer_id, error=str(e))
+            peer_ip = getattr(self.transport, "peer_ip", None)
+            security_event(log, "s2s_rejected", peer_ip(link.link_id) if peer_ip is not None else "unknown",
+                           "rejected S2S peer from {ip}: S2S handshake with {peer} failed: {error}", peer=link.peer_id,
+                           error=str(e))
             self._close(link, f"handshake failed: {e}")
             return
         known = self.servers.get(link.peer_id)
