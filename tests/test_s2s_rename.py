@@ -167,6 +167,23 @@ class FederatedRenameTests(unittest.TestCase):
             self.assertEqual(sorted(node.server.channels), ["#fed"])
 
     @asynctest
+    async def test_renamer_no_operator_on_the_far_side_is_undone(self) -> None:
+        """B's view has alice without operator status in #fed (the sides disagree): B refuses her rename, and A, told
+        so, renames #fed back; bob never sees a rename, alice sees both."""
+        a, b = await start_line(self, "a.test", "b.test", flood_rate=0)
+        alice, bob, _carol = await three_members(self, [a, b], "#fed")
+        chan = b.server.channels["#fed"]
+        chan.members[b.server.users["alice"]] = 0
+        alice.send("RENAME #fed #moved")
+        await alice.expect(renamed("#fed", "#moved"))
+        back = await alice.expect(renamed("#moved", "#fed"))
+        self.assertEqual(back.raw, ":a.test RENAME #moved #fed :the renamer is not an operator of #fed on b.test")
+        await bob.expect_not(lambda l: l.command == "RENAME", after=[alice])
+        for node in (a, b):
+            self.assertEqual(sorted(node.server.channels), ["#fed"])
+        self.assertEqual(b.federation.stats.get("rejected:unauthorized"), 1)
+
+    @asynctest
     async def test_name_taken_on_the_far_side_is_undone(self) -> None:
         """A-B-C: #taken exists on C only (made there while the rename was on its way): C refuses the rename and tells
         A, which renames the channel back; B, which applied it, follows. Every server ends with #three again."""
@@ -239,8 +256,8 @@ class ForgedRenameTests(unittest.TestCase):
         mallory.send(second)
         refusal = await wait_for(lambda: [f for f in mallory.frames if f.get("type") == "rename_refused"],
                                  what="the refusal")
-        self.assertEqual((refusal[0]["channel"], refusal[0]["new"], refusal[0]["rename"], refusal[0]["to"]),
-                         ("#mal2", "#mal3", second["sig"], mallory.id))
+        self.assertEqual((refusal[0]["channel"], refusal[0]["new"], refusal[0]["rename"], refusal[0]["to"],
+                          refusal[0]["why"]), ("#mal2", "#mal3", second["sig"], mallory.id, "limit"))
         self.assertEqual(sorted(node.server.channels), ["#chan", "#mal2"])
         self.assertEqual(node.federation.stats.get("rejected:limit"), 1)
 

@@ -9,10 +9,11 @@ renamed channel's proofs may name (docs/federation.md, "Channel rename").
   RENAME, or the PART/JOIN fallback) over a ``full`` link only (a ``STATE_KINDS`` event) and when the renamer is an
   operator of the old channel in the receiver's own view (:func:`freeq.state.rules.mode_refusal`, or a server
   operator's override), as for KICK, MODE and TOPIC.
-* The new name taken on the receiver (created there while the rename was in flight): the receiver refuses the
-  rename and routes ``rename_refused`` to its origin, which renames the channel back and floods ``rename`` with
-  ``undo`` (the signature of the rename it reverses); every server that applied it reverses it. The name stays
-  with the channel that had it; the renamed channel gets its old name back everywhere.
+* A receiver that refuses a rename (the new name is taken there, created while the rename was in flight; the
+  renamer is no operator there; renamed too recently there) routes ``rename_refused`` to its origin, which renames
+  the channel back and floods ``rename`` with ``undo`` (the signature of the rename it reverses); every server that
+  applied it reverses it. A rename holds everywhere or nowhere; on a clash the name stays with the channel that
+  had it.
 * Proofs (signed joins, invites, status grants) name the channel they were signed for, and only their origin can
   sign them, so they are not re-issued: they are re-keyed to the new name, and the channel keeps the signed rename
   events that led to its name (at most :data:`RENAME_CHAIN`): a proof for a former name proves the same for the
@@ -53,6 +54,12 @@ RENAME_SLACK = 10.0
 #: cap, a PART/JOIN/NAMES each: a peer creating channels to rename them cannot make that a flood.
 PEER_RENAMES_BURST = 20
 PEER_RENAMES_PER_MINUTE = 30
+#: Why a server refused a rename (``rename_refused``'s ``why``) -> the reason its origin gives when it undoes it.
+REFUSALS = {
+    "in-use": "{new} is in use on {server}",
+    "not-operator": "the renamer is not an operator of {old} on {server}",
+    "limit": "{old} was renamed too recently on {server}",
+}
 #: How much later than a rename (by its origin's clock, seconds) a channel may have been created here and still
 #: be the channel that rename missed (clock skew between servers).
 CREATION_SKEW = 120
@@ -189,22 +196,35 @@ class ChannelRenames(InboundEvents):
         reason = P.text(ctx.ev, "reason", REASON_MAX)
         if chan is None:
             return True  # not known here: nothing to rename (servers further on are told all the same)
-        if mode_refusal(chan, actor) and not self._oper_override(ctx, actor, chan, f"renames it to {new}"):
-            self._warn_rejected(ctx.link, "rename", "unauthorized: renamer is not a channel operator",
-                                nick=actor.nick, channel=chan.name)
-            return False
-        other = self.server.channels.get(fold(new))
-        too_soon = self.server.rename_too_soon(chan, RENAME_SLACK)  # the origin holds its renames to it too
-        if too_soon is None and not self._peer_rename_budget():
-            too_soon = "too many renames from peers"
-        if (other is not None and other is not chan) or too_soon is not None:
-            self._warn_rejected(ctx.link, "rename", "conflict: the new name is in use here (its origin undoes it)"
-                                if too_soon is None else f"limit: {too_soon} (its origin undoes it)",
-                                channel=chan.name, new=new)
-            self._emit("rename_refused", {"channel": name, "new": new, "rename": ctx.ev["sig"]}, to=ctx.origin)
+        why = self._rename_refusal(ctx, actor, chan, new)
+        if why is not None:  # refused here: its origin undoes it, so that no server keeps it alone
+            self._emit("rename_refused", {"channel": name, "new": new, "rename": ctx.ev["sig"], "why": why},
+                       to=ctx.origin)
             return False
         self._apply_rename(chan, new, reason, actor.hostmask, ctx.ev)
         return True
+
+    def _rename_refusal(self, ctx: EventContext, actor: User, chan: Channel, new: str) -> Optional[str]:
+        """Why a peer's rename of ``chan`` to ``new`` by ``actor`` is refused here (a key of REFUSALS, logged and
+        counted), or ``None``: the renamer is not a channel operator here (and no server operator's override
+        applies), the new name is another channel's here, or the channel was renamed too recently here, or peers
+        renamed too many channels lately."""
+        if mode_refusal(chan, actor) and not self._oper_override(ctx, actor, chan, f"renames it to {new}"):
+            self._warn_rejected(ctx.link, "rename", "unauthorized: renamer is not a channel operator",
+                                nick=actor.nick, channel=chan.name)
+            return "not-operator"
+        other = self.server.channels.get(fold(new))
+        if other is not None and other is not chan:
+            self._warn_rejected(ctx.link, "rename", "conflict: the new name is in use here", channel=chan.name,
+                                new=new)
+            return "in-use"
+        too_soon = self.server.rename_too_soon(chan, RENAME_SLACK)  # the origin holds its renames to it too
+        if too_soon is None and not self._peer_rename_budget():
+            too_soon = "too many renames from peers"
+        if too_soon is not None:
+            self._warn_rejected(ctx.link, "rename", f"limit: {too_soon}", channel=chan.name, new=new)
+            return "limit"
+        return None
 
     def _ev_rename_undo(self, ctx: EventContext) -> bool:
         """The origin of a rename reverses it (a server refused it, :meth:`_ev_rename_refused`): applied where the
@@ -237,6 +257,9 @@ class ChannelRenames(InboundEvents):
         name, _old_chan = self._channel(ctx)
         new = self._new_name(ctx, name)
         sig = P.get(ctx.ev, "rename", str)
+        why = ctx.ev.get("why", "in-use")
+        if why not in REFUSALS:
+            raise ProtocolError("bad rename refusal reason")
         chan = self.server.channels.get(fold(new))
         chain = self.channel_renames.get(chan.folded) if chan is not None else None
         if (chan is None or not chain or chain[-1].get("sig") != sig or chain[-1].get("origin") != self.me
@@ -250,7 +273,7 @@ class ChannelRenames(InboundEvents):
             log.warn("S2S rename of {old} to {new} refused by {server}, but {old} was taken here meanwhile: "
                      "not undone", old=name, new=new, server=where)
             return True
-        reason = f"{chan.name} is in use on {where}"
+        reason = REFUSALS[why].format(new=chan.name, old=name, server=where)
         self._undo_rename(chan, reason, self.server.name)
         self._emit("rename", {"channel": latest["new"], "new": chan.name, "reason": clip(reason), "undo": sig})
         return True
