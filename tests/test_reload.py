@@ -438,3 +438,132 @@ class ReconfigureFederationTests(unittest.TestCase):
         fed.reconfigure(Config(iroh=True, s2s_open_federation=True))
         self.assertIsNone(bridge.allowed)
         self.assertEqual(fed.links[1].trust, "full")
+
+
+class ReloadedBlocksTests(unittest.TestCase):
+    """Oper accounts and [[kline]] bans come from the file and follow a reload."""
+
+    @asynctest
+    async def test_oper_account_and_kline_from_reload(self) -> None:
+        """An [[oper]] block added by a reload lets its account OPER; a [[kline]] added by a reload refuses the
+        next connection from its address while the connected clients stay."""
+        from freeq.opers import hash_password
+
+        fx = Fixture(self, "")
+        secret = os.path.join(fx.dir, "oper.secret")
+        with open(secret, "w") as f:
+            f.write("oper-pw-123\n")
+        os.chmod(secret, 0o600)
+        base = f'oper-password-file = "{secret}"\noper-backoff-base = 0\n'  # no wait after the failed OPER
+        fx.write(base)
+        fx.start()
+        boss = await fx.oper()
+        carol = await fx.client("carol")
+        carol.send("OPER carol carol-pw-123")
+        await carol.expect("464", timeout=10)  # no such account yet: the shared password is checked, and fails
+        fx.write(base + f'[[oper]]\nname = "carol"\npassword = "{hash_password("carol-pw-123")}"\n'
+                        'privileges = ["rehash"]\n'
+                        '[[kline]]\nmask = "*@127.0.0.1"\nreason = "reload test"\n')
+        boss.send("REHASH")
+        await boss.expect(lambda l: l.command == "NOTICE" and "reloaded" in l.params[-1])
+        self.assertEqual([a.name for a in fx.server.config.opers], ["carol"])
+        self.assertEqual(fx.server.config.config_bans, (("*@127.0.0.1", "reload test"),))
+        carol.send("OPER carol carol-pw-123")
+        await carol.expect("381", timeout=10)
+        banned = await fx.connect()
+        banned.send("NICK banned")
+        banned.send("USER banned 0 * :banned")
+        refused = await banned.expect("ERROR")
+        self.assertIn("reload test", refused.raw)
+        await banned.closed
+        carol.send("PING :alive")
+        await carol.expect("PONG")
+        self.assertFalse(boss.is_closed)
+
+
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+
+class TwistdReloadTests(unittest.TestCase):
+    """The real ``twistd freeq --config``: SIGHUP to the process reloads the file, keeping command-line flags."""
+
+    @asynctest
+    async def test_twistd_sighup(self) -> None:
+        """A broken file on SIGHUP is refused with an error line and the process serves on; a fixed one reloads
+        (new MOTD) while the command line's --max-targets still overrides the file, and the client stays."""
+        import socket
+        import subprocess
+        import sys
+
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        path = os.path.join(home, "freeq.toml")
+
+        def write(body: str) -> None:
+            with open(path, "w") as f:
+                f.write(f'listen-addr = "127.0.0.1:{port}"\ntls-listen-addr = "none"\n'
+                        f'data-dir = "{os.path.join(home, "data")}"\ndb-path = "none"\nmax-targets = 3\n' + body)
+
+        write('motd = "first motd"\n')
+        log_path = os.path.join(home, "twistd.log")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home, "LANG": "C.UTF-8"}
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen([sys.executable, "-c", TWISTD, "-n", "--pidfile=", "freeq", "--config", path,
+                                     "--max-targets", "7"], cwd=home, env=env, stdout=log_file,
+                                    stderr=subprocess.STDOUT)
+
+        def reap() -> None:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+        self.addCleanup(reap)
+
+        def output() -> str:
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+
+        from twisted.internet.error import ConnectionRefusedError
+
+        client = IRCClient()
+        for _ in range(300):
+            self.assertIsNone(proc.poll(), f"twistd exited early:\n{output()}")
+            try:
+                await endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+                break
+            except ConnectionRefusedError:
+                await sleep(0.05)
+        else:
+            self.fail(f"twistd never listened on {port}:\n{output()}")
+        self.addCleanup(client.disconnect)
+        client.send("NICK sub")
+        client.send("USER sub 0 * :Subprocess")
+        await client.expect(r"TARGMAX=PRIVMSG:7,", timeout=10)
+        await client.expect(lambda l: l.command == "372" and "first motd" in l.params[-1])
+
+        write('motd = "second motd"\nnick-len = 99\n')
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(200):
+            if "refused" in output():
+                break
+            await sleep(0.05)
+        self.assertIn(f"configuration reload (SIGHUP) refused, the running configuration is kept: {path}: "
+                      "nick-len: must be between 9 and 64, got 99", output())
+        client.send("MOTD")
+        await client.expect(lambda l: l.command == "372" and "first motd" in l.params[-1])
+
+        write('motd = "second motd"\n')
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(200):
+            if "configuration reloaded (SIGHUP)" in output():
+                break
+            await sleep(0.05)
+        client.send("MOTD")
+        await client.expect(lambda l: l.command == "372" and "second motd" in l.params[-1])
+        client.send("VERSION")
+        await client.expect(r"TARGMAX=PRIVMSG:7,")  # the command line still beats the file's max-targets = 3
+        self.assertIsNone(proc.poll())
+        self.assertFalse(client.is_closed)
