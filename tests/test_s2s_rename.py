@@ -48,8 +48,9 @@ class PureTests(unittest.TestCase):
         self.assertEqual(rename_event_problem(signed_rename(signer, "#a", "&b"), 64), "bad channel names")
         self.assertEqual(rename_event_problem(signed_rename(signer, "#a", "#b", uid="0" * 16 + ".a.1"), 64),
                          "renamer does not belong to the rename's origin")
-        self.assertEqual(rename_event_problem(signed_rename(signer, "#a", "#b", reason="x" * 3000), 64),
+        self.assertEqual(rename_event_problem(signed_rename(signer, "#a", "#b", reason="x" * 5000), 64),
                          "malformed or too large")
+        self.assertIsNone(rename_event_problem(signed_rename(signer, "#a", "#b", reason="\x01" * 400), 64))
         self.assertEqual(rename_event_problem(["rename"], 64), "not a rename event")
 
     def test_chain_problem_and_clip(self) -> None:

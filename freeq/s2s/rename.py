@@ -43,8 +43,9 @@ log = Logger()
 RENAME_CHAIN = 8
 #: Renamed channels whose rename events are kept (the oldest forgotten first).
 RENAMED_CHANNELS_MAX = 4096
-#: The largest rename event (canonical JSON bytes) kept, and accepted in a burst.
-RENAME_EVENT_MAX = 2000
+#: The largest rename event (canonical JSON bytes) kept, and accepted in a burst: any valid one (a 400-byte reason
+#: of control characters escaped in JSON is 2 400 bytes); a chain of RENAME_CHAIN fits one burst frame.
+RENAME_EVENT_MAX = 4000
 #: The longest reason carried (UTF-8 bytes), as for KICK.
 REASON_MAX = 400
 #: Seconds of RENAME_INTERVAL (freeq.core.rename) a peer's rename may be early by here (events' delays differ).
@@ -126,8 +127,8 @@ class ChannelRenames(InboundEvents):
     def _record_rename(self, old: str, new: str, event: dict[str, Any]) -> None:
         """Channel ``old`` (folded) is now ``new``, by ``event``: it joins the channel's chain of renames."""
         chain = self.channel_renames.pop(old, [])
-        if len(P.canonical(event)) <= RENAME_EVENT_MAX:
-            chain = chain + [event]
+        # Never a chain with a gap (receivers refuse it): one too large to keep ends it.
+        chain = chain + [event] if len(P.canonical(event)) <= RENAME_EVENT_MAX else []
         if chain:
             self.channel_renames[new] = chain[-RENAME_CHAIN:]
         self._bound_renames()
