@@ -281,6 +281,9 @@ class RehashTests(unittest.TestCase):
         other.send("PING :alive")
         await other.expect("PONG")
         self.assertEqual(fx.server.config.max_connections_per_ip, 3)
+        factories = [s.factory for s in fx.top if isinstance(getattr(s, "factory", None), IRCFactory)]
+        self.assertTrue(factories)
+        self.assertTrue(all(f.config is fx.server.config for f in factories))  # flood and send-queue limits
 
 
 class TLSReloadTests(unittest.TestCase):
@@ -306,8 +309,16 @@ class TLSReloadTests(unittest.TestCase):
             os.replace(new_cert, cert)
             os.replace(new_key, key)
         self.assertNotEqual(file_digest(irc_cert), first_irc)
+        fx.write("web-max-connections-per-ip = 7\nflood-queue = 11\n")
         outcome = fx.reloader.reload("test")
         self.assertTrue(outcome.ok, outcome.error)
+        # The web listener's bounds and its WebSocket factory (flood and send-queue limits) follow the reload.
+        from freeq.web.site import WebSite
+
+        site = next(s.factory for s in fx.top if isinstance(getattr(s, "factory", None), WebSite))
+        self.assertEqual(site.connections.per_ip, 7)
+        self.assertIs(site.resource.children[b"irc"].factory.config, fx.server.config)
+        self.assertEqual(fx.server.config.flood_queue, 11)
         after = await fx.client("after", kind="tls")
         self.assertEqual(peer_digest(after), file_digest(irc_cert))
         web_after = await fx.connect("web")
