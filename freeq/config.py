@@ -384,6 +384,11 @@ def parse_kline_blocks(blocks: Any) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"{where}: unknown key {unknown[0][:40]!r} (a kline has mask and reason)")
         mask = _kline_text(where, block, "mask", MAX_KLINE_MASK, spaces=False)
         reason = _kline_text(where, block, "reason", MAX_KLINE_REASON, spaces=True)
+        from freeq.state.bans import config_ban_problem  # the rules of KLINE/DLINE (issue #13 item 4)
+
+        problem = config_ban_problem(mask)
+        if problem is not None:
+            raise ConfigError(f"{where}: {problem}")
         out.append((mask, reason))
     return tuple(out)
 

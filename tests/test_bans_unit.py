@@ -161,3 +161,18 @@ class MatchTests(unittest.TestCase):
                          [(DLINE, "192.0.2.0/24", "config"), (KLINE, "did:plc:x", "config")])
         self.assertEqual(len(problems), 2)
         self.assertIsNotNone(bans.dline_for("192.0.2.9", 0))
+
+
+class ConfigFileTests(unittest.TestCase):
+    """The config file's [[kline]] blocks are refused at load when a mask is not a ban KLINE/DLINE would accept."""
+
+    def test_bad_kline_block_refused(self) -> None:
+        """``*@*`` or a /0 network in a [[kline]] block: ConfigError naming the block; good ones load."""
+        from freeq.config import ConfigError, parse_kline_blocks
+
+        good = parse_kline_blocks([{"mask": "*@192.0.2.0/24", "reason": "abuse"}, {"mask": "did:plc:x", "reason": "x"}])
+        self.assertEqual(len(good), 2)
+        for mask in ("*@*", "0.0.0.0/0", "did:plc:"):
+            with self.assertRaises(ConfigError) as caught:
+                parse_kline_blocks([{"mask": mask, "reason": "r"}])
+            self.assertIn("[[kline]] #1", str(caught.exception))

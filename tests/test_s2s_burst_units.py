@@ -217,14 +217,16 @@ class BurstRecordTests(unittest.TestCase):
         self.assertEqual((records, included), ([], set()))
 
     def test_send_burst_frames_in_order(self) -> None:
-        """Servers (with this server first), users, channels with their members, then the end."""
+        """Servers (with this server first), users, channels with their members, the bans (over a full link, even
+        none: freeq.s2s.bans), then the end."""
         alice = self.local_user("alice")
         chan = Channel("#room", self.clock.seconds())
         chan.add(alice, OP)
         self.server.channels[chan.folded] = chan
         self.fed._send_burst(self.link)
         frames = [P.decode_message(data[4:]) for _link, data in self.transport.sent]
-        self.assertEqual([f["part"] for f in frames], ["servers", "users", "channel", "channel", "end"])
+        self.assertEqual([f["part"] for f in frames], ["servers", "users", "channel", "channel", "bans", "end"])
+        self.assertEqual(frames[4]["bans"], [])
         self.assertEqual(frames[0]["servers"][0]["id"], self.fed.me)
         self.assertEqual([u["nick"] for u in frames[1]["users"]], ["alice"])
         members = burst.burst_members(frames[3]["members"], {self.fed.uid(alice)})

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional
 from twisted.logger import Logger
 
 from freeq.irc.parser import Message
+from freeq.logs import security_event
 from freeq.state.bans import (
     DLINE, KLINE, MAX_BANS, MAX_SETTER, Ban, BanError, BanList, clean_reason, compile_config_bans, parse_duration,
     parse_mask,
@@ -110,8 +111,11 @@ class BanCommands(_Server):
     def _hit(self, ban: Ban, ip: str, nick: str) -> None:
         word = _WORD[ban.kind]
         self.metric("kline_hits" if ban.kind == KLINE else "dline_hits")
-        log.warn(word + " hit from {ip}: {mask} ({reason}), nick {nick}", ip=ip, mask=ban.mask, reason=ban.reason,
-                 nick=nick, security="kline_hit", ban_kind=word)
+        # A security event (freeq.logs): warn, the IP early (fail2ban: failregex = [KD]-line hit from <HOST>). Counted
+        # above only: freeq_security_events_total reads kline_hits/dline_hits for these kinds.
+        security_event(log, "kline_hit" if ban.kind == KLINE else "dline_hit", ip,
+                       word + " hit from {ip}: {mask} ({reason}), nick {nick}", mask=ban.mask, reason=ban.reason,
+                       nick=nick)
 
     def _ban_for(self, user: User, now: float) -> Optional[Ban]:
         """The live ban (stored or from the config file) that ``user`` falls under, if any."""
@@ -181,10 +185,11 @@ class BanCommands(_Server):
     def apply_remote_ban(self, ban: Ban) -> bool:
         """A ban from a full-trust peer (already validated): held, stored and enforced like a local one. False
         when it is known already (same id: heard live and in a burst) or the list is full (logged)."""
-        if ban.id in self.network_bans.ids:
+        if ban.id in self.network_bans.ids or ban.expired(self.clock.seconds()):
             return False
-        if ban.expired(self.clock.seconds()):
-            return False
+        held = self.network_bans.get(ban.kind, ban.mask)
+        if held is not None and held.set_at > ban.set_at:
+            return False  # the same mask banned again since, here or elsewhere: the later ban stands
         if not self._room_for(ban.kind, ban.mask):
             log.warn("{what} on {mask} from {origin} not kept: {cap} bans held already", what=_WORD[ban.kind],
                      mask=ban.mask, origin=ban.origin, cap=MAX_BANS)
@@ -194,6 +199,20 @@ class BanCommands(_Server):
                  "closed", what=_WORD[ban.kind], mask=ban.mask, origin=ban.origin, setter=ban.setter,
                  reason=ban.reason, closed=closed)
         return True
+
+    def replace_remote_bans(self, origins: set[str], listed: Iterable[Ban]) -> None:
+        """A full-trust peer's burst: ``listed`` are all the bans of servers ``origins`` (names). Bans held from
+        those servers that it no longer lists were lifted meanwhile and go; new ones are applied. Bans set here
+        and config bans are never touched."""
+        listed = list(listed)
+        keep = {ban.id for ban in listed}
+        for ban in self.network_bans:
+            if ban.origin in origins and ban.origin not in ("", "config", self.name) and ban.id not in keep:
+                self.remove_ban(ban.kind, ban.mask)
+                log.info("{what} on {mask} of {origin} lifted while we were apart (not in its burst)",
+                         what=_WORD[ban.kind], mask=ban.mask, origin=ban.origin)
+        for ban in listed:
+            self.apply_remote_ban(ban)
 
     def apply_remote_unban(self, kind: str, mask: str, origin: str) -> bool:
         """A full-trust peer lifted a ban: forgotten here too (True if one was held)."""

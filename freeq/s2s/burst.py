@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from freeq.core.metadata import changes_problem
 from freeq.irc.names import fold, valid_channel
 from freeq.s2s import protocol as P
+from freeq.s2s.bans import apply_burst_bans, burst_ban_frames, collect_bans  # network bans (issue #13)
 from freeq.s2s.base import SPLIT_REASON
 from freeq.s2s.rename import RENAME_CHAIN, ChannelRenames
 from freeq.s2s.peers import BurstParts, PeerLink, ServerInfo
@@ -107,6 +108,8 @@ def collect_part(acc: BurstParts, msg: dict[str, Any], channel_len: int) -> bool
         if len(entries) > 1000 or len(acc.metadata) + len(entries) > 500000:
             raise ProtocolError("too many metadata entries")
         acc.metadata.extend(entries)
+    elif part == "bans":
+        collect_bans(acc, msg)
     elif part == "end":
         return True
     else:
@@ -213,6 +216,8 @@ class BurstExchange(ChannelRenames):
             for key, chunk in [("ops", c) for c in chunks(crdt.dump())] + [("members", c) for c in chunks(members)]:
                 self._send(link, {"type": "burst", "part": "channel", "name": chan.name, "created": int(chan.created),
                                   key: chunk})
+        for frame in burst_ban_frames(self, link, {s["name"] for s in servers}):  # over a full link only
+            self._send(link, frame)
         self._send(link, {"type": "burst", "part": "end"})
 
     def _burst_metadata(self, included: set[User]) -> list[Any]:
@@ -288,6 +293,7 @@ class BurstExchange(ChannelRenames):
         missed = self._apply_burst_renames(link, acc.channels)  # renames first (freeq.s2s.rename)
         self._apply_burst_channels(link, acc.channels, seen)
         self._apply_burst_metadata(link, acc.metadata)
+        apply_burst_bans(self, link, acc.bans, burst_servers)  # K-/D-lines of its servers (freeq.s2s.bans)
         self._count("bursts")
         self._reburst(except_link=link.link_id)
         if missed:  # the peer's burst listed channels under names they no longer have: it hears the new ones

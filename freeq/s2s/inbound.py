@@ -10,6 +10,7 @@ from freeq.core.metadata import changes_problem
 from freeq.irc.names import fold, valid_channel, valid_nick
 from freeq.irc.parser import build, build_text
 from freeq.s2s import protocol as P
+from freeq.s2s.bans import receive_ban, receive_unban
 from freeq.s2s.base import ORIGIN_TAG
 from freeq.s2s.outbound import LocalObservers
 from freeq.s2s.peers import EventContext
@@ -350,6 +351,14 @@ class InboundEvents(LocalObservers):
             device.write(build_text(actor.hostmask, "KILL", device.nick, reason))
             self.server.close(device, text)
         return True
+
+    def _ev_ban(self, ctx: EventContext) -> bool:
+        """An operator of the origin set a K-line or D-line (routed here; ``full`` links only: the trust check)."""
+        return receive_ban(self, ctx)
+
+    def _ev_unban(self, ctx: EventContext) -> bool:
+        """An operator of the origin lifted a K-line or D-line (routed here; ``full`` links only)."""
+        return receive_unban(self, ctx)
 
     def _ev_marker(self, ctx: EventContext) -> bool:
         """A user of the origin moved its account's read marker (routed here: the account has a user here too).

@@ -8,6 +8,7 @@ from twisted.logger import Logger
 
 from freeq.irc.names import fold
 from freeq.s2s import protocol as P
+from freeq.s2s.bans import ban_fields, send_ban_event
 from freeq.s2s.base import ORIGIN_TAG
 from freeq.s2s.peers import RemoteSession
 from freeq.s2s.proofs import PROOF_MAX, STATUS_PROOF_MAX, status_str
@@ -234,6 +235,15 @@ class LocalObservers(RemoteUsers):
         from here (a channel operator's power used by an operator who is not one), or ``None``: the action may
         go ahead, every server with members will apply it. Applying it here alone would split the channel."""
         return self._refuser(m.conn.origin for m in chan.members if isinstance(m.conn, RemoteSession))
+
+    def local_ban(self, ban: Any) -> None:
+        """An operator here set a K-line or D-line (a freeq.state.bans.Ban): a ``ban`` event to the servers that
+        apply our operators' actions over links we trust ``full`` (freeq.s2s.bans)."""
+        send_ban_event(self, "ban", ban_fields(ban))
+
+    def local_unban(self, kind: str, mask: str) -> None:
+        """An operator here lifted the ban on ``(kind, mask)``: an ``unban`` event to the same servers."""
+        send_ban_event(self, "unban", {"kind": kind, "mask": mask})
 
     def local_marker(self, user: User, target: str, read_ms: int) -> None:
         """A local account's read marker of ``target`` (folded) moved to ``read_ms``: a ``marker`` event routed to

@@ -50,7 +50,7 @@ class ServerInfo:
 class BurstParts:
     """A burst being received (applied only when complete)."""
 
-    __slots__ = ("servers", "marks", "users", "channels", "metadata", "frames")
+    __slots__ = ("servers", "marks", "users", "channels", "metadata", "frames", "bans")
 
     def __init__(self) -> None:
         self.servers: list[dict[str, Any]] = []
@@ -58,6 +58,7 @@ class BurstParts:
         self.users: list[dict[str, Any]] = []
         self.channels: dict[str, dict[str, Any]] = {}
         self.metadata: list[Any] = []  # [uid, {key: value}] of the sender's own users (draft/metadata-2)
+        self.bans: Optional[list[Any]] = None  # K-/D-line entries (freeq.s2s.bans); None: no bans part was sent
         self.frames = 0
 
 

@@ -51,7 +51,9 @@ MESSAGE_KINDS = frozenset({"msg"})
 STATE_KINDS = frozenset({"topic", "mode", "kick", "invite", "refuse", "rename", "rename_refused"})
 #: Server-operator actions on another server's users (``kill``: routed to the victim's home server, which
 #: disconnects the user): only ``full`` links may deliver them.
-OPER_KINDS = frozenset({"kill"})
+#: ``ban``/``unban`` (a K-line or D-line set or lifted by an operator of the origin, routed to each server that
+#: applies its operators' actions: freeq.s2s.bans) likewise.
+OPER_KINDS = frozenset({"kill", "ban", "unban"})
 #: An account's own state kept on every server where it has a user (``marker``: a draft/read-marker moved, routed
 #: to those servers; applied only from a server hosting a user of that account): ``full`` and ``relay`` links.
 #: ``metadata`` (draft/metadata-2, flooded) is a user's own, from its home server; a channel's is channel state,

@@ -197,6 +197,16 @@ def shape_of(mask: str) -> str:
     return KLINE if mask.startswith("did:") or "@" in mask else DLINE
 
 
+def config_ban_problem(mask: str) -> Optional[str]:
+    """Why a config-file ban's mask (its kind by :func:`shape_of`) is refused, or ``None`` (the config loader
+    refuses the file with this, so a reload with a bad ban keeps the running config)."""
+    try:
+        parse_mask(shape_of(mask), mask)
+    except BanError as e:
+        return str(e)
+    return None
+
+
 def clean_reason(text: str) -> str:
     """A reason safe on the wire: control characters made spaces, cut to :data:`MAX_REASON_BYTES` bytes,
     :data:`DEFAULT_REASON` when nothing is left."""
