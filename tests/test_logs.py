@@ -195,6 +195,23 @@ class SecurityEventTests(unittest.TestCase):
         self.assertEqual(srv.server.metrics.security_count("sasl_failure"), 1)
 
     @asynctest
+    async def test_oper_failure(self) -> None:
+        """A wrong OPER password: warn, ``failed OPER from <ip>``, security=oper_failure; its JSON line has
+        ``ip`` before ``security`` (what the fail2ban JSON filter of docs/logging.md relies on)."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        srv = await start_server(self, oper_password="the-right-one-123")
+        c = await srv.client("mallory")
+        c.send("OPER admin guess-9f3k")
+        await c.expect("464")
+        events = events_with(observer, security="oper_failure")
+        self.assert_security(events, "oper_failure", "127.0.0.1", "failed OPER from 127.0.0.1 as admin")
+        line = json_line(events[0])
+        self.assertNotIn("the-right-one-123", line)
+        self.assertNotIn("guess-9f3k", line)
+        self.assertRegex(line, r'"ip":"127\.0\.0\.1".*"security":"oper_failure"')
+        self.assertEqual(srv.server.metrics.security_count("oper_failure"), 1)
+
+    @asynctest
     async def test_per_ip_limit(self) -> None:
         """A connection over the per-IP limit: warn, ip field, security=per_ip_limit."""
         observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)

@@ -181,7 +181,7 @@ class OperatorCommands(_Server):
                 text = ("failed OPER from {ip} as {name} (" + detail +
                         "nick {nick}, failures {n}, {suppressed} more suppressed)")
             log.warn(text, ip=user.ip, name=name[:64], nick=user.nick, n=outcome.failures,
-                     suppressed=outcome.suppressed, why=why)
+                     suppressed=outcome.suppressed, why=why, security="oper_failure")  # a security event (freeq.logs)
         if here:
             self._oper_strike(user)
 
