@@ -14,8 +14,9 @@ from freeq.s2s import proofs
 from freeq.s2s.protocol import EventSigner
 from freeq.s2s.rename import PEER_RENAMES_BURST, RENAME_CHAIN, chain_problem, clip, rename_event_problem
 from freeq.state.channel import Channel
-from tests.s2s_support import Node, channel_view, link_raw_peer, settle, start_line, start_node, wait_for
+from tests.s2s_support import LogCapture, Node, channel_view, link_raw_peer, settle, start_line, start_node, wait_for
 from tests.support import asynctest, sleep
+from tests.test_s2s_oper import make_oper
 from tests.test_s2s_restart import RestartableNode
 
 CAP = "draft/channel-rename"
@@ -155,6 +156,21 @@ class FederatedRenameTests(unittest.TestCase):
         self.assertEqual((await alice.expect("PRIVMSG")).params, ["#trio", "from C"])
         self.assertEqual((await bob.expect("PRIVMSG")).params, ["#trio", "from C"])
         self.assertEqual(channel_view(a, "#trio"), channel_view(c, "#trio"))
+
+    @asynctest
+    async def test_server_operator_override_applied_by_a_full_peer(self) -> None:
+        """carol, a server operator on A and no member of #fed, renames it: B (which trusts A fully) applies the
+        override and logs it; bob sees the RENAME from carol."""
+        logs = LogCapture(self)
+        a, b = await start_line(self, "a.test", "b.test", flood_rate=0, oper_password="pw")
+        _alice, bob, _carol = await three_members(self, [a, b], "#fed")
+        oper = await a.client("oper")
+        await make_oper(oper)
+        oper.send("RENAME #fed #opered")
+        line = await bob.expect(renamed("#fed", "#opered"))
+        self.assertTrue((line.source or "").startswith("oper!"))
+        await logs.wait("S2S server-operator override: oper (operator of a.test) renames it to #opered on #fed")
+        self.assertEqual(sorted(b.server.channels), ["#opered"])
 
     @asynctest
     async def test_non_operator_refused(self) -> None:
