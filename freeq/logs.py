@@ -8,8 +8,9 @@
   over its own), writing where ``twistd`` would have written (``--logfile``, stdout under ``-n``).
 * :func:`security_event` is the one way to log a security event (failed OPER, SASL failure, per-IP or
   connection-rate refusal, rejected S2S peer, K-line hit): at ``warn``, with the client IP as the named field
-  ``ip`` and early in the text (fail2ban: ``failregex = <kind text> from <HOST>``), the kind as the field
-  ``security``, and counted in :class:`freeq.metrics.Metrics` when ``metrics`` is given.
+  ``ip`` and in the text, before the details (fail2ban: ``failregex = <kind text> from <HOST>``; see
+  docs/logging.md), the kind as the field ``security``, and counted in :class:`freeq.metrics.Metrics` when
+  ``metrics`` is given.
 * :func:`log_connect` and :func:`log_quit`: the ``info`` lines of clients coming and going, silenced by
   ``--log-connections off`` (the counters in ``/metrics`` are kept either way).
 """
