@@ -29,6 +29,7 @@ class ConfigFileTests(unittest.TestCase):
     """The file's values land in Config under the command line and the environment."""
 
     def write(self, text: str, name: str = "freeq.toml", mode: int = 0o600) -> str:
+        """Write ``text`` to a new file ``name`` (mode ``mode``) and return its absolute path."""
         directory = self.mktemp()
         os.makedirs(directory)
         path = os.path.abspath(os.path.join(directory, name))
@@ -38,6 +39,7 @@ class ConfigFileTests(unittest.TestCase):
         return path
 
     def load(self, text: str, *argv: str, environ: Optional[Mapping[str, str]] = None) -> Config:
+        """The Config of the config file ``text`` with the command line ``argv`` and ``environ``."""
         path = self.write(text)
         return config_from_options(parse("--config", path, *argv), environ or {})
 
@@ -51,6 +53,7 @@ class ConfigFileTests(unittest.TestCase):
         return message, path
 
     def logged(self) -> list[dict[str, Any]]:
+        """Every log event from now until the end of the test."""
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)

@@ -71,10 +71,12 @@ class Fixture:
         return self
 
     def _bound(self, port: Any, kind: str) -> Any:
+        """Record the listening port of the ``kind`` listener (irc, tls, web)."""
         self.ports[kind] = port
         return port
 
     async def stop(self) -> None:
+        """Close the clients, then stop the tree (the case's cleanup)."""
         for c in self.clients:
             c.disconnect()
         for c in self.clients:
@@ -84,16 +86,20 @@ class Fixture:
 
     @property
     def server(self) -> Any:
+        """The running IRCServer."""
         return self.top.irc_server
 
     @property
     def reloader(self) -> ConfigReloader:
+        """The tree's reloader (what REHASH and SIGHUP call)."""
         return self.top.reloader
 
     def signal_service(self) -> _ReloadSignalService:
+        """The service that installs the SIGHUP handler."""
         return next(s for s in self.top if isinstance(s, _ReloadSignalService))
 
     async def connect(self, kind: str = "irc") -> IRCClient:
+        """A raw connection to the ``kind`` listener (plain IRC, or TLS for tls and web)."""
         client = IRCClient()
         port = self.ports[kind].getHost().port
         if kind == "irc":
@@ -106,6 +112,7 @@ class Fixture:
         return client
 
     async def client(self, nick: str, kind: str = "irc") -> IRCClient:
+        """A registered client ``nick``."""
         c = await self.connect(kind)
         c.nick = nick
         c.send(f"NICK {nick}")
@@ -115,6 +122,7 @@ class Fixture:
         return c
 
     async def oper(self, nick: str = "boss") -> IRCClient:
+        """A registered client made operator with the shared password (every privilege)."""
         c = await self.client(nick)
         c.send("OPER admin oper-pw-123")
         await c.expect("381")
@@ -130,11 +138,13 @@ def peer_digest(client: IRCClient) -> str:
 
 
 def file_digest(cert_path: str) -> str:
+    """The SHA-256 digest of the certificate in the PEM file ``cert_path``."""
     with open(cert_path, "rb") as f:
         return ssl.Certificate.loadPEM(f.read()).original.digest("sha256").decode()
 
 
 def log_events(case: unittest.TestCase) -> list[dict[str, Any]]:
+    """Every log event from now until the end of ``case``."""
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     case.addCleanup(globalLogPublisher.removeObserver, events.append)
@@ -148,6 +158,7 @@ class RehashTests(unittest.TestCase):
     """REHASH over real sockets."""
 
     def fixture(self, body: str = "", **kw: Any) -> Fixture:
+        """A Fixture whose file also sets the shared OPER password through oper-password-file."""
         secret = os.path.abspath(self.mktemp())
         with open(secret, "w") as f:
             f.write("oper-pw-123\n")
@@ -413,6 +424,8 @@ class ReconfigureFederationTests(unittest.TestCase):
         from tests.support import make_config
 
         class Bridge:
+            """A stand-in for the iroh bridge: records closed links and dialled peers."""
+
             def __init__(self) -> None:
                 self.allowed: Optional[frozenset[str]] = frozenset()
                 self.peers: dict[str, Any] = {}
