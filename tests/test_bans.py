@@ -255,7 +255,8 @@ class DlineTests(unittest.TestCase):
     @asynctest
     async def test_dline_command_closes_and_refuses(self) -> None:
         """DLINE on an address closes its connections (the operator's own too, if it is there) and refuses new
-        ones at accept; UNDLINE (by an operator elsewhere: here, the config is reloaded) lifts it."""
+        ones at accept; once lifted (no operator is left on 127.0.0.1 to UNDLINE: remove_ban, as UNDLINE does),
+        connections are accepted again."""
         srv = await start_server(self, oper_password=OPER_PASSWORD, flood_rate=0)
         boss = await oper(srv)
         victim = await srv.client("victim")
