@@ -5,6 +5,7 @@ and every operator action logged with the account name and IP."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 from twisted.internet.testing import EventLoggingObserver
@@ -261,3 +262,41 @@ class OperAccountTests(unittest.TestCase):
         await chief.expect("349")
         self.assertIn("oper action override by chief (oper chief) from 127.0.0.1, command INVITE, channel #c",
                       [text for _level, text in logged()])
+
+
+class OperAccountsFromFileTests(unittest.TestCase):
+    """[[oper]] blocks in a real config file (``--config``), through the loader and REHASH."""
+
+    @asynctest
+    async def test_file_accounts_and_rehash(self) -> None:
+        """Accounts come from the file (one through password-file); REHASH with a new file adds and removes
+        accounts for the next OPER while an oper of a removed account keeps its status; a file with a
+        plain-text password is refused (one FAIL line naming the block and key, never the value) and the
+        running accounts kept."""
+        from tests.test_reload import Fixture
+
+        hash_file = os.path.abspath(self.mktemp())
+        with open(hash_file, "w") as f:
+            f.write(HASH + "\n")
+        head = "oper-backoff-base = 0\n"  # the 491 below would make the next OPER wait
+        alice = head + (f'[[oper]]\nname = "alice"\npassword-file = "{hash_file}"\nhosts = ["*@127.0.0.1"]\n'
+                        'class = "admin"\n')
+        fx = Fixture(self, alice).start()
+        boss = await fx.client("boss")
+        self.assertEqual(await oper(boss, "alice"), "381")
+        self.assertEqual(fx.server.users["boss"].oper_name, "alice")
+        fx.write(head + f'[[oper]]\nname = "bob"\npassword = "{HASH}"\nprivileges = ["kill"]\n')
+        boss.send("REHASH")
+        await boss.expect(lambda l: l.command == "NOTICE" and "reloaded" in l.params[-1])
+        c = await fx.client("carl")
+        self.assertEqual(await oper(c, "alice"), "491")
+        self.assertEqual(await oper(c, "bob"), "381")
+        self.assertEqual(fx.server.users["carl"].oper_privileges, frozenset({"kill"}))
+        self.assertTrue(fx.server.users["boss"].oper_holds("rehash"))  # kept until it disconnects
+        fx.write(head + '[[oper]]\nname = "dan"\npassword = "plain-text-pw"\n')
+        boss.send("REHASH")
+        fail = await boss.expect("FAIL")
+        self.assertEqual(fail.params[:2], ["REHASH", "CONFIG_ERROR"])
+        self.assertIn("[[oper]] 'dan': password:", fail.params[-1])
+        self.assertNotIn("plain-text-pw", fail.params[-1])
+        self.assertEqual([a.name for a in fx.server.config.opers], ["bob"])
