@@ -133,6 +133,12 @@ class KlineTests(unittest.TestCase):
         lines = await boss.collect_until("219")
         self.assertEqual(sorted(l.params[1:3] for l in lines if l.command == "225"),
                          [["D", "198.51.100.0/24"], ["D", "203.0.113.0/24"]])
+        self.patch(core_bans, "MAX_STATS_LINES", 1)  # bounded output: the rest is counted in a NOTICE
+        boss.send("STATS d")
+        notice = await boss.expect("NOTICE")
+        self.assertIn("STATS d: 2 D-lines, the first 1 listed", notice.params[-1])
+        lines = await boss.collect_until("219")
+        self.assertEqual(len([l for l in lines if l.command == "225"]), 1)
         boss.send("STATS u")
         up = await boss.expect("242")
         self.assertIn("Server Up 0 days", up.params[-1])

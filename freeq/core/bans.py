@@ -38,6 +38,9 @@ log = Logger()
 #: What each command adds or removes.
 _ADD = {"KLINE": KLINE, "DLINE": DLINE}
 _REMOVE = {"UNKLINE": KLINE, "UNDLINE": DLINE}
+#: Most bans one ``STATS k``/``STATS d`` lists (about 200 bytes each: the whole list at the cap of 10,000 would pass
+#: the default send queue of 1 MiB and disconnect the operator); a NOTICE tells how many more there are.
+MAX_STATS_LINES = 2000
 #: The word for a kind in replies and logs.
 _WORD = {KLINE: "K-line", DLINE: "D-line"}
 
@@ -330,6 +333,9 @@ class BanCommands(_Server):
         self._drop_expired(now)
         held = [(ban, "") for ban in self.network_bans if ban.kind == kind]
         held += [(ban, "[config file] ") for ban in self.config_ban_list() if ban.kind == kind]
+        if len(held) > MAX_STATS_LINES:
+            self.notice(user, f"STATS {kind.lower()}: {len(held)} {_WORD[kind]}s, the first {MAX_STATS_LINES} listed")
+            held = held[:MAX_STATS_LINES]
         for ban, mark in held:
             letter = kind if ban.expires is None else kind.lower()
             text = f"{mark}{ban.reason} (set by {ban.setter} on {_when(ban.set_at)}, {_lasting(ban, now)})"
