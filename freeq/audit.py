@@ -366,6 +366,10 @@ class Auditor:
     def key_files(self) -> None:
         """Every key file (and the high-water mark) is 0600."""
         d = self.config.data_dir
+        if os.path.isdir(d) and not os.access(d, os.R_OK | os.X_OK):
+            self.add("key-files", WARN, f"cannot look inside {d} as this user; run the audit as the server's user "
+                     "(sudo -u freeq freeq-admin audit ...) or root")
+            return
         names = (keys.DB_ENCRYPTION_KEY, keys.DB_ENCRYPTION_KEY + ".new", keys.MSG_SIGNING_KEY,
                  keys.VERIFIER_SIGNING_KEY, keys.IROH_KEY)
         loose = []
@@ -414,12 +418,24 @@ class Auditor:
                      "atomic when the database and its -wal sidecar share one filesystem; do not symlink the "
                      "database, move it (with its -wal and -shm) into the data directory")
             return
-        mode = _mode(path)
-        if mode is not None and mode & 0o077:
-            self.add("database", WARN, f"{path} has mode {mode:04o} (channel state and nick owners are in clear); "
-                     "chmod 600")
+        loose = [f"{os.path.basename(p)} ({m:04o})" for p, m in ((p, _mode(p)) for p in self._database_files(path))
+                 if m is not None and m & 0o077]
+        if loose:
+            self.add("database", WARN, f"readable by others: {', '.join(loose)} (channel state and nick owners are in "
+                     f"clear); chmod 600 them")
             return
         self.add("database", OK, f"{path}: 0600, local filesystem, same filesystem as its WAL")
+
+    @staticmethod
+    def _database_files(path: str) -> list[str]:
+        """The database, its high-water mark and the schema-upgrade copies beside it (``<db>.vN.bak``)."""
+        directory, base = os.path.split(os.path.abspath(path))
+        try:
+            names = sorted(os.listdir(directory))[:10000]
+        except OSError:
+            names = []
+        extra = [os.path.join(directory, n) for n in names if n.startswith(base + ".v") and n.endswith(".bak")]
+        return [path, path + ".hwm"] + extra
 
     # -- process ------------------------------------------------------------------------------------
     def fd_limit(self) -> None:

@@ -29,7 +29,7 @@ import sqlite3
 import sys
 import time
 import urllib.parse
-from typing import Optional, TextIO
+from typing import NoReturn, Optional, TextIO
 
 from freeq import __version__
 from freeq.store import keys
@@ -225,15 +225,26 @@ def restore(src: str, data_dir: str, db_path: Optional[str] = None, force: bool 
                 raise BackupError(f"{src}: {name} listed in {MANIFEST} is missing")
             if _sha256(os.path.join(src, name)) != digest:
                 raise BackupError(f"{src}: {name} does not match its checksum in {MANIFEST}; the backup is damaged")
-    _make_private_dir(data_dir)
+    if not os.path.isdir(data_dir):
+        _make_private_dir(data_dir)
+    elif not force and _empty_dir(data_dir, ignore=(LOCK_FILE,)):
+        _refuse_non_empty(data_dir, _empty_dir(data_dir, ignore=(LOCK_FILE,)))  # before even creating the lock file
     try:
         lock = lock_data_dir(data_dir)
     except DataDirLocked:
         raise BackupError(f"{data_dir} is in use by a running freeq server; stop it first") from None
+    except OSError as e:
+        raise BackupError(f"cannot lock {data_dir}: {e.strerror}") from None
     try:
         return _restore_locked(src, src_db, data_dir, db_path, force, out)
     finally:
         os.close(lock)
+
+
+def _refuse_non_empty(data_dir: str, present: list[str]) -> NoReturn:
+    """Raise the one-line refusal to restore over ``present`` entries without ``--force``."""
+    raise BackupError(f"{data_dir} is not empty ({', '.join(present[:4])}{', ...' if len(present) > 4 else ''}); "
+                      "give --force to overwrite it")
 
 
 def _restore_locked(src: str, src_db: str, data_dir: str, db_path: Optional[str], force: bool,
@@ -243,8 +254,8 @@ def _restore_locked(src: str, src_db: str, data_dir: str, db_path: Optional[str]
     if db_path and os.path.exists(db_path):
         present.append(db_path)
     if present and not force:
-        raise BackupError(f"{data_dir} is not empty ({', '.join(present[:4])}{', ...' if len(present) > 4 else ''}); "
-                          "give --force to overwrite it")
+        _refuse_non_empty(data_dir, present)
+    _make_private_dir(data_dir)  # an existing directory is tightened only once it is ours to overwrite
     key_names = [n for n in KEY_FILES if os.path.isfile(os.path.join(src, n))]
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):

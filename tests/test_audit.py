@@ -305,6 +305,27 @@ class AuditUnitTests(unittest.TestCase):
         self.patch(audit, "filesystem_type", lambda path: "nfs4")
         self.assertEqual(rows(self.run_checks(), "database")[0][0], audit.FAIL)
 
+    def test_loose_schema_upgrade_copy_warns(self) -> None:
+        """A schema-upgrade copy (freeq.db.vN.bak) holds the same data as the database: readable by others, a warn."""
+        os.makedirs(self.data_dir, mode=0o700)
+        db = os.path.join(self.data_dir, "freeq.db")
+        for path, mode in ((db, 0o600), (db + ".v3.bak", 0o644)):
+            with open(path, "wb"):
+                pass
+            os.chmod(path, mode)
+        status, detail = rows(self.run_checks(), "database")[0]
+        self.assertEqual(status, audit.WARN)
+        self.assertIn("freeq.db.v3.bak (0644)", detail)
+
+    def test_data_dir_closed_to_this_user_warns(self) -> None:
+        """Run by a user who cannot look inside the data directory, the audit says so instead of "no key files"."""
+        os.makedirs(self.data_dir, mode=0o700)
+        real_access = os.access
+        self.patch(os, "access", lambda path, mode: False if path == self.data_dir else real_access(path, mode))
+        status, detail = rows(self.run_checks(), "key-files")[0]
+        self.assertEqual(status, audit.WARN)
+        self.assertIn("server's user", detail)
+
     def test_no_persistence_warns(self) -> None:
         """--db-path none or :memory: keeps nothing across restarts."""
         self.assertEqual(rows(self.run_checks(db_path="none"), "database")[0][0], audit.WARN)

@@ -229,3 +229,20 @@ class BackupRestoreTests(unittest.TestCase):
         self.assertEqual((info.generation, info.key_files), (7, ()))
         self.assertIn("a backup without db-encryption-key.secret is useless", self.out.getvalue())
         self.assertIn("was not found", self.out.getvalue())
+
+    def test_refused_restore_changes_nothing(self) -> None:
+        """A restore refused for a non-empty directory leaves it as it was (its mode included)."""
+        os.makedirs(self.data_dir, mode=0o700)
+        conn = sqlite3.connect(os.path.join(self.data_dir, "freeq.db"))
+        conn.execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT)")
+        conn.commit()
+        conn.close()
+        backup.backup(self.data_dir, self.dest, out=self.out)
+        os.makedirs(self.restored)
+        os.chmod(self.restored, 0o755)
+        with open(os.path.join(self.restored, "notes.txt"), "w") as f:
+            f.write("mine")
+        with self.assertRaises(backup.BackupError):
+            backup.restore(self.dest, self.restored, out=self.out)
+        self.assertEqual(mode(self.restored), 0o755)
+        self.assertEqual(sorted(os.listdir(self.restored)), ["notes.txt"])
