@@ -232,6 +232,8 @@ class KlineTests(unittest.TestCase):
         c = await refused(srv, "victim")
         self.assertIn("465", [l.command for l in c.lines])
         clock.advance(61)
+        srv.server.sweep()  # the periodic sweep forgets it (and deletes its row)
+        self.assertEqual(len(srv.server.network_bans), 0)
         back = await srv.client("victim")
         back.send("PING x")
         await back.expect("PONG")

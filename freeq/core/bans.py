@@ -91,7 +91,8 @@ class BanCommands(_Server):
             if len(self.network_bans) < MAX_BANS:
                 self.network_bans.add(ban)
 
-    def _drop_expired(self, now: float) -> None:
+    def expire_bans(self, now: float) -> None:
+        """Forget (and unstore) the bans that have run out (called by the server's sweep, every 15 s)."""
         for ban in self.network_bans.expired(now):
             self.network_bans.remove(ban.kind, ban.mask)
             if self.store is not None:
@@ -169,7 +170,7 @@ class BanCommands(_Server):
         """Whether one more ban fits (a ban replacing one on the same mask always does)."""
         if self.network_bans.get(kind, mask) is not None or len(self.network_bans) < MAX_BANS:
             return True
-        self._drop_expired(self.clock.seconds())
+        self.expire_bans(self.clock.seconds())
         return len(self.network_bans) < MAX_BANS
 
     def add_ban(self, ban: Ban) -> int:
@@ -330,7 +331,7 @@ class BanCommands(_Server):
         """216 (K-lines: ``K host * user``) or 225 (D-lines: ``D address``) per ban, stored then config ones;
         a lowercase letter marks a temporary ban."""
         now = self.clock.seconds()
-        self._drop_expired(now)
+        self.expire_bans(now)
         held = [(ban, "") for ban in self.network_bans if ban.kind == kind]
         held += [(ban, "[config file] ") for ban in self.config_ban_list() if ban.kind == kind]
         if len(held) > MAX_STATS_LINES:

@@ -403,6 +403,7 @@ class IRCServer(RegistrationCommands, ChannelCommands, ModeCommands, MessageComm
             self.expire_channels(now)
             self.channel_quota.prune(now)
             self.expire_multiline(now)
+            self.expire_bans(now)  # K-/D-lines run out (freeq.core.bans)
         except Exception:
             log.failure("channel expiry sweep failed")
 
