@@ -77,7 +77,7 @@ class BanCommands(_Server):
         """The config file's bans, compiled again when a reload brought other ones (bad ones logged once)."""
         pairs = self.config.config_bans
         cached = self.__dict__.get("_config_bans")
-        if cached is not None and cached[0] == pairs:
+        if cached is not None and (cached[0] is pairs or cached[0] == pairs):  # the same Config: no compare
             return cached[1]  # type: ignore[no-any-return]
         compiled, problems = compile_config_bans(pairs)
         for problem in problems:
