@@ -3,6 +3,7 @@ accept and at registration (after SASL for DIDs), disconnection of matching user
 bans, persistence across a restart, and the real address in WHOIS for operators."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from typing import Any
@@ -296,6 +297,24 @@ class DlineTests(unittest.TestCase):
         boss.send("UNDLINE 198.51.100.0/24")
         notice = await boss.expect("NOTICE")
         self.assertIn("banned in the config file", notice.params[-1])
+
+
+    @asynctest
+    async def test_config_bans_follow_a_reload(self) -> None:
+        """A reload replaces server.config: its [[kline]] bans apply to the next connection, and dropped ones
+        no longer do (the compiled list follows the config in force)."""
+        srv = await start_server(self)
+        first = await srv.client("early")
+        srv.server.config = dataclasses.replace(srv.server.config, config_bans=(("127.0.0.1", "reloaded"),))
+        c = await srv.connect()
+        await c.closed
+        self.assertEqual(c.lines[0].params[-1], "Closing Link: 127.0.0.1 (D-lined: reloaded)")
+        first.send("PING x")  # a reload closes nobody already connected
+        await first.expect("PONG")
+        srv.server.config = dataclasses.replace(srv.server.config, config_bans=())
+        ok = await srv.client("later")
+        ok.send("PING x")
+        await ok.expect("PONG")
 
 
 class WhoisTests(unittest.TestCase):
