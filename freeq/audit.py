@@ -305,7 +305,7 @@ class Auditor:
             status = WARN if flag in SHARED_SECRET_FLAGS else FAIL
             env = f" or the {SECRET_ENV[flag]} environment variable" if flag in SECRET_ENV else ""
             self.add("secrets-argv", status, f"--{flag} is on the command line, visible in ps to every local user; "
-                     f"put it in the config file (a `{flag}-file` key naming a 0600 file){env}")
+                     f"put it in the config file (the `{flag}-file` key names a file that holds it){env}")
         if not found:
             self.add("secrets-argv", OK, "no secret on the command line")
 
