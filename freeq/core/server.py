@@ -39,6 +39,7 @@ from freeq.core.redaction import RedactionCommands  # edits and deletes (issue #
 from freeq.core.registration import RegistrationCommands
 from freeq.core.rehash import RehashCommands  # REHASH and live reload (issue #13)
 from freeq.core.rename import RenameCommands  # draft/channel-rename (issue #12)
+from freeq.core.webirc import WebircCommands  # WEBIRC for trusted gateways (issue #13)
 from freeq.core.shared import CHANNEL_MODES, USER_MODES, VERSION, server_time, truncate
 from freeq.irc.confusables import NickOwners
 from freeq.irc.parser import Message, UnsafeLineError, build, build_text, format_tags
@@ -61,7 +62,8 @@ log = Logger()
 
 #: Commands a client may send before registration completes.
 PRE_REGISTRATION = frozenset({"CAP", "NICK", "USER", "PASS", "PING", "PONG", "QUIT", "AUTHENTICATE",
-                              "METADATA"})  # draft/metadata-2 before-connect
+                              "METADATA",  # draft/metadata-2 before-connect
+                              "WEBIRC"})  # a trusted gateway's first command (freeq.core.webirc, issue #13)
 
 
 class _LabelCapture:
@@ -87,7 +89,7 @@ def _add_tag(line: bytes, tag: bytes) -> bytes:
 
 class IRCServer(RegistrationCommands, ChannelCommands, ModeCommands, MessageCommands, QueryCommands,
                 MonitorCommands, OperatorCommands, HistoryCommands, IdentityCommands, MultilineCommands,
-                RedactionCommands, ReactionCommands, RenameCommands, RehashCommands,
+                RedactionCommands, ReactionCommands, RenameCommands, RehashCommands, WebircCommands,
                 ReadMarkerCommands, MetadataCommands, BanCommands):  # they act through the hook points below (issue #12)
     """All users and channels of one server, and the handlers for every command."""
 

@@ -48,6 +48,10 @@ MAX_BODY_BYTES = 64 * 1024
 RATE_BURST = 60
 RATE_PER_SECOND = 2.0
 _LIMITED_PREFIXES = (b"/api/", b"/auth/", b"/metrics", b"/irc")
+#: Open connections of the --metrics-addr listener, per peer and in all: a few scrapers need a few (and the
+#: open-file margin of freeq.fdlimit covers them).
+METRICS_MAX_PER_IP = 4
+METRICS_MAX_CONNECTIONS = 16
 
 
 def _printable(value: Any, limit: int) -> str:
@@ -220,7 +224,8 @@ def build_web_service(config: Config, reactor: Any, server: IRCServer, limiter: 
 
 def build_metrics_site(config: Config, clock: Any, irc: IRCServer, reactor: Any = None) -> WebSite:
     """The Site of ``--metrics-addr``: only ``/metrics`` (the token rule applies there too), with the web
-    listener's headers, request rate limit, connection bounds and access log."""
+    listener's headers, request rate limit, timeouts and access log, and connection bounds of its own
+    (:data:`METRICS_MAX_PER_IP`, :data:`METRICS_MAX_CONNECTIONS`)."""
     if reactor is None:
         reactor = clock
     if irc.metrics is None:
@@ -229,8 +234,7 @@ def build_metrics_site(config: Config, clock: Any, irc: IRCServer, reactor: Any 
     _mount(root, b"metrics", MetricsResource(irc, irc.metrics, clock))
     proxies = ProxyPolicy(config.trusted_proxies)
     return WebSite(root, proxies, RateLimiter(clock, RATE_BURST, RATE_PER_SECOND), irc.metrics, MAX_BODY_BYTES,
-                   reactor=reactor,
-                   connections=WebConnectionLimiter(config.web_max_connections_per_ip, config.web_max_connections),
+                   reactor=reactor, connections=WebConnectionLimiter(METRICS_MAX_PER_IP, METRICS_MAX_CONNECTIONS),
                    idle_timeout=config.web_idle_timeout, request_timeout=config.web_request_timeout)
 
 
