@@ -370,3 +370,31 @@ class ConfigFileTests(unittest.TestCase):
         self.assertIn(conf, str(caught.exception))
         self.assertIn("hosts", str(caught.exception))
         self.assertNotIn("inline-secret-1", str(caught.exception))
+
+
+class WebircBansTests(unittest.TestCase):
+    """What is keyed by address afterwards sees the client, not the gateway."""
+
+    @asynctest
+    async def test_dline_of_the_client_refuses_it_and_spares_the_gateway(self) -> None:
+        """A D-line on the client's address refuses it at registration (465); another client through the same
+        gateway registers; an operator's WHOIS (378/338) shows the client's address."""
+        srv = await start_server(self, webirc=(gateway(),), config_bans=(("203.0.113.66", "abuser"),),
+                                 oper_password="oper-secret-123")
+        c = await webirc(srv, f"WEBIRC {PASSWORD} kiwiirc host.example.org 203.0.113.66")
+        c.send("NICK banned")
+        c.send("USER banned 0 * :x")
+        line = await c.expect("465")
+        self.assertIn("abuser", line.raw)
+        await c.expect("ERROR")
+        await c.closed
+        ok = await webirc(srv, f"WEBIRC {PASSWORD} kiwiirc host.example.org 203.0.113.67")
+        await register(ok, "fine")
+        oper = await srv.client("theoper")
+        oper.send("OPER theoper oper-secret-123")
+        await oper.expect("381")
+        oper.send("WHOIS fine")
+        lines = await oper.collect_until("318")
+        real = [l for l in lines if l.command in ("378", "338")]
+        self.assertTrue(real)
+        self.assertTrue(all("203.0.113.67" in l.raw and "127.0.0.1" not in l.raw for l in real), real)
