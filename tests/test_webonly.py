@@ -162,3 +162,15 @@ class AccessLogTests(unittest.TestCase):
         self.assertEqual(len(events), 1)
         self.assertEqual(events[0]["ip"], "127.0.0.1")
         self.assertNotIn("\x1b", events[0]["agent"])
+
+    @asynctest
+    async def test_websocket_upgrade_is_logged(self) -> None:
+        """An /irc upgrade (which never finishes as an HTTP request) is logged too, as 101, with the client IP."""
+        srv = await start_server(self)
+        web = await start_web(self, srv, trusted_proxies=("127.0.0.1",))
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        ws = await ws_connect(self, web, headers={"X-Forwarded-For": "198.51.100.23"})
+        await ws.register("logged")
+        events = [e for e in self._access(observer) if e["uri"] == "/irc"]
+        self.assertEqual([(e["ip"], e["code"]) for e in events], [("198.51.100.23", 101)])
+        await ws.close_and_wait()

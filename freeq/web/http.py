@@ -365,6 +365,11 @@ class WebRequest(server.Request):
         super().process()
         if conn is not None and channel.transport is None:
             conn.upgraded()  # a resource (the /irc WebSocket) took the socket over
+            # Such a request never finishes, so twisted.web would not log it: the access log gets it here.
+            self.code = 101
+            log_request = getattr(site, "log", None)
+            if log_request is not None:
+                log_request(self)
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
