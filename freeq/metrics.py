@@ -53,6 +53,8 @@ class Metrics:
         self.dline_hits = 0  # connections refused or closed by a D-line
         self.client_connects = 0  # client connections admitted (TCP, TLS, WebSocket)
         self.client_quits = 0  # client connections gone (QUIT, error, kill, timeout), registered or not
+        self.webirc_accepted = 0  # WEBIRC accepted: a gateway named its client (freeq.core.webirc)
+        self.webirc_refused = 0  # WEBIRC refused: wrong password or address, bad client IP, too late, over a limit
         # Security events (freeq.logs.security_event) without a counter of their own above, by kind.
         self.security_events: dict[str, int] = {}
 

@@ -224,6 +224,7 @@ class WebircCommandTests(unittest.TestCase):
         self.assertEqual(found[0]["ip"], "127.0.0.1")
         self.assertNotIn("wrong-password-xyz", repr(found[0]))
         self.assertEqual(srv.server.metrics.webirc_refused, 1)
+        self.assertEqual(srv.server.metrics.security_count("webirc_refused"), 1)
 
     @asynctest
     async def test_unlisted_gateway_is_closed_and_logged(self) -> None:

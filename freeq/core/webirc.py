@@ -24,7 +24,7 @@ Mixed into :class:`freeq.core.server.IRCServer`.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
 
@@ -45,6 +45,8 @@ class WebircCommands(_Server):
     """The WEBIRC command (see the module doc)."""
 
     if TYPE_CHECKING:  # what this group calls in the other groups and server.py
+        metrics: Any  # freeq.metrics.Metrics (None in some unit tests)
+
         def check_connect(self, ip: str) -> Optional[str]: ...
 
     def irc_WEBIRC(self, user: User, msg: Message) -> None:
@@ -95,9 +97,8 @@ class WebircCommands(_Server):
 
     def _webirc_refused(self, user: User, peer: str, gateway: str, why: str, told: str) -> None:
         """Log (warn, with the peer's address), count and close a refused WEBIRC; the client is told ``told``."""
-        self.metric("webirc_refused")
-        security_event(log, "webirc_refused", peer, "WEBIRC refused from {ip}: {why}", why=why,
-                       gateway=gateway or None)
+        security_event(log, "webirc_refused", peer, "WEBIRC refused from {ip}: {why}", metrics=self.metrics,
+                       why=why, gateway=gateway or None)
         self.close(user, told)
 
     def webirc_origin(self, user: User) -> Optional[tuple[str, str, str]]:
