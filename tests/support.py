@@ -261,23 +261,28 @@ class ServerFixture:
     clients: list[IRCClient]
     clock: Any
 
-    async def connect(self, tls: bool = False) -> IRCClient:
-        """Open a raw connection (no registration)."""
+    async def connect(self, tls: bool = False, source: Optional[str] = None) -> IRCClient:
+        """Open a raw connection (no registration), from loopback address ``source`` when given (e.g. 127.0.0.2:
+        a second client address for per-address rules)."""
         client = IRCClient()
+        bind = (source, 0) if source else None
         if tls:
             assert self.tls_port is not None, "start the fixture with tls=True"
-            ep: Any = endpoints.SSL4ClientEndpoint(reactor, "127.0.0.1", self.tls_port, ssl.ClientContextFactory())
+            ep: Any = endpoints.SSL4ClientEndpoint(reactor, "127.0.0.1", self.tls_port, ssl.ClientContextFactory(),
+                                                   bindAddress=bind)
         else:
-            ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+            ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port, bindAddress=bind)
         self.clients.append(client)
         await endpoints.connectProtocol(ep, client)
         await client.connected_d
         return client
 
     async def client(self, nick: str, caps: tuple[str, ...] = (), tls: bool = False,
-                     user: Optional[str] = None, realname: str = "Test User") -> IRCClient:
-        """Connect and register as ``nick`` (requesting ``caps``); returns after the welcome burst."""
-        c = await self.connect(tls=tls)
+                     user: Optional[str] = None, realname: str = "Test User", source: Optional[str] = None
+                     ) -> IRCClient:
+        """Connect and register as ``nick`` (requesting ``caps``; from loopback address ``source`` when given);
+        returns after the welcome burst."""
+        c = await self.connect(tls=tls, source=source)
         c.nick = nick
         if caps:
             c.send("CAP LS 302")

@@ -23,9 +23,9 @@ from tests.test_sasl import authenticate, new_credential, open_negotiation
 OPER_PASSWORD = "hunter2-oper"
 
 
-async def oper(srv: ServerFixture, nick: str = "boss") -> IRCClient:
-    """A registered client made a server operator with the shared password."""
-    c = await srv.client(nick)
+async def oper(srv: ServerFixture, nick: str = "boss", source: str = "127.0.0.1") -> IRCClient:
+    """A registered client (from loopback address ``source``) made a server operator with the shared password."""
+    c = await srv.client(nick, source=source)
     c.send(f"OPER {nick} {OPER_PASSWORD}")
     await c.expect("381")
     c.skip()
@@ -263,21 +263,20 @@ class DlineTests(unittest.TestCase):
 
     @asynctest
     async def test_dline_command_closes_and_refuses(self) -> None:
-        """DLINE on an address closes its connections (the operator's own too, if it is there) and refuses new
-        ones at accept; once lifted (no operator is left on 127.0.0.1 to UNDLINE: remove_ban, as UNDLINE does),
-        connections are accepted again."""
+        """DLINE on an address (from an operator on another one, 127.0.0.2) closes its connections and refuses
+        new ones at accept; once lifted with UNDLINE, connections are accepted again."""
         srv = await start_server(self, oper_password=OPER_PASSWORD, flood_rate=0)
-        boss = await oper(srv)
+        boss = await oper(srv, source="127.0.0.2")
         victim = await srv.client("victim")
         boss.send("DLINE 127.0.0.1 :whole host")
         error = await victim.expect("ERROR")
         self.assertIn("D-lined: whole host", error.params[-1])
         await victim.closed
-        await boss.closed
         c = await srv.connect()
         await c.closed
         self.assertEqual(c.lines[0].params[-1], "Closing Link: 127.0.0.1 (D-lined: whole host)")
-        srv.server.remove_ban("D", "127.0.0.1")
+        boss.send("UNDLINE 127.0.0.1")
+        await boss.expect(lambda l: l.command == "NOTICE" and "Removed D-line on 127.0.0.1" in l.params[-1])
         ok = await srv.client("victim")
         ok.send("PING x")
         await ok.expect("PONG")
@@ -309,12 +308,47 @@ class DlineTests(unittest.TestCase):
         c = await srv.connect()
         await c.closed
         self.assertEqual(c.lines[0].params[-1], "Closing Link: 127.0.0.1 (D-lined: reloaded)")
-        first.send("PING x")  # a reload closes nobody already connected
+        first.send("PING x")  # replacing server.config alone closes nobody (apply_config does: below)
         await first.expect("PONG")
         srv.server.config = dataclasses.replace(srv.server.config, config_bans=())
         ok = await srv.client("later")
         ok.send("PING x")
         await ok.expect("PONG")
+
+
+    @asynctest
+    async def test_reload_closes_users_a_new_config_ban_covers(self) -> None:
+        """apply_config (REHASH, SIGHUP) with a [[kline]] the file did not have before closes the connected users it
+        covers, as KLINE does; others stay."""
+        srv = await start_server(self, flood_rate=0)
+        victim = await srv.client("victim")
+        other = await srv.client("other")
+        srv.server.apply_config(dataclasses.replace(srv.server.config, config_bans=(("victim@127.0.0.1", "gone"),)))
+        await victim.closed
+        self.assertIn("(K-lined: gone)", [l for l in victim.lines if l.command == "ERROR"][-1].params[-1])
+        other.send("PING x")
+        await other.expect("PONG")
+        srv.server.apply_config(dataclasses.replace(srv.server.config))  # the same bans again: nobody closed
+        other.send("PING y")
+        await other.expect("PONG")
+
+
+class SelfBanTests(unittest.TestCase):
+    """An operator cannot ban its own connection by accident."""
+
+    @asynctest
+    async def test_kline_and_dline_matching_the_setter_are_refused(self) -> None:
+        """KLINE boss@127.0.0.1 and DLINE 127.0.0.1 from boss's own connection are refused with a NOTICE; nothing
+        is held and boss stays."""
+        srv = await start_server(self, oper_password=OPER_PASSWORD, flood_rate=0)
+        boss = await oper(srv)
+        for line in ("KLINE *@127.0.0.1 :oops", "DLINE 127.0.0.0/8 :oops"):
+            boss.send(line)
+            notice = await boss.expect("NOTICE")
+            self.assertIn("matches your own connection", notice.params[-1])
+        self.assertEqual(len(srv.server.network_bans), 0)
+        boss.send("PING x")
+        await boss.expect("PONG")
 
 
 class WhoisTests(unittest.TestCase):

@@ -470,7 +470,7 @@ class ReloadedBlocksTests(unittest.TestCase):
     @asynctest
     async def test_oper_account_and_kline_from_reload(self) -> None:
         """An [[oper]] block added by a reload lets its account OPER; a [[kline]] added by a reload refuses the
-        next connection from its address while the connected clients stay."""
+        next connection it covers while the connected clients it does not cover stay."""
         from freeq.opers import hash_password
 
         fx = Fixture(self, "")
@@ -487,11 +487,11 @@ class ReloadedBlocksTests(unittest.TestCase):
         await carol.expect("464", timeout=10)  # no such account yet: the shared password is checked, and fails
         fx.write(base + f'[[oper]]\nname = "carol"\npassword = "{hash_password("carol-pw-123")}"\n'
                         'privileges = ["rehash"]\n'
-                        '[[kline]]\nmask = "*@127.0.0.1"\nreason = "reload test"\n')
+                        '[[kline]]\nmask = "banned@127.0.0.1"\nreason = "reload test"\n')
         boss.send("REHASH")
         await boss.expect(lambda l: l.command == "NOTICE" and "reloaded" in l.params[-1])
         self.assertEqual([a.name for a in fx.server.config.opers], ["carol"])
-        self.assertEqual(fx.server.config.config_bans, (("*@127.0.0.1", "reload test"),))
+        self.assertEqual(fx.server.config.config_bans, (("banned@127.0.0.1", "reload test"),))
         carol.send("OPER carol carol-pw-123")
         await carol.expect("381", timeout=10)
         banned = await fx.connect()

@@ -142,15 +142,29 @@ class BanCommands(_Server):
         self.close(user, f"{word}: {ban.reason}")
         return True
 
+    @staticmethod
+    def _matches(ban: Ban, user: User, now: float) -> bool:
+        """Whether ``ban`` covers ``user``'s connection."""
+        single = BanList([ban])
+        return (single.dline_for(user.ip, now) is not None
+                or single.kline_for(user.username, user.host, user.ip, user.account, now) is not None)
+
+    def enforce_config_bans(self, old: tuple[tuple[str, str], ...]) -> int:
+        """After a reload: close the connections the config file's bans that were not in ``old`` now cover (as a
+        new KLINE does); how many were closed."""
+        fresh = set(self.config.config_bans) - set(old)
+        if not fresh:
+            return 0
+        compiled, _problems = compile_config_bans(sorted(fresh))  # the problems are logged by config_ban_list
+        return sum(self._enforce(ban) for ban in compiled)
+
     def _enforce(self, ban: Ban) -> int:
         """Close every local connection ``ban`` matches (a new ban applies at once); how many were closed."""
         now = self.clock.seconds()
         closed = 0
-        single = BanList([ban])
         word = "K-lined" if ban.kind == KLINE else "D-lined"
         for user in list(self.connections):
-            if (single.dline_for(user.ip, now) is None
-                    and single.kline_for(user.username, user.host, user.ip, user.account, now) is None):
+            if not self._matches(ban, user, now):
                 continue
             self._hit(ban, user.ip, user.nick)
             if user.registered:
@@ -281,6 +295,11 @@ class BanCommands(_Server):
         now = self.clock.seconds()
         ban = Ban(f"{self.ulid.new()}@{self.name}", kind, mask, reason, user.hostmask[:MAX_SETTER], now,
                   now + duration if duration else None, self.name)
+        if self._matches(ban, user, now):
+            # Ending one's own session (and every later one from here) by a typo is refused; ban from another
+            # address, or ask another operator.
+            self.notice(user, f"{command}: refused, {mask} matches your own connection")
+            return
         replaced = self.network_bans.get(kind, mask) is not None
         closed = self.add_ban(ban)
         self.oper_log(user, command, mask=mask, minutes=(duration or 0) // 60, reason=reason)

@@ -67,6 +67,7 @@ class RehashCommands(_Server):
     if TYPE_CHECKING:  # what this group calls in the other groups
         oper_may: Callable[[User, str], bool]  # operator
         oper_log: Callable[..., None]  # operator
+        enforce_config_bans: Callable[[tuple[tuple[str, str], ...]], int]  # bans
         _make_isupport: Callable[[], list[list[str]]]  # registration
         oper_dids: set[str]  # server
         config: Config  # server (replaced here)
@@ -109,3 +110,6 @@ class RehashCommands(_Server):
         if self.whowas.maxlen != config.whowas_size:
             self.whowas = deque(self.whowas, maxlen=config.whowas_size)
         self._isupport = self._make_isupport()
+        closed = self.enforce_config_bans(old.config_bans)  # a ban added to the file applies at once, as KLINE does
+        if closed:
+            log.info("configuration reload: {closed} connection(s) closed by new config bans", closed=closed)
