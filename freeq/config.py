@@ -259,6 +259,12 @@ class Config:
         for did in self.oper_dids:
             if not did.startswith("did:") or " " in did:
                 raise ConfigError(f"--oper-dids: {did!r} is not a DID")
+        self._validate_web()
+        self._validate_s2s()
+        return self
+
+    def _validate_web(self) -> None:
+        """The web and metrics listeners, the proxies, the log format, and that some listener is on."""
         for name in ("web_max_connections_per_ip", "web_max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
@@ -284,8 +290,6 @@ class Config:
             # A web-only server (--listen-addr none with --web-addr) is fine: clients come over /irc (issue #13).
             raise ConfigError("no listener: give --listen-addr, --tls-cert/--tls-key for --tls-listen-addr, "
                               "or --web-addr")
-        self._validate_s2s()
-        return self
 
     def _validate_s2s(self) -> None:
         if self.iroh_relay_mode not in ("default", "disabled"):

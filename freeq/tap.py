@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import implementer
 
-from freeq.config import Config, ConfigError, Listen, parse_listen
+from freeq.config import Config, ConfigError, parse_listen
 from freeq.core.server import IRCServer
 from freeq.net.connection import ConnectionLimiter, IRCFactory
 from freeq.state.flood import ConnectionRate
