@@ -602,6 +602,11 @@ class ConfigReloader:
                 irc = factory.resource.children.get(b"irc") if hasattr(factory.resource, "children") else None
                 if irc is not None and hasattr(irc, "factory"):
                     irc.factory.config = new  # WebSocket clients' flood and send-queue limits
+        if (old.flood_burst, old.flood_rate) != (new.flood_burst, new.flood_rate):
+            for user in list(self.server.connections):  # open connections too, not only the next ones
+                retune = getattr(user.conn, "retune_flood", None)
+                if retune is not None:
+                    retune(new.flood_burst, new.flood_rate)
         reconfigure = getattr(self.server.federation, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(new)

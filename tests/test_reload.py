@@ -297,6 +297,26 @@ class RehashTests(unittest.TestCase):
         self.assertTrue(all(f.config is fx.server.config for f in factories))  # flood and send-queue limits
 
 
+    @asynctest
+    async def test_flood_limits_follow_a_reload_on_open_connections(self) -> None:
+        """flood-burst/flood-rate changed by a reload apply to a client connected before it, not only to the next:
+        its token bucket takes the new burst and rate, and holds no more than the new burst."""
+        fx = self.fixture("flood-burst = 50\nflood-rate = 50\n").start()
+        boss = await fx.oper()
+        early = await fx.client("early")
+        fx.write(self.oper_body + "flood-burst = 3\nflood-rate = 0.5\n")
+        boss.send("REHASH")
+        await boss.expect("NOTICE")
+        early_conn = None
+        for user in fx.server.connections:
+            if user.nick == "early":
+                early_conn = user.conn
+        assert early_conn is not None
+        bucket = early_conn._bucket
+        self.assertEqual((bucket.burst, bucket.rate), (3.0, 0.5))
+        self.assertLessEqual(bucket.tokens, 3.0)
+
+
 class TLSReloadTests(unittest.TestCase):
     """New certificate files are served to new connections after a reload; connected clients keep theirs."""
 

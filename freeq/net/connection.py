@@ -271,6 +271,14 @@ class ClientConnection:
         self._slot_exempt = False
         return None
 
+    def retune_flood(self, burst: int, rate: float) -> None:
+        """A reload changed ``--flood-burst``/``--flood-rate``: apply them to this open connection (tokens held
+        beyond the new burst are dropped)."""
+        bucket = self._bucket
+        if bucket is not None:
+            bucket.burst, bucket.rate = float(burst), rate
+            bucket.tokens = min(bucket.tokens, bucket.burst)
+
     def _start(self) -> None:
         """The connection is admitted: ask plugins, then create the model's user writing to ``_sink``."""
         factory = self.factory
