@@ -26,6 +26,7 @@ import re
 from typing import Any, Iterable, Optional, Union
 
 from freeq.config import ConfigError
+from freeq.state.masks import ip_of
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -48,17 +49,6 @@ MAX_OPTIONS = 16
 MAX_OPTIONS_TEXT = 1024
 
 
-def parse_address(text: str) -> Optional[Address]:
-    """``text`` as an IP address (an IPv4-mapped IPv6 address as IPv4, a zone id dropped); ``None`` if it is not one."""
-    try:
-        addr = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
 @dataclasses.dataclass(frozen=True)
 class WebircGateway:
     """One trusted gateway: who it is, the password it sends, and where it may connect from."""
@@ -76,7 +66,7 @@ class WebircGateway:
 
     def allows(self, ip: str) -> bool:
         """Whether a connection whose real peer address is ``ip`` may speak for this gateway."""
-        addr = parse_address(ip)
+        addr = ip_of(ip)
         return addr is not None and any(addr.version == net.version and addr in net for net in self.hosts)
 
     def password_ok(self, given: str) -> bool:
@@ -125,7 +115,7 @@ def clean_ip(text: str) -> Optional[str]:
     """
     if len(text) > 64:
         return None
-    addr = parse_address(text)
+    addr = ip_of(text)
     if addr is None or addr.is_unspecified or addr.is_multicast:
         return None
     return str(addr)
@@ -154,7 +144,7 @@ def believe_secure(options: dict[str, str], leg_secure: bool, peer_ip: str) -> b
         return False
     if leg_secure:
         return True
-    addr = parse_address(peer_ip)
+    addr = ip_of(peer_ip)
     return addr is not None and addr.is_loopback
 
 

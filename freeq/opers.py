@@ -25,7 +25,7 @@ import os
 import re
 from typing import Any, Iterable, Optional, Union
 
-from freeq.state.masks import MAX_MASK_WILDCARDS, compile_glob, fold_text
+from freeq.state.masks import MAX_MASK_WILDCARDS, compile_glob, fold_text, ip_of
 
 #: The privilege classes an oper block may grant. ``override``: act on channels without channel status.
 PRIVILEGES = ("kill", "ban", "override", "rehash", "link", "wallops")
@@ -172,22 +172,11 @@ class HostMask:
             if not compile_glob(self.who).match(fold_text(subject)):
                 return False
         if self.network is not None:
-            address = _address(ip)
+            address = ip_of(ip)
             return address is not None and address.version == self.network.version and address in self.network
         assert self.host is not None
         glob = compile_glob(self.host)
         return glob.match(fold_text(ip)) or glob.match(fold_text(host))
-
-
-def _address(ip: str) -> Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]:
-    """``ip`` as an address (an IPv4-mapped IPv6 address as the IPv4 one), or None if it is none."""
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def parse_host_mask(text: str) -> HostMask:

@@ -27,7 +27,7 @@ import dataclasses
 import ipaddress
 from typing import Iterable, Optional, Union
 
-from freeq.state.masks import MAX_MASK_LENGTH, Glob, fold_text, mask_problem
+from freeq.state.masks import MAX_MASK_LENGTH, Glob, fold_text, ip_of, mask_problem
 
 #: The kinds of ban: ``K`` (user@host glob, or a DID) and ``D`` (IP address or network).
 KLINE = "K"
@@ -237,17 +237,6 @@ def parse_duration(text: str) -> Optional[int]:
     if seconds > MAX_DURATION:
         raise BanError(f"a ban lasts at most {MAX_DURATION // 86400} days ({MAX_DURATION // 60} minutes)")
     return seconds or None
-
-
-def ip_of(text: str) -> Optional[Address]:
-    """The address of a connection's IP text (an IPv4-mapped IPv6 address as IPv4), ``None`` if it is none."""
-    try:
-        addr = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 class _KGlob:

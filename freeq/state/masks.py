@@ -15,6 +15,7 @@ character comparisons, usually one ``startswith``, one ``endswith`` and a ``find
 """
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from typing import Callable, Iterable, Optional, Union
 
@@ -283,3 +284,15 @@ def compile_glob(mask: str) -> Glob:
 def glob_match(mask: str, text: str) -> bool:
     """Case-insensitive glob match of one mask against ``text``."""
     return compile_glob(mask).match(fold_text(text))
+
+
+def ip_of(text: str) -> Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]:
+    """The address of a connection's IP text (an IPv4-mapped IPv6 address as IPv4, a zone id dropped), ``None``
+    if it is none. The one parser of client addresses for K-/D-lines, oper host masks and WebIRC gateways."""
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
