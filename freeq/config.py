@@ -350,6 +350,42 @@ def parse_peer_trust(flag: str, value: str) -> tuple[str, str]:
     return (parse_endpoint_id(flag, ident), level)
 
 
+#: Names of ``[[oper]]`` and ``[[webirc]]`` blocks: what logs and replies name them by.
+BLOCK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}\Z")
+
+
+def block_tables(kind: str, blocks: Any, limit: int) -> list[Any]:
+    """The config file's ``[[kind]]`` blocks (none: ``[]``), refused (one line) unless an array of at most
+    ``limit`` tables; each table is then checked by :func:`named_block`."""
+    if blocks is None:
+        return []
+    if not isinstance(blocks, (list, tuple)):
+        raise ConfigError(f"[[{kind}]]: must be an array of tables")
+    if len(blocks) > limit:
+        raise ConfigError(f"[[{kind}]]: at most {limit} blocks")
+    return list(blocks)
+
+
+def named_block(kind: str, index: int, block: Any, keys: frozenset[str], seen: set[str]) -> str:
+    """Check ``[[kind]]`` block number ``index`` (from 1): a table with a ``name`` of :data:`BLOCK_NAME_RE` not
+    used by an earlier block (``seen``, updated) and no key outside ``keys``. Returns where it is for messages
+    (``[[kind]] 'name'``); raises :class:`ConfigError` naming the block."""
+    where = f"[[{kind}]] block {index}"
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where}: must be a table")
+    name = block.get("name")
+    if not isinstance(name, str) or not BLOCK_NAME_RE.match(name):
+        raise ConfigError(f"{where}: name: must be 1..32 of A-Z a-z 0-9 _ . -")
+    where = f"[[{kind}]] {name!r}"
+    unknown = sorted(set(block) - keys)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0][:40]!r} (known: {', '.join(sorted(keys))})")
+    if name in seen:
+        raise ConfigError(f"{where}: name: used by two blocks")
+    seen.add(name)
+    return where
+
+
 #: The longest [[kline]] mask and reason, and the most [[kline]] blocks one file may hold.
 MAX_KLINE_MASK = 256
 MAX_KLINE_REASON = 300

@@ -25,14 +25,13 @@ import ipaddress
 import re
 from typing import Any, Iterable, Optional, Union
 
-from freeq.config import ConfigError
+from freeq.config import ConfigError, block_tables, named_block
+from freeq.configfile import read_secret_file
 from freeq.state.masks import ip_of
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-#: Gateway names (a block's ``name``): what logs and WHOIS name the gateway by.
-NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}\Z")
 #: At most this many [[webirc]] blocks, and hosts per block.
 MAX_GATEWAYS = 64
 MAX_HOSTS = 64
@@ -164,17 +163,6 @@ def parse_options(text: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------------------
 # The config file's [[webirc]] blocks
 # ----------------------------------------------------------------------------------------------------------
-def _read_password_file(where: str, path: Any) -> str:
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"{where}: password-file must be a path")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(MAX_PASSWORD + 2)
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{where}: password-file {path}: {getattr(e, 'strerror', None) or e}") from None
-    return text.rstrip("\r\n")
-
-
 def _password(where: str, block: dict[str, Any]) -> str:
     if ("password" in block) == ("password-file" in block):
         raise ConfigError(f"{where}: give password or password-file (one of them)")
@@ -183,7 +171,7 @@ def _password(where: str, block: dict[str, Any]) -> str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: password must be a string")
     else:
-        value = _read_password_file(where, block["password-file"])
+        value = read_secret_file(where, "password-file", block["password-file"])
     # Never echo the value in a message: it is a secret.
     if not 8 <= len(value) <= MAX_PASSWORD or any(ch <= " " or ch == "\x7f" for ch in value):
         raise ConfigError(f"{where}: the password must be 8 to {MAX_PASSWORD} characters without spaces or "
@@ -225,25 +213,9 @@ def parse_webirc_blocks(blocks: Any) -> tuple[WebircGateway, ...]:
 
     Raises :class:`ConfigError` with one line (naming the block, never the password) on anything amiss.
     """
-    if not isinstance(blocks, list):
-        raise ConfigError("webirc: expected [[webirc]] blocks")
-    if len(blocks) > MAX_GATEWAYS:
-        raise ConfigError(f"webirc: more than {MAX_GATEWAYS} [[webirc]] blocks")
     out: list[WebircGateway] = []
     seen: set[str] = set()
-    for i, block in enumerate(blocks, 1):
-        where = f"[[webirc]] block {i}"
-        if not isinstance(block, dict):
-            raise ConfigError(f"{where}: expected a table")
-        name = block.get("name")
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise ConfigError(f"{where}: name must be 1 to 32 of A-Z a-z 0-9 _ . -")
-        where = f"[[webirc]] {name!r}"
-        unknown = sorted(set(block) - KEYS)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0][:40]!r} (known: {', '.join(sorted(KEYS))})")
-        if name in seen:
-            raise ConfigError(f"{where}: two blocks have this name")
-        seen.add(name)
-        out.append(WebircGateway(name, _password(where, block), _hosts(where, block)))
+    for i, block in enumerate(block_tables("webirc", blocks, MAX_GATEWAYS), 1):
+        where = named_block("webirc", i, block, KEYS, seen)
+        out.append(WebircGateway(block["name"], _password(where, block), _hosts(where, block)))
     return tuple(out)

@@ -40,8 +40,6 @@ CLASSES: dict[str, frozenset[str]] = {
     "oper": frozenset({"kill", "ban", "override", "wallops"}),  # no rehash, no link
 }
 
-#: Account names: what OPER's first parameter must equal (case-sensitive).
-NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}\Z")
 
 #: At most this many [[oper]] blocks, host masks per block, characters per host mask.
 MAX_OPERS = 256
@@ -244,31 +242,12 @@ def find_account(accounts: Iterable[OperAccount], name: str) -> Optional[OperAcc
     return None
 
 
-def _read_password_file(where: str, path: Any) -> str:
-    if not isinstance(path, str) or not path:
-        raise _error(f"{where}: password-file must be a path")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(4096).strip()
-    except OSError as e:
-        raise _error(f"{where}: password-file {path}: {e.strerror or e}") from None
-    return text
-
-
 def _parse_block(index: int, block: Any, seen: set[str]) -> OperAccount:
-    where = f"[[oper]] block {index + 1}"
-    if not isinstance(block, dict):
-        raise _error(f"{where}: must be a table")
-    name = block.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise _error(f"{where}: name: must be 1..32 of A-Z a-z 0-9 _ . -")
-    where = f"[[oper]] {name!r}"
-    unknown = sorted(set(block) - KEYS)
-    if unknown:
-        raise _error(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(KEYS))})")
-    if name in seen:
-        raise _error(f"{where}: name: used by two blocks")
-    seen.add(name)
+    from freeq.config import named_block
+    from freeq.configfile import read_secret_file
+
+    where = named_block("oper", index + 1, block, KEYS, seen)
+    name = block["name"]
     if "password" in block and "password-file" in block:
         raise _error(f"{where}: password: give password or password-file, not both")
     encoded: Optional[str] = None
@@ -278,7 +257,7 @@ def _parse_block(index: int, block: Any, seen: set[str]) -> OperAccount:
         if not isinstance(encoded, str):
             raise _error(f"{where}: password: must be a string made by freeq-admin hash-password")
     elif "password-file" in block:
-        encoded = _read_password_file(where, block["password-file"])
+        encoded = read_secret_file(where, "password-file", block["password-file"]).strip()
     if encoded is not None:
         try:
             parse_hash(encoded)
@@ -328,11 +307,7 @@ def _parse_privileges(where: str, block: dict[str, Any]) -> frozenset[str]:
 
 def parse_oper_blocks(blocks: Any) -> tuple[OperAccount, ...]:
     """Validate the config file's ``[[oper]]`` tables into accounts; raise ``freeq.config.ConfigError`` (one line)."""
-    if blocks is None:
-        return ()
-    if not isinstance(blocks, (list, tuple)):
-        raise _error("[[oper]]: must be an array of tables")
-    if len(blocks) > MAX_OPERS:
-        raise _error(f"[[oper]]: at most {MAX_OPERS} blocks")
+    from freeq.config import block_tables
+
     seen: set[str] = set()
-    return tuple(_parse_block(i, block, seen) for i, block in enumerate(blocks))
+    return tuple(_parse_block(i, block, seen) for i, block in enumerate(block_tables("oper", blocks, MAX_OPERS)))
