@@ -121,7 +121,8 @@ class Auditor:
         """Every check, in the order of the table."""
         for check in (self.irc_listeners, self.tls_files, self.web_listener, self.trusted_proxies, self.metrics,
                       self.broker, self.federation, self.oper_auth, self.secrets_on_argv, self.config_file,
-                      self.data_dir, self.key_files, self.database, self.fd_limit, self.guards, self.process_user):
+                      self.data_dir, self.key_files, self.database, self.fd_limit, self.guards, self.webirc,
+                      self.process_user):
             try:
                 check()
             except Exception as e:  # one broken check must not hide the others
@@ -486,6 +487,22 @@ class Auditor:
             self.add("server-password", OK, "clients must give the server password (PASS)")
         else:
             self.add("server-password", OK, "no server password (an open server; that is the usual choice)")
+
+    def webirc(self) -> None:
+        """WebIRC gateways: their passwords cross the network in clear when a gateway off this host may reach a
+        public plain listener (a gateway should use TLS, or sit on this host)."""
+        c = self.config
+        gateways = getattr(c, "webirc", ())
+        if not gateways:
+            return
+        remote = sorted(g.name for g in gateways if any(not net.is_loopback for net in g.hosts))
+        public_plain = c.listen is not None and not is_loopback(c.listen)
+        if remote and public_plain:
+            self.add("webirc", WARN, f"gateway(s) {', '.join(remote)} connect from other hosts and plain IRC listens "
+                     f"on {c.listen}: a gateway using it sends its WEBIRC password in clear; have it use the TLS "
+                     "listener (or set --listen-addr none)")
+        else:
+            self.add("webirc", OK, f"{len(gateways)} WebIRC gateway(s); passwords only over TLS or loopback")
 
     def process_user(self) -> None:
         """The server does not run as root (only checked at start-up: the CLI may be run by an admin)."""

@@ -256,6 +256,20 @@ class AuditUnitTests(unittest.TestCase):
         self.assertEqual(rows(found, "sasl-plain")[0][0], audit.WARN)
         self.assertEqual(audit.exit_status(found), 0)
 
+    def test_webirc_gateway_on_a_public_plain_listener_warns(self) -> None:
+        """A gateway on another host with plain IRC public: its WEBIRC password may cross in clear (warn); on
+        loopback, or with plain IRC off or on loopback, fine; no gateway, no row."""
+        from freeq.gateways import parse_webirc_blocks
+
+        remote = parse_webirc_blocks([{"name": "kiwi", "password": "gw-secret-1", "hosts": ["192.0.2.10"]}])
+        local = parse_webirc_blocks([{"name": "kiwi", "password": "gw-secret-1", "hosts": ["127.0.0.1"]}])
+        found = self.run_checks(webirc=remote, listen=Listen("0.0.0.0", 6667))
+        self.assertEqual(rows(found, "webirc")[0][0], audit.WARN)
+        self.assertNotIn("gw-secret-1", " ".join(f.detail for f in found))
+        self.assertEqual(rows(self.run_checks(webirc=local, listen=Listen("0.0.0.0", 6667)), "webirc")[0][0], audit.OK)
+        self.assertEqual(rows(self.run_checks(webirc=remote), "webirc")[0][0], audit.OK)
+        self.assertEqual(rows(self.run_checks(), "webirc"), [])
+
     def test_fd_limit(self) -> None:
         """RLIMIT_NOFILE against --max-clients: enough, raisable to the hard limit, or too low (fail)."""
         self.resource = FakeResource(1024, 4096)
