@@ -24,7 +24,10 @@ a user's only from that user's home server and a channel's only from a server wh
 the channel there (freeq.s2s.inbound), through :meth:`MetadataCommands.apply_remote_metadata`. A federated
 user shows what its home server announced (kept in memory, never stored here): when it registers, whenever
 its values change, and in its home server's bursts (freeq.s2s.burst); a channel's only when they change
-(docs/federation.md).
+(docs/federation.md). An account signed in on several servers shares its own values: a logged-in user's
+change also carries the account's own values (``account``, never the profile defaults), which a server
+that believes the account claim (a ``full`` link) applies to the account here and stores
+(:meth:`MetadataCommands.apply_account_metadata`).
 
 Mixed into :class:`freeq.core.server.IRCServer`, whose named hook points (``on_account_changed``,
 ``before_motd``, ``after_register``, ``after_join``, ...) call the ``metadata_*`` methods: nothing of
@@ -284,7 +287,7 @@ class MetadataCommands(_Server):
                 values.pop(key, None)
             if isinstance(obj, User) and obj.account is not None:
                 self.metadata.defaults.get(obj.account, {}).pop(key, None)  # until the profile is read again
-            self._metadata_changed(user, obj, [key])
+            self._metadata_changed(user, obj, [key], own_change=True)
             user.write(build(self.name, "766", user.nick, name, key, "Key not set"))
             return
         assert values is not None
@@ -292,7 +295,7 @@ class MetadataCommands(_Server):
             self.fail(user, "METADATA", "LIMIT_REACHED", name, "Metadata limit reached")
             return
         values[key] = value
-        self._metadata_changed(user, obj, [key])
+        self._metadata_changed(user, obj, [key], own_change=True)
         user.write(build(self.name, "761", user.nick, name, key, "*", value))
 
     def _metadata_clear(self, user: User, name: str, obj: Any) -> None:
@@ -304,7 +307,7 @@ class MetadataCommands(_Server):
         if values:
             values.clear()
         if keys:
-            self._metadata_changed(user, obj, keys)
+            self._metadata_changed(user, obj, keys, own_change=True)
         self._metadata_batch(user, "metadata", name, [
             build(self.name, "761", user.nick, name, k, "*") for k in keys])
 
@@ -393,11 +396,15 @@ class MetadataCommands(_Server):
     # ------------------------------------------------------------------
     # Changes: persistence and notifications
     # ------------------------------------------------------------------
-    def _metadata_changed(self, by: Optional[User], obj: Any, keys: list[str], from_peer: bool = False) -> None:
+    def _metadata_changed(self, by: Optional[User], obj: Any, keys: list[str], from_peer: bool = False,
+                          own_change: bool = False) -> None:
         """Persist and announce a change of ``keys`` on ``obj`` (a User or Channel) made by ``by`` (``None``:
         the server, e.g. profile defaults arriving). A local change also goes to the federation (a
         ``metadata`` event); one ``from_peer`` (a federated server's event) does not, and a federated user's
-        values are never stored here."""
+        values are never stored here. ``own_change``: a user changed its own values itself (SET, CLEAR, what it set
+        before logging in): a logged-in user's event then also carries its account's own values (``account``),
+        which the account's other servers store (:meth:`apply_account_metadata`); values read from the
+        store or a profile's defaults never do (a stale copy must not overwrite a fresher one elsewhere)."""
         store = self.store
         if isinstance(obj, Channel):
             values = self.channel_metadata(obj)
@@ -419,7 +426,11 @@ class MetadataCommands(_Server):
             target = obj.nick
             audience = set(self.group(obj)) | self.co_members(obj)
         if by is not None and not from_peer and self.federation is not None:
-            self.s2s_notify("metadata", by, obj, {key: values.get(key) for key in keys})
+            account = None
+            if own_change and isinstance(obj, User) and obj.account is not None:
+                mine = self.metadata.accounts.get(obj.account, {})
+                account = {key: mine.get(key) for key in keys}
+            self.s2s_notify("metadata", by, obj, {key: values.get(key) for key in keys}, account)
         subs_of = self.metadata.subs
         for other in audience:
             if other is by or CAP not in other.caps or not other.registered:
@@ -458,6 +469,86 @@ class MetadataCommands(_Server):
         if changed:
             self._metadata_changed(actor, actor if chan is None else chan, sorted(changed), from_peer=True)
 
+    def apply_account_metadata(self, did: str, changes: dict[str, Optional[str]]) -> None:
+        """A federated server's ``metadata`` event carried the ``account`` field: a session of ``did`` there
+        changed the account's own values (``changes``: key -> value, ``None``: unset; never profile defaults).
+        The caller (freeq.s2s.inbound) has checked the values (:func:`changes_problem`) and that this server
+        believes the account claim (a ``full`` link). The account's values here follow: in memory (read from
+        the store first if not held; keys changed meanwhile win over that read), stored for a later session,
+        and shown to its sessions here and their subscribers. No ``account`` goes out again (no loops); only
+        the keys its session here now shows, so that other servers see that session's values too. A new key
+        over :data:`MAX_KEYS` is dropped."""
+        state = self.metadata
+        own = state.accounts.get(did)
+        if own is None:
+            own = self._hold_account(did)
+        shown = self._account_shown(did)
+        accepted = []
+        for key, value in sorted(changes.items()):
+            if value is not None and key not in own and len(own) >= MAX_KEYS:
+                continue
+            if value is None:
+                own.pop(key, None)
+            else:
+                own[key] = value
+            accepted.append(key)
+        loading = state.loading.get(did)
+        if loading is not None:
+            loading.update(accepted)  # the stored values being read are older
+        store = self.store
+        if store is not None:
+            for key in accepted:
+                store.save_account_metadata(did, key, own.get(key))
+        after = self._account_shown(did)
+        changed = sorted(k for k in accepted if shown.get(k) != after.get(k))
+        if changed:
+            log.debug("account metadata of {did} from a peer: {keys}", did=did, keys=",".join(changed))
+            self._account_shown_changed(did, changed, announce=True)
+
+    def _account_shown(self, did: str) -> dict[str, str]:
+        """What a session of the local account ``did`` shows: its own values over its profile's defaults."""
+        state = self.metadata
+        return {**state.defaults.get(did, {}), **state.accounts.get(did, {})}
+
+    def _hold_account(self, did: str) -> dict[str, str]:
+        """The account's own values, now held in memory; when a store is there, they are being read from it
+        (``loading``: what changes meanwhile wins over that read)."""
+        state = self.metadata
+        own = state.accounts[did] = {}
+        state.trim(self.sessions)
+        if self.store is not None and did not in state.loading:
+            state.loading[did] = set()
+            d = self.store.load_account_metadata(did)
+            d.addCallbacks(self._account_metadata_read, self._account_metadata_unreadable,
+                           callbackArgs=(did,), errbackArgs=(did,))
+        return own
+
+    def _account_shown_changed(self, did: str, keys: list[str], announce: bool) -> None:
+        """What the local account ``did`` shows under ``keys`` changed without a session of it asking (a
+        profile's defaults, a peer's ``account`` values): its sessions with the capability are told, and so are
+        the subscribers among its nick's co-members; when ``announce``, the federation too (a ``metadata``
+        event of the shown values, never with ``account``)."""
+        shown = self._account_shown(did)
+        sessions = self.sessions.get(did, ())
+        for session in sessions:
+            if CAP in session.caps and session.registered:
+                for key in keys:
+                    value = shown.get(key)
+                    session.write(build(self.name, "METADATA", session.nick, key, "*", *([value] if value else [])))
+        primary = self.primary_session(did)
+        if primary is None:
+            return
+        if announce and self.federation is not None:
+            self.s2s_notify("metadata", primary, primary, {key: shown.get(key) for key in keys})
+        subs_of = self.metadata.subs
+        for other in self.co_members(primary) - set(sessions):
+            subs = subs_of.get(other)
+            if CAP in other.caps and subs:
+                for key in keys:
+                    if key in subs:
+                        value = shown.get(key)
+                        other.write(build(self.name, "METADATA", primary.nick, key, "*", *([value] if value else [])))
+
     # ------------------------------------------------------------------
     # Hook points (called by IRCServer's named hooks, freeq.core.server)
     # ------------------------------------------------------------------
@@ -471,18 +562,12 @@ class MetadataCommands(_Server):
         before = state.guests.pop(user, None)
         own = state.accounts.get(account)
         if own is None:
-            own = state.accounts[account] = {}
-            state.trim(self.sessions)
-            if self.store is not None and account not in state.loading:
-                state.loading[account] = set()
-                d = self.store.load_account_metadata(account)
-                d.addCallbacks(self._account_metadata_read, self._account_metadata_unreadable,
-                               callbackArgs=(account,), errbackArgs=(account,))
+            own = self._hold_account(account)
         if before:
             for key, value in before.items():
                 if key in own or len(own) < MAX_KEYS:
                     own[key] = value
-            self._metadata_changed(user, user, sorted(before))
+            self._metadata_changed(user, user, sorted(before), own_change=True)
         self._fetch_profile(account)
 
     def metadata_before_motd(self, user: User) -> None:
@@ -573,9 +658,12 @@ class MetadataCommands(_Server):
         own = state.accounts.get(did)
         if own is None:
             own = state.accounts[did] = {}
-        fresh = [k for k in rows if k not in changed_meanwhile and own.get(k) != rows[k]]
-        for key in fresh:
+        fresh = []
+        for key in sorted(rows):  # keys changed meanwhile win; at most MAX_KEYS (a peer's values come in too)
+            if key in changed_meanwhile or own.get(key) == rows[key] or (key not in own and len(own) >= MAX_KEYS):
+                continue
             own[key] = rows[key]
+            fresh.append(key)
         if fresh:
             for session in self.sessions.get(did, ()):
                 if CAP in session.caps:
@@ -618,26 +706,7 @@ class MetadataCommands(_Server):
         if not changed:
             return
         log.debug("profile defaults of {did}: {keys}", did=did, keys=",".join(changed))
-        for session in self.sessions.get(did, ()):
-            if CAP in session.caps:
-                for key in changed:
-                    value = defaults.get(key)
-                    session.write(build(self.name, "METADATA", session.nick, key, "*", *([value] if value else [])))
-        primary = self.primary_session(did)
-        if primary is not None:
-            if self.federation is not None:
-                shown = self.user_metadata(primary)
-                self.s2s_notify("metadata", primary, primary, {key: shown.get(key) for key in changed})
-            others = self.co_members(primary) - set(self.sessions.get(did, ()))
-            subs_of = state.subs
-            for other in others:
-                subs = subs_of.get(other)
-                if CAP in other.caps and subs:
-                    for key in changed:
-                        value = defaults.get(key)
-                        if key in subs:
-                            other.write(build(self.name, "METADATA", primary.nick, key, "*",
-                                              *([value] if value else [])))
+        self._account_shown_changed(did, changed, announce=True)
 
 
 def changes_problem(changes: Any) -> Optional[str]:

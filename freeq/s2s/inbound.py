@@ -387,7 +387,9 @@ class InboundEvents(LocalObservers):
     def _ev_metadata(self, ctx: EventContext) -> bool:
         """draft/metadata-2 keys changed on the origin: without ``channel`` the actor's own (only its home server,
         the origin, may say so: :meth:`_actor`); with ``channel`` that channel's, only over a ``full`` link and
-        from an operator of the channel here (freeq.state.rules.mode_refusal, or a server operator's override)."""
+        from an operator of the channel here (freeq.state.rules.mode_refusal, or a server operator's override).
+        A user's may carry ``account``, its account's own values (freeq.core.metadata): applied to the account
+        here only when the account claim is believed (a ``full`` link: :meth:`_has_did_authority`)."""
         actor = self._actor(ctx)
         if actor is None:
             return False
@@ -396,7 +398,16 @@ class InboundEvents(LocalObservers):
         if problem is not None:
             raise ProtocolError(f"bad metadata: {problem}")
         if "channel" not in ctx.ev:
+            account = ctx.ev.get("account")
+            if account is not None and (changes_problem(account) is not None or not set(account) <= set(changes or ())):
+                raise ProtocolError("bad metadata: account values")
             self.server.apply_remote_metadata(actor, None, changes)
+            if account is not None:
+                if actor.account is None or not self._has_did_authority(actor):
+                    self._warn_rejected(ctx.link, "metadata", "unauthorized: account metadata without a believed "
+                                        "account", nick=actor.nick)
+                else:
+                    self.server.apply_account_metadata(actor.account, account)
             return True
         _name, chan = self._channel(ctx)
         if chan is None:

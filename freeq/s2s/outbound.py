@@ -262,10 +262,13 @@ class LocalObservers(RemoteUsers):
         for origin in sorted(homes):
             self._emit("marker", fields, to=origin)
 
-    def local_metadata(self, by: User, target: Any, changes: dict[str, Optional[str]]) -> None:
+    def local_metadata(self, by: User, target: Any, changes: dict[str, Optional[str]],
+                       account: Optional[dict[str, Optional[str]]] = None) -> None:
         """``by`` changed draft/metadata-2 keys (``changes``: key -> value, ``None`` for unset) of ``target``: itself
         (its identity's, shown by its nick's connection) or a channel it operates. A ``metadata`` event,
-        flooded; a user not announced yet (still registering) is sent later (freeq.core.metadata)."""
+        flooded; a user not announced yet (still registering) is sent later (freeq.core.metadata). ``account``:
+        a logged-in user changed its account's own values (no profile defaults): carried for the account's
+        other servers (``account`` field)."""
         if not self._local(by) or not self.links:
             return
         if isinstance(target, Channel):
@@ -275,7 +278,10 @@ class LocalObservers(RemoteUsers):
         primary = self.server.primary_session(target.account) if target.account else target
         if primary is None or primary not in self.local_uid:
             return  # not announced to the federation (yet)
-        self._emit("metadata", {"uid": self.uid(primary), "keys": changes})
+        fields: dict[str, Any] = {"uid": self.uid(primary), "keys": changes}
+        if account and target.account:
+            fields["account"] = account
+        self._emit("metadata", fields)
 
     def remote_kill(self, oper: User, victim: User, reason: str) -> "LinkControl":
         """A local operator's KILL of a remote user: a signed ``kill`` event routed to the user's home server,
