@@ -320,6 +320,16 @@ class RehashTests(unittest.TestCase):
 class TLSReloadTests(unittest.TestCase):
     """New certificate files are served to new connections after a reload; connected clients keep theirs."""
 
+    def test_reloadable_context_declares_its_interface(self) -> None:
+        """ReloadableTLS is an IOpenSSLContextFactory, so Twisted's TLS wrapper takes it without the
+        LegacyContextFactoryWarning it logged at every start (and calls getContext per connection)."""
+        from twisted.internet.interfaces import IOpenSSLContextFactory
+
+        from freeq.net.tls import ReloadableTLS
+
+        cert, key = make_certificate(self.mktemp())
+        self.assertTrue(IOpenSSLContextFactory.providedBy(ReloadableTLS(cert, key)))
+
     @asynctest
     async def test_irc_and_web_tls_certificates_reload(self) -> None:
         """Both TLS listeners (IRC and web) present the new certificate to connections made after the reload; a

@@ -7,6 +7,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
 
 from freeq.config import ConfigError
 
@@ -55,11 +57,14 @@ def load_tls_options(cert_path: str, key_path: str, cert_flag: str = "--tls-cert
     return options
 
 
+@implementer(IOpenSSLContextFactory)
 class ReloadableTLS:
     """A server TLS context factory over a certificate and key file that :meth:`reload` re-reads.
 
     Each new connection asks :meth:`getContext` (Twisted's TLS wrapper does, per connection), so after a
     reload new connections get the new certificate while connected clients keep the session they have.
+    Declared an ``IOpenSSLContextFactory``: without it Twisted (26.10) warns at every start that the factory
+    provides no connection-creator interface, and may stop accepting it.
     """
 
     def __init__(self, cert_path: str, key_path: str, cert_flag: str = "--tls-cert",
