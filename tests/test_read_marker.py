@@ -356,6 +356,26 @@ class FederatedMarkerTests(unittest.TestCase):
         self.assertEqual((await victim.expect(is_markread("#chan"))).params, ["#chan", ts(when)])
 
 
+    @asynctest
+    async def test_relay_peer_cannot_move_an_accounts_marker(self) -> None:
+        """A relay peer's user claiming the account (its claims are shown, never obeyed) may not move the account's
+        marker here: refused as unauthorized, the victim's marker stays unset."""
+        from tests.s2s_support import link_raw_peer, wait_for
+
+        node, mallory, _client = await link_raw_peer(self, "a.test", "op", trust="relay")
+        victim = await web_token_login(node.fixture, "alice")
+        mallory.send(mallory.user(1, "mal", account=DID))
+        await wait_for(lambda: node.knows("mal"), what="mallory's user of the account")
+        when = int(time.time() * 1000) - 1000
+        mallory.send(mallory.event("marker", {"uid": mallory.uid(1), "target": "#chan", "read_ms": when},
+                                   to=node.id))
+        mallory.send(mallory.user(2, "mal2"))  # the link is in order: once mal2 is known, the marker was read
+        await wait_for(lambda: node.knows("mal2"), what="mallory's second user")
+        victim.send("MARKREAD #chan")
+        self.assertEqual((await victim.expect(is_markread("#chan"))).params[1], "*")
+        self.assertEqual(node.federation.stats.get("rejected:unauthorized"), 1)
+
+
 class FederatedSDKMarkerTests(unittest.TestCase):
     """The Python SDK on two federated servers: one identity, a device on each, the marker follows."""
 

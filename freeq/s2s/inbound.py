@@ -362,8 +362,9 @@ class InboundEvents(LocalObservers):
 
     def _ev_marker(self, ctx: EventContext) -> bool:
         """A user of the origin moved its account's read marker (routed here: the account has a user here too).
-        Only a server hosting a user of the account may move its marker: the actor must be the origin's and
-        logged in; the marker then only moves forward (freeq.core.markers)."""
+        Only a server hosting a user of the account may move its marker: the actor must be the origin's,
+        logged in, and its account claim believed (a ``full`` link: :meth:`_has_did_authority`); the marker then
+        only moves forward (freeq.core.markers)."""
         actor = self._actor(ctx)
         if actor is None:
             return False
@@ -372,6 +373,12 @@ class InboundEvents(LocalObservers):
         did = actor.account
         if not did:
             self._warn_rejected(ctx.link, "marker", "unauthorized: the user has no account", nick=actor.nick)
+            return False
+        if not self._has_did_authority(actor):
+            # A relay or readonly peer's account claims are shown, never obeyed: it may not move the account's
+            # read markers here (they are the account's, across all its devices).
+            self._warn_rejected(ctx.link, "marker", "unauthorized: account claim over a link not trusted full",
+                                nick=actor.nick)
             return False
         target = P.get(ctx.ev, "target", str)
         cfg = self.server.config
