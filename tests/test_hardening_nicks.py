@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 

@@ -307,6 +307,8 @@ class RehashTests(unittest.TestCase):
         fx.write(self.oper_body + "flood-burst = 3\nflood-rate = 0.5\n")
         boss.send("REHASH")
         await boss.expect("NOTICE")
+        early.send("PING :still here")  # connected across the reload (and one token spent)
+        await early.expect("PONG")
         early_conn = None
         for user in fx.server.connections:
             if user.nick == "early":
