@@ -27,8 +27,10 @@ class MaskTests(unittest.TestCase):
         self.assertEqual(parse_mask(DLINE, "::ffff:198.51.100.1"), "198.51.100.1")
 
     def test_dline_refusals(self) -> None:
-        """Not an address, a network wider than /8 (IPv4) or /24 (IPv6), or text with spaces: refused."""
-        for bad in ("host.example", "0.0.0.0/0", "10.0.0.0/7", "::/0", "2001::/16", "1.2.3.4 ", "", "1.2.3.4/33"):
+        """Not an address, a network wider than /8 (IPv4) or /24 (IPv6), text with spaces, or an IPv6 zone (a link
+        of this host, never a client's): refused."""
+        for bad in ("host.example", "0.0.0.0/0", "10.0.0.0/7", "::/0", "2001::/16", "1.2.3.4 ", "", "1.2.3.4/33",
+                    "fe80::1%eth0"):
             with self.assertRaises(BanError, msg=bad):
                 parse_mask(DLINE, bad)
         self.assertEqual(parse_mask(DLINE, "10.0.0.0/8"), "10.0.0.0/8")

@@ -110,7 +110,8 @@ def valid_did(text: str) -> bool:
 def parse_network(text: str) -> Network:
     """The network of an IP address (a /32 or /128) or CIDR ``text``, host bits cleared; :class:`BanError`
     if it is neither or wider than :data:`MIN_PREFIX` allows."""
-    if len(text) > 64 or not text or any(ch.isspace() for ch in text):
+    if len(text) > 64 or not text or any(ch.isspace() for ch in text) or "%" in text:
+        # "%": an IPv6 zone (fe80::1%eth0) names a link of this host, meaningless for a client's address
         raise BanError(f"{text[:64]!r} is not an IP address or CIDR network")
     try:
         net = ipaddress.ip_network(text, strict=False)
