@@ -373,7 +373,7 @@ class _TopService(service.MultiService):
             (config.listen, "listen-addr"), (config.tls_listen, "tls-listen-addr"),
             (config.web_listen, "web-addr"), (config.metrics_listen, "metrics-addr")) if x is not None}
 
-    #: The observer twistd is to log through (``--log-format json``; see :mod:`freeq.logs`), offered to the
+    #: The observer twistd is to log through (text or ``--log-format json``; see :mod:`freeq.logs`), offered to the
     #: application when the tree joins it, before twistd starts logging.
     log_observer: Any = None
 
@@ -737,8 +737,9 @@ def makeService(options: Options) -> service.MultiService:
         top = build_service(config, reactor, lambda: config_from_options(options, environ))
     except ConfigError as e:
         raise SystemExit(f"freeq: {e}")
-    if config.log_format == "json":
-        from freeq.logs import twistd_json_observer
+    from freeq.logs import twistd_observer
 
-        top.log_observer = twistd_json_observer(getattr(options, "parent", None))  # type: ignore[attr-defined]
+    # Both formats write through our observer (where twistd would): JSON lines, or twistd's own text lines with
+    # the timestamp formatted once a second (the connection lines' cost; bench/README.md "Operations").
+    top.log_observer = twistd_observer(getattr(options, "parent", None), config.log_format)  # type: ignore[attr-defined]
     return top

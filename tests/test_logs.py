@@ -112,6 +112,32 @@ class TwistdLogFileTests(unittest.TestCase):
         out.close()
 
 
+class TextObserverTests(unittest.TestCase):
+    """The text observer twistd logs through: its own classic lines, the timestamp formatted once a second."""
+
+    def test_same_lines_as_twisted_text_observer(self) -> None:
+        """Events across two seconds (and one without a time) render exactly as textFileLogObserver renders them."""
+        import io
+
+        from twisted.logger import LogLevel, textFileLogObserver
+
+        from freeq.logs import text_file_observer, twistd_observer
+
+        events = [{"log_format": "client connected from {ip} ({transport})", "ip": "192.0.2.1", "transport": "tcp",
+                   "log_time": 1796508786.25 + step, "log_namespace": "freeq.net.connection",
+                   "log_level": LogLevel.info, "log_system": "-"} for step in (0.0, 0.5, 1.0, 1.7)]
+        events.append({"log_format": "no time", "log_namespace": "x", "log_level": LogLevel.warn})
+        ours, theirs = io.StringIO(), io.StringIO()
+        mine, twisted_own = text_file_observer(ours), textFileLogObserver(theirs)
+        for event in events:
+            mine(dict(event))
+            twisted_own(dict(event))
+        self.assertEqual(ours.getvalue(), theirs.getvalue())
+        self.assertEqual(len(ours.getvalue().splitlines()), 5)
+        self.assertIsNone(twistd_observer(None, "text"))
+        self.assertIsNone(twistd_observer({"nodaemon": True, "syslog": True}, "text"))
+
+
 class ConfigTests(unittest.TestCase):
     """The two flags."""
 
@@ -403,6 +429,44 @@ class TwistdJsonTests(unittest.TestCase):
                 break
             await sleep(0.05)
         self.check(self.objects(read()))
+
+    @asynctest
+    async def test_foreground_text(self) -> None:
+        """``twistd -n freeq`` (text, the default) logs through freeq's text observer: every line in twistd's
+        classic format, the server's own lines and the connection lines among them."""
+        import re
+
+        home = self.home()
+        port = free_port()
+        out_path = os.path.join(home, "stdout")
+        with open(out_path, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "freeq", "--listen-addr", f"127.0.0.1:{port}",
+                 "--data-dir", os.path.join(home, "data")],
+                cwd=home, env=twistd_env(home), stdout=out, stderr=subprocess.STDOUT)
+
+        def read() -> str:
+            with open(out_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+
+        def reap() -> None:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+        self.addCleanup(reap)
+
+        def alive() -> None:
+            self.assertIsNone(proc.poll(), f"twistd exited early:\n{read()}")
+
+        await self.visit(port, alive)
+        text = await self.wait_for_text(read, "quit from 127.0.0.1")
+        classic = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] ")
+        lines = [line for line in text.splitlines() if line.strip()]
+        self.assertEqual([line for line in lines if not classic.match(line)], [], text)
+        self.assertTrue(any("[freeq.net.connection#info] client connected from 127.0.0.1 (tcp)" in line
+                            for line in lines), text)
+        self.assertTrue(any("freeq freeq configured" in line for line in lines), text)
 
     @asynctest
     async def test_daemon(self) -> None:
