@@ -122,11 +122,13 @@ def twistd_log_file(twistd_options: Mapping[str, Any]) -> Optional[IO[str]]:
     """The file ``twistd`` would log to, by its own rules (``twisted.scripts._twistd_unix.UnixAppLogger``):
     stdout for ``--logfile -`` or ``--nodaemon`` without ``--logfile``, else ``--logfile`` (default
     ``twistd.log``) as a rotating ``LogFile`` (``SIGUSR1`` rotates it). ``None`` where ``twistd``'s own choice
-    must stand: ``--syslog`` or ``--logger``."""
+    must stand: ``--syslog``, ``--logger``, and ``--logfile -`` for a daemon (which twistd refuses)."""
     if twistd_options.get("syslog") or twistd_options.get("logger"):
         return None
     name = twistd_options.get("logfile")
     nodaemon = bool(twistd_options.get("nodaemon"))
+    if name == "-" and not nodaemon:
+        return None  # twistd's own choice stands: it exits with "Daemons cannot log to stdout"
     if name == "-" or (nodaemon and not name):
         return sys.stdout
     from twisted.python import logfile

@@ -102,6 +102,7 @@ class TwistdLogFileTests(unittest.TestCase):
         self.assertIs(twistd_log_file({"nodaemon": True, "logfile": "-"}), sys.stdout)
         self.assertIsNone(twistd_log_file({"nodaemon": True, "syslog": True}))
         self.assertIsNone(twistd_log_file({"nodaemon": False, "logger": "x.y"}))
+        self.assertIsNone(twistd_log_file({"nodaemon": False, "logfile": "-"}))  # twistd refuses it itself
         self.assertIsNone(twistd_json_observer(None))
         path = os.path.abspath(self.mktemp())
         previous = signal.getsignal(signal.SIGUSR1)
