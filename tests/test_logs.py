@@ -396,15 +396,15 @@ class TwistdJsonTests(unittest.TestCase):
         self.assertEqual(len(quits), 1, messages)
         self.assertEqual(quits[0]["nick"], "sub")
 
-    @asynctest
-    async def test_foreground(self) -> None:
-        """``twistd -n freeq --log-format json``: stdout is JSON lines only, with the server's own lines."""
+    async def foreground(self, *flags: str) -> tuple[Any, Any]:
+        """Run ``twistd -n freeq`` with ``flags`` on a free loopback port, connect, register and quit once; wait for
+        the quit line. Returns ``(proc, read)`` (``read()``: its stdout so far); the process is killed at cleanup."""
         home = self.home()
         port = free_port()
         out_path = os.path.join(home, "stdout")
         with open(out_path, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "freeq", "--log-format", "json", "--listen-addr",
+                [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "freeq", *flags, "--listen-addr",
                  f"127.0.0.1:{port}", "--data-dir", os.path.join(home, "data")],
                 cwd=home, env=twistd_env(home), stdout=out, stderr=subprocess.STDOUT)
 
@@ -424,6 +424,12 @@ class TwistdJsonTests(unittest.TestCase):
 
         await self.visit(port, alive)
         await self.wait_for_text(read, "quit from 127.0.0.1")
+        return proc, read
+
+    @asynctest
+    async def test_foreground(self) -> None:
+        """``twistd -n freeq --log-format json``: stdout is JSON lines only, with the server's own lines."""
+        proc, read = await self.foreground("--log-format", "json")
         proc.send_signal(signal.SIGTERM)
         for _ in range(200):
             if proc.poll() is not None:
@@ -437,31 +443,8 @@ class TwistdJsonTests(unittest.TestCase):
         classic format, the server's own lines and the connection lines among them."""
         import re
 
-        home = self.home()
-        port = free_port()
-        out_path = os.path.join(home, "stdout")
-        with open(out_path, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "freeq", "--listen-addr", f"127.0.0.1:{port}",
-                 "--data-dir", os.path.join(home, "data")],
-                cwd=home, env=twistd_env(home), stdout=out, stderr=subprocess.STDOUT)
-
-        def read() -> str:
-            with open(out_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-
-        def reap() -> None:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-
-        self.addCleanup(reap)
-
-        def alive() -> None:
-            self.assertIsNone(proc.poll(), f"twistd exited early:\n{read()}")
-
-        await self.visit(port, alive)
-        text = await self.wait_for_text(read, "quit from 127.0.0.1")
+        _proc, read = await self.foreground()
+        text = read()
         classic = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] ")
         lines = [line for line in text.splitlines() if line.strip()]
         self.assertEqual([line for line in lines if not classic.match(line)], [], text)
