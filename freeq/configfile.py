@@ -195,7 +195,7 @@ def read_config_file(path: str, params: Mapping[str, str], flags: Collection[str
                 and is_secret_flag(key[:-len(FILE_SUFFIX)]):
             flag = key[:-len(FILE_SUFFIX)]
             if flag in values:
-                raise ConfigError(f"{path}: {key}: given both inline and as {key}")
+                raise ConfigError(f"{path}: {flag}: given both inline and as {key}")
             values[flag] = read_secret_file(path, key, value)
         else:
             raise ConfigError(f"{path}: unknown key {key[:80]!r} (keys are the flag names of twistd freeq)")

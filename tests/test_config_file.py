@@ -123,7 +123,9 @@ class ConfigFileTests(unittest.TestCase):
         self.assertIn("more than one line", message)
         secret = self.write("x\n", "x.secret")
         message, _ = self.error(f'server-password = "y"\nserver-password-file = "{secret}"\n')
-        self.assertIn("server-password-file: given both inline and as server-password-file", message)
+        self.assertIn("server-password: given both inline and as server-password-file", message)
+        message, _ = self.error(f'server-password-file = "{secret}"\nserver-password = "y"\n')  # either order
+        self.assertIn("server-password: given both inline and as server-password-file", message)
 
     def test_readable_secret_file_warns(self) -> None:
         """A secret file that group or others may read is used, with a warning naming it (not its content)."""
