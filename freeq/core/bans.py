@@ -143,11 +143,10 @@ class BanCommands(_Server):
         return True
 
     @staticmethod
-    def _matches(ban: Ban, user: User, now: float) -> bool:
-        """Whether ``ban`` covers ``user``'s connection."""
-        single = BanList([ban])
-        return (single.dline_for(user.ip, now) is not None
-                or single.kline_for(user.username, user.host, user.ip, user.account, now) is not None)
+    def _matches(bans: BanList, user: User, now: float) -> bool:
+        """Whether a ban of ``bans`` (built once by the caller, e.g. ``BanList([ban])``) covers ``user``."""
+        return (bans.dline_for(user.ip, now) is not None
+                or bans.kline_for(user.username, user.host, user.ip, user.account, now) is not None)
 
     def enforce_config_bans(self, old: tuple[tuple[str, str], ...]) -> int:
         """After a reload: close the connections the config file's bans that were not in ``old`` now cover (as a
@@ -163,8 +162,9 @@ class BanCommands(_Server):
         now = self.clock.seconds()
         closed = 0
         word = "K-lined" if ban.kind == KLINE else "D-lined"
+        single = BanList([ban])  # compiled once for every connection
         for user in list(self.connections):
-            if not self._matches(ban, user, now):
+            if not self._matches(single, user, now):
                 continue
             self._hit(ban, user.ip, user.nick)
             if user.registered:
@@ -295,7 +295,7 @@ class BanCommands(_Server):
         now = self.clock.seconds()
         ban = Ban(f"{self.ulid.new()}@{self.name}", kind, mask, reason, user.hostmask[:MAX_SETTER], now,
                   now + duration if duration else None, self.name)
-        if self._matches(ban, user, now):
+        if self._matches(BanList([ban]), user, now):
             # Ending one's own session (and every later one from here) by a typo is refused; ban from another
             # address, or ask another operator.
             self.notice(user, f"{command}: refused, {mask} matches your own connection")
