@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from freeq.s2s.bridge import IrohBridgeService, bind_addresses
 from tests.support import asynctest, sleep
-from tests.test_service import TWISTD, twistd_env
+from tests.twistd_support import TWISTD, twistd_env
 
 
 def _twistd(home: str, *args: str) -> subprocess.CompletedProcess[str]:

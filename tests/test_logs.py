@@ -12,7 +12,7 @@ import time
 from typing import Any, Optional
 
 from prometheus_client import generate_latest
-from twisted.internet import endpoints, error, reactor
+from twisted.internet import reactor
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, Logger, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -26,7 +26,10 @@ from freeq.tap import config_from_options
 from freeq.web.prometheus import MetricsResource
 from tests.s2s_support import keys, start_node, start_raw_peer, wait_for
 from tests.support import IRCClient, asynctest, sleep, start_server
-from tests.test_service import TWISTD, free_port, parse, twistd_env
+from tests.test_service import parse
+from tests.twistd_support import (
+    TWISTD, ForegroundTwistd, connect_when_listening, free_port, twistd_env, wait_logged,
+)
 
 
 def events_with(observer: EventLoggingObserver, **fields: Any) -> list[dict[str, Any]]:
@@ -345,18 +348,8 @@ class TwistdJsonTests(unittest.TestCase):
         os.makedirs(home)
         return home
 
-    async def visit(self, port: int, alive: Any) -> None:
-        """Connect, register, quit: so the log has a connection and a quit line."""
-        client = IRCClient()
-        for _ in range(300):
-            alive()
-            try:
-                await endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-                break
-            except (ConnectionRefusedError, error.ConnectionRefusedError):
-                await sleep(0.05)
-        else:
-            self.fail(f"twistd never listened on {port}")
+    async def visit(self, client: IRCClient) -> None:
+        """Register and quit: so the log has a connection and a quit line."""
         client.send("NICK sub")
         client.send("USER sub 0 * :Subprocess")
         await client.expect("001", timeout=10)
@@ -374,14 +367,6 @@ class TwistdJsonTests(unittest.TestCase):
                     self.fail(f"not a JSON line: {line!r}\n{text}")
         return out
 
-    async def wait_for_text(self, read: Any, fragment: str) -> str:
-        for _ in range(200):
-            text = read()
-            if fragment in text:
-                return str(text)
-            await sleep(0.05)
-        self.fail(f"{fragment!r} never logged:\n{read()}")
-
     def check(self, objects: list[dict[str, Any]]) -> None:
         for obj in objects:
             self.assertEqual(set(obj) >= {"timestamp", "level", "namespace", "message"}, True, obj)
@@ -396,46 +381,24 @@ class TwistdJsonTests(unittest.TestCase):
         self.assertEqual(len(quits), 1, messages)
         self.assertEqual(quits[0]["nick"], "sub")
 
-    async def foreground(self, *flags: str) -> tuple[Any, Any]:
+    async def foreground(self, *flags: str) -> ForegroundTwistd:
         """Run ``twistd -n freeq`` with ``flags`` on a free loopback port, connect, register and quit once; wait for
-        the quit line. Returns ``(proc, read)`` (``read()``: its stdout so far); the process is killed at cleanup."""
+        the quit line."""
         home = self.home()
         port = free_port()
-        out_path = os.path.join(home, "stdout")
-        with open(out_path, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "freeq", *flags, "--listen-addr",
-                 f"127.0.0.1:{port}", "--data-dir", os.path.join(home, "data")],
-                cwd=home, env=twistd_env(home), stdout=out, stderr=subprocess.STDOUT)
-
-        def read() -> str:
-            with open(out_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-
-        def reap() -> None:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-
-        self.addCleanup(reap)
-
-        def alive() -> None:
-            self.assertIsNone(proc.poll(), f"twistd exited early:\n{read()}")
-
-        await self.visit(port, alive)
-        await self.wait_for_text(read, "quit from 127.0.0.1")
-        return proc, read
+        twistd = ForegroundTwistd(self, home, *flags, "--listen-addr", f"127.0.0.1:{port}", "--data-dir",
+                                  os.path.join(home, "data"))
+        await self.visit(await twistd.connect(port))
+        await twistd.wait_logged("quit from 127.0.0.1")
+        return twistd
 
     @asynctest
     async def test_foreground(self) -> None:
         """``twistd -n freeq --log-format json``: stdout is JSON lines only, with the server's own lines."""
-        proc, read = await self.foreground("--log-format", "json")
-        proc.send_signal(signal.SIGTERM)
-        for _ in range(200):
-            if proc.poll() is not None:
-                break
-            await sleep(0.05)
-        self.check(self.objects(read()))
+        twistd = await self.foreground("--log-format", "json")
+        twistd.proc.send_signal(signal.SIGTERM)
+        await twistd.stopped()
+        self.check(self.objects(twistd.output()))
 
     @asynctest
     async def test_foreground_text(self) -> None:
@@ -443,8 +406,7 @@ class TwistdJsonTests(unittest.TestCase):
         classic format, the server's own lines and the connection lines among them."""
         import re
 
-        _proc, read = await self.foreground()
-        text = read()
+        text = (await self.foreground()).output()
         classic = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] ")
         lines = [line for line in text.splitlines() if line.strip()]
         self.assertEqual([line for line in lines if not classic.match(line)], [], text)
@@ -490,8 +452,8 @@ class TwistdJsonTests(unittest.TestCase):
                 pass
 
         self.addCleanup(stop)
-        await self.visit(port, lambda: None)
-        await self.wait_for_text(read, "quit from 127.0.0.1")
+        await self.visit(await connect_when_listening(self, port))
+        await wait_logged(self, read, "quit from 127.0.0.1")
         os.kill(daemon, signal.SIGTERM)
         for _ in range(200):
             if not os.path.exists(pidfile):

@@ -17,6 +17,7 @@ from freeq.config import Config
 from freeq.net.connection import IRCFactory
 from freeq.tap import ConfigReloader, Options, _ReloadSignalService, build_service, config_from_options
 from tests.support import NO_PUBLIC_PLC, IRCClient, asynctest, make_certificate, sleep
+from tests.twistd_support import ForegroundTwistd, free_port
 
 
 class Fixture:
@@ -537,9 +538,6 @@ class ReloadedBlocksTests(unittest.TestCase):
         self.assertFalse(boss.is_closed)
 
 
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-
-
 class TwistdReloadTests(unittest.TestCase):
     """The real ``twistd freeq --config``: SIGHUP to the process reloads the file, keeping command-line flags."""
 
@@ -547,15 +545,9 @@ class TwistdReloadTests(unittest.TestCase):
     async def test_twistd_sighup(self) -> None:
         """A broken file on SIGHUP is refused with an error line and the process serves on; a fixed one reloads
         (new MOTD) while the command line's --max-targets still overrides the file, and the client stays."""
-        import socket
-        import subprocess
-        import sys
-
         home = os.path.abspath(self.mktemp())
         os.makedirs(home)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        port = free_port()
         path = os.path.join(home, "freeq.toml")
 
         def write(body: str) -> None:
@@ -564,36 +556,9 @@ class TwistdReloadTests(unittest.TestCase):
                         f'data-dir = "{os.path.join(home, "data")}"\ndb-path = "none"\nmax-targets = 3\n' + body)
 
         write('motd = "first motd"\n')
-        log_path = os.path.join(home, "twistd.log")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home, "LANG": "C.UTF-8"}
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen([sys.executable, "-c", TWISTD, "-n", "--pidfile=", "freeq", "--config", path,
-                                     "--max-targets", "7"], cwd=home, env=env, stdout=log_file,
-                                    stderr=subprocess.STDOUT)
-
-        def reap() -> None:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-
-        self.addCleanup(reap)
-
-        def output() -> str:
-            with open(log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-
-        from twisted.internet.error import ConnectionRefusedError
-
-        client = IRCClient()
-        for _ in range(300):
-            self.assertIsNone(proc.poll(), f"twistd exited early:\n{output()}")
-            try:
-                await endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-                break
-            except ConnectionRefusedError:
-                await sleep(0.05)
-        else:
-            self.fail(f"twistd never listened on {port}:\n{output()}")
+        twistd = ForegroundTwistd(self, home, "--config", path, "--max-targets", "7")
+        proc = twistd.proc
+        client = await twistd.connect(port)
         self.addCleanup(client.disconnect)
         client.send("NICK sub")
         client.send("USER sub 0 * :Subprocess")
@@ -602,21 +567,14 @@ class TwistdReloadTests(unittest.TestCase):
 
         write('motd = "second motd"\nnick-len = 99\n')
         proc.send_signal(signal.SIGHUP)
-        for _ in range(200):
-            if "refused" in output():
-                break
-            await sleep(0.05)
         self.assertIn(f"configuration reload (SIGHUP) refused, the running configuration is kept: {path}: "
-                      "nick-len: must be between 9 and 64, got 99", output())
+                      "nick-len: must be between 9 and 64, got 99", await twistd.wait_logged("refused"))
         client.send("MOTD")
         await client.expect(lambda l: l.command == "372" and "first motd" in l.params[-1])
 
         write('motd = "second motd"\n')
         proc.send_signal(signal.SIGHUP)
-        for _ in range(200):
-            if "configuration reloaded (SIGHUP)" in output():
-                break
-            await sleep(0.05)
+        await twistd.wait_logged("configuration reloaded (SIGHUP)")
         client.send("MOTD")
         await client.expect(lambda l: l.command == "372" and "second motd" in l.params[-1])
         client.send("VERSION")

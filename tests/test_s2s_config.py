@@ -20,10 +20,10 @@ from freeq.s2s.protocol import EventSigner
 from freeq.tap import Options, build_service, config_from_options
 from tests.s2s_support import LogCapture, keys, wait_for
 from tests.support import IRCClient, asynctest, sleep
+from tests.twistd_support import TWISTD, twistd_env
 
 A = "a" * 64
 B = "b" * 64
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
 def parse(*argv: str) -> Any:
@@ -160,7 +160,7 @@ class TwistdTests(unittest.TestCase):
              "--listen-addr", f"127.0.0.1:{port}", "--data-dir", data, "--iroh", "--iroh-host", "127.0.0.1",
              "--iroh-port", str(udp), "--iroh-relay-mode", "disabled",
              "--s2s-peers", f"{peer_id}@127.0.0.1:{peer_udp}", "--s2s-allowed-peers", peer_id],
-            cwd=home, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home, "LANG": "C.UTF-8"},
+            cwd=home, env=twistd_env(home),
             stdout=log_file, stderr=subprocess.STDOUT)
 
         def reap() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from typing import Any, Mapping, Optional
@@ -17,9 +16,7 @@ from twisted.trial import unittest
 from freeq.config import Config, ConfigError, Listen
 from freeq.tap import OPTIONS, Options, build_service, config_from_options, makeService
 from tests.support import IRCClient, ServerFixture, asynctest, make_certificate, sleep, tree_ports
-
-#: Runs twistd from the test's interpreter (``-m twisted.scripts.twistd`` has no ``__main__`` block).
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+from tests.twistd_support import TWISTD, ForegroundTwistd, free_port, twistd_env
 
 
 def parse(*argv: str) -> Options:
@@ -27,18 +24,6 @@ def parse(*argv: str) -> Options:
     options = Options()
     options.parseOptions(list(argv))
     return options
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def twistd_env(home: str) -> dict[str, str]:
-    """A small, predictable environment for a twistd subprocess (no inherited passwords)."""
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home, "LANG": "C.UTF-8"}
 
 
 class ConfigFromOptionsTests(unittest.TestCase):
@@ -248,34 +233,10 @@ class TwistdCommandTests(unittest.TestCase):
         home = self.mktemp()
         os.makedirs(home)
         port = free_port()
-        log_path = os.path.join(home, "twistd.log")
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "freeq", "--listen-addr", f"127.0.0.1:{port}",
-                 "--data-dir", os.path.join(home, "data")],
-                cwd=home, env=twistd_env(home), stdout=log_file, stderr=subprocess.STDOUT)
-
-        def reap() -> None:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-
-        self.addCleanup(reap)
-
-        def output() -> str:
-            with open(log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-
-        client = IRCClient()
-        for _ in range(300):
-            self.assertIsNone(proc.poll(), f"twistd exited early:\n{output()}")
-            try:
-                await endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-                break
-            except ConnectionRefusedError:
-                await sleep(0.05)
-        else:
-            self.fail(f"twistd never listened on {port}:\n{output()}")
+        twistd = ForegroundTwistd(self, home, "--listen-addr", f"127.0.0.1:{port}", "--data-dir",
+                                  os.path.join(home, "data"))
+        proc, output = twistd.proc, twistd.output
+        client = await twistd.connect(port)
         self.addCleanup(client.disconnect)
         client.send("NICK sub")
         client.send("USER sub 0 * :Subprocess")
@@ -286,12 +247,8 @@ class TwistdCommandTests(unittest.TestCase):
         error = await client.expect("ERROR", timeout=10)
         self.assertIn("Server shutting down", error.raw)
         await client.closed
-        for _ in range(200):
-            if proc.poll() is not None:
-                break
-            await sleep(0.05)
         # twistd re-raises the signal after a clean shutdown, so the exit status is "killed by SIGTERM".
-        self.assertEqual(proc.returncode, -signal.SIGTERM, output())
+        self.assertEqual(await twistd.stopped(), -signal.SIGTERM, output())
         self.assertIn("freeq freeq configured", output())
         self.assertIn("Server Shut Down.", output())
 

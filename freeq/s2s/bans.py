@@ -54,19 +54,27 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
+def _checked_mask(fields: dict[str, Any], what: str) -> tuple[str, str]:
+    """The ``(kind, mask)`` of a peer's ``what`` (``ban`` or ``unban``); :class:`ProtocolError` unless the kind
+    is known and the mask valid and given normalised (as :func:`freeq.state.bans.parse_mask` makes it)."""
+    kind, mask = fields.get("kind"), fields.get("mask")
+    if kind not in KINDS or not isinstance(mask, str):
+        raise ProtocolError(f"{what} kind or mask: invalid")
+    try:
+        if parse_mask(kind, mask) != mask:
+            raise ProtocolError(f"{what} mask: not normalised")
+    except BanError as e:
+        raise ProtocolError(f"{what} mask: {e}") from None
+    return str(kind), mask
+
+
 def checked_ban(fields: dict[str, Any], origin: str, now: float) -> Ban:
     """A ban from a peer's event or burst entry (``origin``: the name of the server where it was set), validated
     as a local one is; :class:`ProtocolError` if any part is not."""
-    ban_id, kind, mask = fields.get("id"), fields.get("kind"), fields.get("mask")
+    ban_id = fields.get("id")
     if not isinstance(ban_id, str) or not 0 < len(ban_id) <= MAX_BAN_ID or not set(ban_id) <= _ID_CHARS:
         raise ProtocolError("ban id: invalid")
-    if kind not in KINDS or not isinstance(mask, str):
-        raise ProtocolError("ban kind or mask: invalid")
-    try:
-        if parse_mask(kind, mask) != mask:
-            raise ProtocolError("ban mask: not normalised")
-    except BanError as e:
-        raise ProtocolError(f"ban mask: {e}") from None
+    kind, mask = _checked_mask(fields, "ban")
     reason, setter = fields.get("reason"), fields.get("setter")
     problem = reason_problem(reason)
     if problem is not None:
@@ -85,15 +93,7 @@ def checked_ban(fields: dict[str, Any], origin: str, now: float) -> Ban:
 
 def checked_unban(fields: dict[str, Any]) -> tuple[str, str]:
     """The ``(kind, mask)`` of a peer's ``unban`` event; :class:`ProtocolError` unless the mask is normalised."""
-    kind, mask = fields.get("kind"), fields.get("mask")
-    if kind not in KINDS or not isinstance(mask, str):
-        raise ProtocolError("unban kind or mask: invalid")
-    try:
-        if parse_mask(kind, mask) != mask:
-            raise ProtocolError("unban mask: not normalised")
-    except BanError as e:
-        raise ProtocolError(f"unban mask: {e}") from None
-    return str(kind), mask
+    return _checked_mask(fields, "unban")
 
 
 def ban_targets(fed: "FederationBase") -> list[str]:
